@@ -1,0 +1,138 @@
+"""The fields every run config has, with the paper's values as defaults.
+
+The files in `configs/` start from `base_config()`, set their dataset's values, and pick a
+model variant with `apply_variant`. This module only builds ConfigDicts; it is not a place
+for logic that reads them.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from samplecnn_jax import models
+
+LABEL_TYPES = ("multi_label", "multi_class")
+METRICS = ("roc_auc", "pr_auc", "accuracy", "f_score", "loss")
+
+
+def model_config(input_size: ml_collections.FieldReference | int) -> ml_collections.ConfigDict:
+  """Architecture fields (`config.model`); see `samplecnn_jax/models.py`."""
+  m = ml_collections.ConfigDict()
+  m.variant = "rese2_multi"  # Named variant this config was built from (see models.VARIANTS).
+  m.block = "rese2"  # Block type: basic | se | res1 | res2 | rese1 | rese2.
+  m.head = "gmp"  # Head: samplecnn (SMC 2017 1x1-conv head) | gmp (global max pool + 2 FC).
+  m.multi = True  # Concatenate global max pools of the last 3 blocks (the "Multi" in ReSE-2-Multi).
+  m.input_size = input_size  # Samples per input segment (linked to config.input_size).
+  m.num_blocks = 8  # Pooled blocks after the strided front conv (the paper counts one more).
+  m.base_width = 128  # Channels of the front conv and first blocks (x2 from block 3, x4 last).
+  m.head_width = 0  # Hidden width of the head; 0 = reference (concat width, or last width).
+  m.se_ratio = 16.0  # SE hidden width = se_ratio * channels (16: ICASSP 2018; 0.125: JSTSP 2019).
+  m.block_dropout = 0.2  # Dropout between the two convs of Res-2/ReSE-2 blocks.
+  m.head_dropout = 0.5  # Dropout before the output layer.
+  m.front_padding = "valid"  # Front conv padding: valid (ICASSP 2018 code) | same (JSTSP 2019).
+  m.bn_momentum = 0.99  # BatchNorm running-average momentum (Keras default).
+  m.bn_epsilon = 1e-3  # BatchNorm epsilon (Keras default; Flax's default is 1e-5).
+  m.conv_init = "he_uniform"  # Conv kernel initialiser: he_uniform | glorot_uniform | lecun_normal.
+  m.dtype = "float32"  # Compute dtype: float32 | bfloat16 | float16 (parameters stay float32).
+  m.remat = False  # Rematerialise block activations in the backward pass (less memory, more FLOPs).
+  return m
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields, set to the paper's DCASE 2017 values; dataset configs override a few."""
+  c = ml_collections.ConfigDict()
+
+  # --- Data -------------------------------------------------------------------------------
+  c.dataset = "dcase2017"  # Prepared dataset name: mtat | speech_commands | dcase2017 | folder | csv | demo.
+  c.data_dir = ""  # Prepared store (output of samplecnn_jax.prepare); '' = ./prepared/<dataset>.
+  c.sample_rate = 16000  # Sample rate of the prepared audio, Hz.
+  c.input_size = 19683  # Samples per segment: the model input length.
+  c.eval_segments = 9  # Segments per clip at evaluation, spread evenly over the clip.
+  c.train_segments = "random"  # Training segment positions: random (one crop per visit) | all.
+  c.num_classes = 17  # Output units in training (Speech Commands: 31, scored as 12).
+  c.label_type = "multi_label"  # multi_label (sigmoid + BCE) | multi_class (softmax + CE).
+  c.metric = "f_score"  # Headline metric: roc_auc | pr_auc | accuracy | f_score.
+  c.best_metric = "loss"  # Validation number that picks the best checkpoint (paper: loss).
+  c.f_score_threshold = 0.5  # Decision threshold for F-scores (DCASE instance-based F1).
+  c.tune_thresholds = False  # Also report F1 with per-class thresholds tuned on validation.
+  c.standardize = False  # Standardise waveforms with audio_mean / audio_std.
+  c.audio_mean = 0.0  # Mean subtracted when standardize=True.
+  c.audio_std = 1.0  # Std divided by when standardize=True.
+  c.train_split = "train"  # Split to train on.
+  c.eval_split = "valid"  # Split to validate on during training.
+  c.test_split = "test"  # Split scored with the best checkpoint at the end.
+  c.num_workers = 0  # Grain worker processes per host (0 = read in the main process).
+  c.prefetch_buffer_size = 4  # Batches each Grain worker prepares ahead.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.time_shift_ms = 0.0  # Max random time shift in training, ms (Speech Commands: 100).
+  c.augment.noise_prob = 0.0  # Probability of mixing background noise in training (SC: 0.8).
+  c.augment.noise_volume = 0.1  # Max volume of the mixed background noise.
+
+  # --- Model ------------------------------------------------------------------------------
+  c.model = model_config(c.get_ref("input_size"))
+
+  # --- Optimisation -----------------------------------------------------------------------
+  c.seed = 0  # Seed for initialisation, dropout and data order.
+  c.batch_size = 23  # Global batch size (all devices, all hosts).
+  c.eval_batch_size = 64  # Global batch size for evaluation, in segments.
+  c.optimizer = "sgd"  # sgd (Nesterov momentum, the paper's) | adam | adamw.
+  c.learning_rate = 0.01  # Initial learning rate of stage 1.
+  c.momentum = 0.9  # SGD momentum.
+  c.nesterov = True  # Use Nesterov momentum.
+  c.lr_decay = 1e-6  # Keras per-step decay: lr_t = lr / (1 + lr_decay * t).
+  c.schedule = "staged"  # staged (paper: x0.2 on plateau) | cosine | constant.
+  c.num_stages = 5  # Stages of the staged schedule (lr 0.01, 0.002, 4e-4, 8e-5, 1.6e-5).
+  c.stage_lr_factor = 0.2  # Learning-rate factor between stages.
+  c.patience = 2  # Evaluations without validation-loss improvement that end a stage.
+  c.warmup_steps = 0  # Linear warm-up steps (cosine schedule).
+  c.weight_decay = 0.0  # Weight decay (adamw) / L2 (sgd); the paper uses none.
+  c.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 = off.
+  c.num_train_steps = 100_000  # Upper bound on training steps over all stages.
+  c.steps_per_eval = 2000  # Training steps between validation passes.
+  c.max_eval_batches = 0  # Cap on validation batches per pass; 0 = the whole split.
+  c.log_every_steps = 100  # Training steps between log lines / TensorBoard scalars.
+  c.checkpoint_every_steps = 2000  # Training steps between (latest) checkpoints.
+  c.keep_checkpoints = 2  # Latest checkpoints kept (the best one is kept in addition).
+
+  # --- Devices ----------------------------------------------------------------------------
+  c.mesh_shape = (-1,)  # Device mesh shape; -1 = all devices on the data axis.
+  c.mesh_axes = ("data",)  # Mesh axis names; the batch is split over 'data'.
+  return c
+
+
+def apply_variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets block / head / multi from a named variant such as `samplecnn` or `rese2_multi`."""
+  variant = models.get_variant(name)
+  config.model.variant = name
+  config.model.block = variant.block
+  config.model.head = variant.head
+  config.model.multi = variant.multi
+  return config
+
+
+def parse_arg(arg: str | None, default_variant: str) -> tuple[str, set[str]]:
+  """Splits a `--config=file.py:ARG` argument into a variant name and flags.
+
+  ARG is a comma-separated list such as `samplecnn` or `rese2_multi,bf16`. Known flags:
+  `bf16` (bfloat16 compute). Anything else must be a variant name.
+  """
+  variant, flags = default_variant, set()
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if not part:
+      continue
+    if part in ("bf16",):
+      flags.add(part)
+    else:
+      models.get_variant(part)  # Raises with the valid names.
+      variant = part
+  return variant, flags
+
+
+def finish(config: ml_collections.ConfigDict, arg: str | None, default_variant: str):
+  """Applies the `:ARG` of a config file and returns the config."""
+  variant, flags = parse_arg(arg, default_variant)
+  apply_variant(config, variant)
+  if "bf16" in flags:
+    config.model.dtype = "bfloat16"
+  return config

@@ -1,0 +1,321 @@
+"""Sample-level CNNs for raw waveforms: SampleCNN and the SE / Res-n / ReSE-n (+Multi) family.
+
+The models are pure Flax Linen modules: they take a batch of waveforms `(batch, samples)`
+and return logits `(batch, num_classes)` in float32. Losses, sigmoid/softmax and anything
+that touches data or devices live elsewhere.
+
+Architecture facts (layer order, initialisers, Keras BatchNorm defaults, channel rule)
+follow `shared/reference/MODELS.md` sections 1 and 8; where the published code bases
+disagree (SE ratio, front-conv padding), the choice is a field of `config.model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+BLOCK_TYPES = ("basic", "se", "res1", "res2", "rese1", "rese2")
+HEAD_TYPES = ("samplecnn", "gmp")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+INITIALIZERS = {
+    "he_uniform": nn.initializers.he_uniform,
+    "glorot_uniform": nn.initializers.xavier_uniform,
+    "lecun_normal": nn.initializers.lecun_normal,
+}
+NUM_MULTI_LEVELS = 3  # The Multi head concatenates the global max pools of the last 3 blocks.
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A named architecture: which block, which head, multi-level features or not."""
+
+  block: str
+  head: str
+  multi: bool
+
+
+def _variants() -> dict[str, Variant]:
+  variants = {"samplecnn": Variant("basic", "samplecnn", False)}
+  for block in BLOCK_TYPES:
+    variants[block] = Variant(block, "gmp", False)
+    variants[f"{block}_multi"] = Variant(block, "gmp", True)
+  # The paper's spelling of its improved model.
+  variants["rese2multi"] = variants["rese2_multi"]
+  return variants
+
+
+VARIANTS: dict[str, Variant] = _variants()
+
+
+def get_variant(name: str) -> Variant:
+  """Looks up a named variant, naming the valid choices when the name is unknown."""
+  try:
+    return VARIANTS[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown model variant {name!r}. Valid variants: {', '.join(sorted(VARIANTS))}."
+    ) from None
+
+
+def block_widths(num_blocks: int, base_width: int) -> list[int]:
+  """Channels of each pooled block: base, base, then 2x base, and 4x base for the last block.
+
+  This is the reference rule (MODELS.md 1.1): 9 blocks give
+  [128, 128, 256, 256, 256, 256, 256, 256, 512].
+  """
+  widths = [base_width if i < 2 else 2 * base_width for i in range(num_blocks)]
+  widths[-1] = 4 * base_width
+  return widths
+
+
+def feature_lengths(input_size: int, num_blocks: int, front_padding: str = "valid") -> list[int]:
+  """Temporal length after the strided front conv and after each pooled block."""
+  if front_padding == "valid":
+    length = (input_size - 3) // 3 + 1 if input_size >= 3 else 0
+  else:
+    length = -(-input_size // 3)
+  lengths = [length]
+  for _ in range(num_blocks):
+    length //= 3
+    lengths.append(length)
+  return lengths
+
+
+def check_input_size(input_size: int, num_blocks: int, front_padding: str = "valid") -> None:
+  """Raises a ValueError naming what fits when `input_size` shrinks to zero in the trunk."""
+  lengths = feature_lengths(input_size, num_blocks, front_padding)
+  if min(lengths) >= 1:
+    return
+  fits = sum(1 for length in lengths[1:] if length >= 1)
+  needed = 3 ** (num_blocks + 1)
+  raise ValueError(
+      f"input_size={input_size} is too short for num_blocks={num_blocks}: the temporal length "
+      f"reaches 0 (lengths after the front conv and each block: {lengths}). The largest block "
+      f"count that fits {input_size} samples is num_blocks={fits}; {num_blocks} blocks need "
+      f"input_size >= {needed}. (num_blocks counts the pooled blocks after the strided front "
+      f"conv; the paper's count includes the front conv, i.e. is one more.)"
+  )
+
+
+class SqueezeExcitation(nn.Module):
+  """Channel gating: global average over time -> Dense(h, ReLU) -> Dense(C, sigmoid) -> scale."""
+
+  ratio: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    hidden = max(1, int(round(self.ratio * channels)))
+    dense = lambda n: nn.Dense(n, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype)
+    squeezed = jnp.mean(x, axis=1)
+    excitation = nn.sigmoid(dense(channels)(nn.relu(dense(hidden)(squeezed))))
+    return x * excitation[:, None, :].astype(x.dtype)
+
+
+class SampleBlock(nn.Module):
+  """One pooled block: basic/SE (conv-BN-ReLU-pool[-SE]) or Res-n/ReSE-n (residual, pool after add)."""
+
+  kind: str
+  features: int
+  se_ratio: float
+  dropout: float
+  bn_momentum: float
+  bn_epsilon: float
+  conv_init: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = lambda n, k=3, init=self.conv_init: nn.Conv(
+        n, kernel_size=(k,), padding="SAME", kernel_init=INITIALIZERS[init](), dtype=self.dtype
+    )
+    norm = lambda: nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+    )
+    pool = lambda y: nn.max_pool(y, window_shape=(3,), strides=(3,), padding="VALID")
+
+    if self.kind in ("basic", "se"):
+      y = pool(nn.relu(norm()(conv(self.features)(x))))
+      return SqueezeExcitation(self.se_ratio, self.dtype)(y) if self.kind == "se" else y
+
+    num_convs = int(self.kind[-1])
+    shortcut = x
+    if x.shape[-1] != self.features:
+      shortcut = norm()(conv(self.features, k=1, init="glorot_uniform")(x))
+    y = x
+    for i in range(num_convs):
+      y = norm()(conv(self.features)(y))
+      if i < num_convs - 1:
+        y = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(y))
+    if self.kind.startswith("rese"):
+      y = SqueezeExcitation(self.se_ratio, self.dtype)(y)
+    return pool(nn.relu(y + shortcut))
+
+
+class SampleLevelCNN(nn.Module):
+  """Strided 3-sample conv front end, `num_blocks` pooled blocks, then a classifier head.
+
+  Attributes mirror `config.model` (see `configs/` for what each means).
+  """
+
+  num_classes: int
+  block: str = "basic"
+  head: str = "samplecnn"
+  multi: bool = False
+  num_blocks: int = 9
+  base_width: int = 128
+  head_width: int = 0
+  se_ratio: float = 16.0
+  block_dropout: float = 0.2
+  head_dropout: float = 0.5
+  front_padding: str = "valid"
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+  conv_init: str = "he_uniform"
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  def trunk(self, waveform: jax.Array, train: bool) -> list[jax.Array]:
+    """Returns the output of every pooled block, `(batch, length, channels)` each."""
+    x = waveform.astype(self.dtype)[..., None]
+    x = nn.Conv(
+        self.base_width,
+        kernel_size=(3,),
+        strides=(3,),
+        padding=self.front_padding.upper(),
+        kernel_init=INITIALIZERS[self.conv_init](),
+        dtype=self.dtype,
+        name="front_conv",
+    )(x)
+    x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        name="front_bn",
+    )(x)
+    x = nn.relu(x)
+    block_cls = nn.remat(SampleBlock, static_argnums=(2,)) if self.remat else SampleBlock
+    outputs = []
+    for i, width in enumerate(block_widths(self.num_blocks, self.base_width)):
+      x = block_cls(
+          kind=self.block,
+          features=width,
+          se_ratio=self.se_ratio,
+          dropout=self.block_dropout,
+          bn_momentum=self.bn_momentum,
+          bn_epsilon=self.bn_epsilon,
+          conv_init=self.conv_init,
+          dtype=self.dtype,
+          name=f"block{i + 1}",
+      )(x, train)
+      outputs.append(x)
+    return outputs
+
+  @nn.compact
+  def __call__(self, waveform: jax.Array, train: bool = False) -> jax.Array:
+    """Maps waveforms `(batch, samples)` to float32 logits `(batch, num_classes)`."""
+    if waveform.ndim != 2:
+      raise ValueError(f"Expected waveforms of shape (batch, samples), got {waveform.shape}.")
+    check_input_size(waveform.shape[1], self.num_blocks, self.front_padding)
+    outputs = self.trunk(waveform, train)
+    norm = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        name="head_bn",
+    )
+    dense = lambda n, name: nn.Dense(
+        n, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype, name=name
+    )
+    if self.head == "samplecnn":
+      # SMC 2017 head: 1x1 conv on the last block, then a global max over what length remains
+      # (exactly 1 for the 3^9 model, where this is the published head).
+      width = self.head_width or outputs[-1].shape[-1]
+      x = nn.Conv(
+          width, kernel_size=(1,), kernel_init=INITIALIZERS[self.conv_init](),
+          dtype=self.dtype, name="head_conv",
+      )(outputs[-1])
+      x = nn.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
+      x = jnp.max(x, axis=1)
+    else:
+      levels = outputs[-NUM_MULTI_LEVELS:] if self.multi else outputs[-1:]
+      x = jnp.concatenate([jnp.max(level, axis=1) for level in levels], axis=-1)
+      x = dense(self.head_width or x.shape[-1], "head_dense")(x)
+      x = nn.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
+    return dense(self.num_classes, "logits")(x).astype(jnp.float32)
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> SampleLevelCNN:
+  """Builds the model that `config.model` describes, checking every choice up front."""
+  cfg = model_config
+  if cfg.block not in BLOCK_TYPES:
+    raise ValueError(f"Unknown block {cfg.block!r}. Valid blocks: {', '.join(BLOCK_TYPES)}.")
+  if cfg.head not in HEAD_TYPES:
+    raise ValueError(f"Unknown head {cfg.head!r}. Valid heads: {', '.join(HEAD_TYPES)}.")
+  if cfg.dtype not in DTYPES:
+    raise ValueError(f"Unknown dtype {cfg.dtype!r}. Valid dtypes: {', '.join(DTYPES)}.")
+  if cfg.conv_init not in INITIALIZERS:
+    raise ValueError(
+        f"Unknown conv_init {cfg.conv_init!r}. Valid: {', '.join(INITIALIZERS)}."
+    )
+  if cfg.front_padding not in ("valid", "same"):
+    raise ValueError(f"front_padding must be 'valid' or 'same', got {cfg.front_padding!r}.")
+  if cfg.num_blocks < 1:
+    raise ValueError(f"num_blocks must be >= 1, got {cfg.num_blocks}.")
+  if cfg.multi and (cfg.head != "gmp" or cfg.num_blocks < NUM_MULTI_LEVELS):
+    raise ValueError(
+        f"multi=True needs head='gmp' and num_blocks >= {NUM_MULTI_LEVELS} "
+        f"(got head={cfg.head!r}, num_blocks={cfg.num_blocks})."
+    )
+  if num_classes < 1:
+    raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+  check_input_size(cfg.input_size, cfg.num_blocks, cfg.front_padding)
+  return SampleLevelCNN(
+      num_classes=num_classes,
+      block=cfg.block,
+      head=cfg.head,
+      multi=cfg.multi,
+      num_blocks=cfg.num_blocks,
+      base_width=cfg.base_width,
+      head_width=cfg.head_width,
+      se_ratio=cfg.se_ratio,
+      block_dropout=cfg.block_dropout,
+      head_dropout=cfg.head_dropout,
+      front_padding=cfg.front_padding,
+      bn_momentum=cfg.bn_momentum,
+      bn_epsilon=cfg.bn_epsilon,
+      conv_init=cfg.conv_init,
+      dtype=DTYPES[cfg.dtype],
+      remat=cfg.remat,
+  )
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter tree (works on arrays and ShapeDtypeStructs)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def abstract_variables(
+    model: nn.Module, input_size: int, batch_size: int = 1
+) -> dict[str, Any]:
+  """Shapes of `model`'s variables without allocating or compiling anything."""
+  shape = jax.ShapeDtypeStruct((batch_size, input_size), jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), shape)
+
+
+def layer_names(model: SampleLevelCNN) -> Sequence[str]:
+  """Names of the convolutional stages in input order: the front conv, then each block."""
+  return ["front_conv"] + [f"block{i + 1}" for i in range(model.num_blocks)]
