@@ -186,8 +186,12 @@ class SampleLevelCNN(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
 
-  def trunk(self, waveform: jax.Array, train: bool) -> list[jax.Array]:
-    """Returns the output of every pooled block, `(batch, length, channels)` each."""
+  def trunk(self, waveform: jax.Array, train: bool, num_layers: int | None = None) -> list[jax.Array]:
+    """Outputs of the front conv and of each pooled block, `(batch, length, channels)` each.
+
+    `num_layers` stops after that many layers (front conv = layer 1), for callers such as
+    filter visualisation that probe shallow layers with short inputs.
+    """
     x = waveform.astype(self.dtype)[..., None]
     x = nn.Conv(
         self.base_width,
@@ -207,8 +211,9 @@ class SampleLevelCNN(nn.Module):
     )(x)
     x = nn.relu(x)
     block_cls = nn.remat(SampleBlock, static_argnums=(2,)) if self.remat else SampleBlock
-    outputs = []
-    for i, width in enumerate(block_widths(self.num_blocks, self.base_width)):
+    outputs = [x]
+    widths = block_widths(self.num_blocks, self.base_width)
+    for i, width in enumerate(widths[: None if num_layers is None else num_layers - 1]):
       x = block_cls(
           kind=self.block,
           features=width,
@@ -224,12 +229,23 @@ class SampleLevelCNN(nn.Module):
     return outputs
 
   @nn.compact
-  def __call__(self, waveform: jax.Array, train: bool = False) -> jax.Array:
-    """Maps waveforms `(batch, samples)` to float32 logits `(batch, num_classes)`."""
+  def __call__(
+      self, waveform: jax.Array, train: bool = False, num_layers: int | None = None
+  ) -> jax.Array | list[jax.Array]:
+    """Maps waveforms `(batch, samples)` to float32 logits `(batch, num_classes)`.
+
+    With `num_layers` set, returns instead the list of the first `num_layers` layer outputs
+    (front conv = layer 1, block i = layer i + 1) and builds no head.
+    """
     if waveform.ndim != 2:
       raise ValueError(f"Expected waveforms of shape (batch, samples), got {waveform.shape}.")
+    if num_layers is not None:
+      if not 1 <= num_layers <= self.num_blocks + 1:
+        raise ValueError(f"num_layers must be in [1, {self.num_blocks + 1}], got {num_layers}.")
+      check_input_size(waveform.shape[1], num_layers - 1, self.front_padding)
+      return self.trunk(waveform, train, num_layers)
     check_input_size(waveform.shape[1], self.num_blocks, self.front_padding)
-    outputs = self.trunk(waveform, train)
+    outputs = self.trunk(waveform, train)[1:]
     norm = nn.BatchNorm(
         use_running_average=not train,
         momentum=self.bn_momentum,
@@ -317,5 +333,8 @@ def abstract_variables(
 
 
 def layer_names(model: SampleLevelCNN) -> Sequence[str]:
-  """Names of the convolutional stages in input order: the front conv, then each block."""
+  """Names of the convolutional layers in input order: the front conv, then each block.
+
+  Index k of this list is layer k + 1, i.e. `model.apply(..., num_layers=k + 1)[-1]`.
+  """
   return ["front_conv"] + [f"block{i + 1}" for i in range(model.num_blocks)]
