@@ -63,13 +63,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.test_split = "test"  # Split scored with the best checkpoint at the end.
   c.num_workers = 0  # Grain worker processes per host (0 = read in the main process).
   c.prefetch_buffer_size = 4  # Batches each Grain worker prepares ahead.
-  c.augment = ml_collections.ConfigDict()
+  c.augment = ml_collections.ConfigDict()  # Training-time waveform augmentation.
   c.augment.time_shift_ms = 0.0  # Max random time shift in training, ms (Speech Commands: 100).
   c.augment.noise_prob = 0.0  # Probability of mixing background noise in training (SC: 0.8).
   c.augment.noise_volume = 0.1  # Max volume of the mixed background noise.
 
   # --- Model ------------------------------------------------------------------------------
-  c.model = model_config(c.get_ref("input_size"))
+  c.model = model_config(c.get_ref("input_size"))  # Architecture (samplecnn_jax.models).
 
   # --- Optimisation -----------------------------------------------------------------------
   c.seed = 0  # Seed for initialisation, dropout and data order.

@@ -1,0 +1,28 @@
+"""Shared test helpers: loading config files, and where the real dataset excerpts live."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def load_config(name: str, arg: str | None = None):
+  """Loads `configs/<name>.py` the way `--config=configs/<name>.py:arg` does."""
+  path = REPO / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+  """The real dataset excerpts beside the repository; skips when they are not there."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"real dataset excerpts not found at {SHARED_DATA}")
+  return SHARED_DATA
