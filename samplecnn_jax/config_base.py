@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_rate = 16000  # Sample rate of the prepared audio, Hz.
   c.input_size = 19683  # Samples per segment: the model input length.
   c.eval_segments = 9  # Segments per clip at evaluation, spread evenly over the clip.
-  c.train_segments = "random"  # Training segment positions: random (one crop per visit) | all.
+  c.train_segments = "all"  # Training examples: all (every segment, as the reference) | random (one crop per clip visit).
   c.num_classes = 17  # Output units in training (Speech Commands: 31, scored as 12).
   c.label_type = "multi_label"  # multi_label (sigmoid + BCE) | multi_class (softmax + CE).
   c.metric = "f_score"  # Headline metric: roc_auc | pr_auc | accuracy | f_score.

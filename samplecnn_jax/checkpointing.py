@@ -1,0 +1,186 @@
+"""Orbax checkpoints of a training run: the latest N for resuming, and the best one.
+
+One checkpoint holds everything a run needs to continue exactly: the train state (params,
+batch statistics, optimizer state, step, stage, RNG), the Grain iterator state, and a JSON
+record of the host-side bookkeeping (best validation value, evaluations without improvement,
+stage history). `workdir/checkpoints/` keeps the latest `keep` (saved asynchronously);
+`workdir/best/` keeps the single best one by the validation number (saved synchronously so
+the staged schedule can reload it at once). Orbax writes each checkpoint under a temporary
+name and renames it when complete, so a run killed during a save resumes from the last
+complete one.
+
+This module does not decide when to save or what is best: `train.py` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+# Config fields that change the shapes or meaning of what a checkpoint holds.
+ARCHITECTURE_FIELDS = ("num_classes", "label_type", "input_size", "dataset")
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir's checkpoints were written for a different model or dataset."""
+
+
+def _manager(directory: Path, keep: int, asynchronous: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      create=True,
+      enable_async_checkpointing=asynchronous,
+      cleanup_tmp_directories=True,
+  )
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+class Checkpointer:
+  """The latest-N and best checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str | Path, keep: int = 2):
+    self.workdir = Path(workdir)
+    self.latest = _manager(self.workdir / "checkpoints", keep, asynchronous=True)
+    self.best = _manager(self.workdir / "best", 1, asynchronous=False)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, state: Any, data_iterator: Any, meta: dict[str, Any]) -> None:
+    """Saves a resumable checkpoint (asynchronously) at `state.step`."""
+    step = int(state.step)
+    self.latest.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        force=True,
+    )
+
+  def save_best(self, state: Any, meta: dict[str, Any]) -> None:
+    """Replaces the best checkpoint with `state`."""
+    self.best.save(
+        int(state.step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+        force=True,
+    )
+    self.best.wait_until_finished()
+
+  def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict] | None:
+    """Restores the latest checkpoint into `abstract_state`'s structure and `data_iterator`.
+
+    Returns (state, meta), or None when the workdir has no checkpoint yet.
+    """
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    restored = self.latest.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    return restored["state"], restored["meta"]
+
+  def restore_best(self, abstract_state: Any) -> tuple[Any, dict]:
+    """The best checkpoint's state and bookkeeping."""
+    step = self.best.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No best checkpoint in {self.workdir / 'best'} yet.")
+    restored = self.best.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], restored["meta"]
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def write_config(workdir: str | Path, config: Any) -> None:
+  """Records the run's config beside its checkpoints (for mismatch checks and reuse)."""
+  path = Path(workdir) / CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def check_config_matches(workdir: str | Path, config: Any) -> None:
+  """Raises CheckpointMismatchError when `config` cannot load this workdir's checkpoints."""
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return
+  saved = json.loads(path.read_text())
+  differences = []
+  for field in ARCHITECTURE_FIELDS:
+    if field in saved and saved[field] != config[field]:
+      differences.append(f"{field}: checkpoint {saved[field]!r}, config {config[field]!r}")
+  current_model = json.loads(config.model.to_json_best_effort())
+  for field, value in saved.get("model", {}).items():
+    if field in ("dtype", "remat", "variant"):  # Do not change what is stored.
+      continue
+    if current_model.get(field) != value:
+      differences.append(f"model.{field}: checkpoint {value!r}, config {current_model.get(field)!r}")
+  if differences:
+    raise CheckpointMismatchError(
+        f"The checkpoints in {workdir} were written with a different configuration:\n  "
+        + "\n  ".join(differences)
+        + f"\nUse a new --workdir, or the config that wrote them ({path})."
+    )
+
+
+def latest_meta(workdir: str | Path) -> tuple[int, dict[str, Any]]:
+  """The step and bookkeeping record (stage history, best value) of the latest checkpoint."""
+  directory = Path(workdir) / "checkpoints"
+  manager = ocp.CheckpointManager(
+      directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False)
+  )
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {directory}.")
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  manager.close()
+  return step, meta
+
+
+def load_variables(workdir: str | Path, config: Any, which: str = "best") -> dict[str, Any]:
+  """The model variables {'params', 'batch_stats'} of a workdir's best or latest checkpoint.
+
+  For inference and visualisation: no optimizer or data state is built.
+  """
+  if which not in ("best", "latest"):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
+  check_config_matches(workdir, config)
+  directory = Path(workdir) / ("best" if which == "best" else "checkpoints")
+  manager = ocp.CheckpointManager(
+      directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False)
+  )
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+        f"No {which} checkpoint in {directory}. Train first with "
+        f"`python -m samplecnn_jax.main --config=... --workdir={workdir}`."
+    )
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  state = restored["state"]
+  logging.info("Loaded %s checkpoint at step %d from %s", which, step, directory)
+  return {"params": state["params"], "batch_stats": state["batch_stats"]}

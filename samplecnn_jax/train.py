@@ -1,0 +1,537 @@
+"""Training and evaluation: the jitted data-parallel train step and the loop around it.
+
+Reads top to bottom: losses and learning rates, the train state, `train_step`,
+`eval_step`, evaluation of a split, then `train_and_evaluate(config, workdir)`, which
+trains, validates as it goes, keeps the latest and best checkpoints, follows the paper's
+staged schedule, and finally scores the best checkpoint on the test split.
+
+Resume precedence: a workdir with checkpoints resumes from its latest one (exactly: state,
+data iterator, schedule bookkeeping); otherwise training starts from scratch.
+"""
+
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+from flax import struct
+
+from samplecnn_jax import checkpointing, input_pipeline, models, sharding, store
+from samplecnn_jax import metrics as task_metrics
+from samplecnn_jax.config_base import LABEL_TYPES, METRICS
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("staged", "cosine", "constant")
+
+
+# --- Config checks ---------------------------------------------------------------------------
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails early, naming the valid choices, on config values the run cannot use."""
+  choices = {
+      "optimizer": OPTIMIZERS,
+      "schedule": SCHEDULES,
+      "label_type": LABEL_TYPES,
+      "metric": tuple(m for m in METRICS if m != "loss"),
+      "best_metric": METRICS,
+      "train_segments": ("random", "all"),
+  }
+  for field, valid in choices.items():
+    if config[field] not in valid:
+      raise ValueError(
+          f"config.{field}={config[field]!r} is not valid; choose one of: {', '.join(valid)}."
+      )
+  for field in ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval"):
+    if config[field] < 1:
+      raise ValueError(f"config.{field} must be >= 1, got {config[field]}.")
+
+
+# --- Losses and learning rates --------------------------------------------------------------
+
+
+def loss_per_example(logits: jax.Array, labels: jax.Array, label_type: str) -> jax.Array:
+  """Sigmoid BCE averaged over classes (multi-label) or softmax CE (multi-class)."""
+  if label_type == "multi_label":
+    return optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
+  return optax.softmax_cross_entropy(logits, labels)
+
+
+def probabilities(logits: jax.Array, label_type: str) -> jax.Array:
+  return nn.sigmoid(logits) if label_type == "multi_label" else nn.softmax(logits)
+
+
+def learning_rate(
+    config: ml_collections.ConfigDict, step: jax.Array, stage: jax.Array, stage_step: jax.Array
+) -> jax.Array:
+  """The learning rate of the next update.
+
+  staged: lr * factor^stage / (1 + decay * steps_in_stage), i.e. Keras SGD's per-step decay
+  restarted with each stage's fresh optimizer (MODELS.md 2); cosine: warm-up then cosine
+  decay over num_train_steps; constant: lr / (1 + decay * step).
+  """
+  if config.schedule == "staged":
+    base = config.learning_rate * config.stage_lr_factor ** stage.astype(jnp.float32)
+    return base / (1.0 + config.lr_decay * stage_step)
+  if config.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, max(config.warmup_steps, 0),
+        max(config.num_train_steps, config.warmup_steps + 1),
+    )
+    return schedule(step)
+  return config.learning_rate / (1.0 + config.lr_decay * step)
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer with its learning rate as an injectable hyperparameter (set every step)."""
+
+  def build(learning_rate):
+    parts = []
+    if config.grad_clip_norm > 0:
+      parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if config.optimizer == "sgd":
+      if config.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(config.weight_decay))
+      parts.append(optax.sgd(learning_rate, momentum=config.momentum, nesterov=config.nesterov))
+    elif config.optimizer == "adam":
+      parts.append(optax.adam(learning_rate))
+    else:
+      parts.append(optax.adamw(learning_rate, weight_decay=config.weight_decay))
+    return optax.chain(*parts)
+
+  return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
+
+
+# --- Train state ------------------------------------------------------------------------------
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything the jitted step reads and writes; checkpointed whole."""
+
+  step: jax.Array  # Updates applied so far, over all stages.
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  stage: jax.Array  # Stage of the staged schedule (0-based).
+  stage_step: jax.Array  # Updates since the current stage (and its optimizer) began.
+  rng: jax.Array  # Base key for dropout; folded with the step.
+  apply_fn: Callable = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array
+) -> TrainState:
+  """Initialises parameters, batch statistics and the optimizer from `rng`."""
+  init_rng, dropout_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, config.input_size), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
+  tx = create_optimizer(config)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables["params"],
+      batch_stats=variables["batch_stats"],
+      opt_state=tx.init(variables["params"]),
+      stage=jnp.zeros((), jnp.int32),
+      stage_step=jnp.zeros((), jnp.int32),
+      rng=dropout_rng,
+      apply_fn=model.apply,
+      tx=tx,
+  )
+
+
+def restart_stage(state: TrainState, best: TrainState) -> TrainState:
+  """Next stage of the staged schedule: the best weights, a fresh optimizer state."""
+  return state.replace(
+      params=best.params,
+      batch_stats=best.batch_stats,
+      opt_state=state.tx.init(best.params),
+      stage=state.stage + 1,
+      stage_step=jnp.zeros((), jnp.int32),
+  )
+
+
+# --- Steps ------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], config: ml_collections.ConfigDict
+) -> tuple[TrainState, TrainMetrics]:
+  """One optimisation step on a global batch (jitted over the mesh by the caller)."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["audio"],
+        train=True,
+        rngs={"dropout": dropout_rng},
+        mutable=["batch_stats"],
+    )
+    loss = loss_per_example(logits, batch["label"], config.label_type).mean()
+    return loss, updates["batch_stats"]
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  lr = learning_rate(config, state.step, state.stage, state.stage_step)
+  opt_state = state.opt_state._replace(
+      hyperparams={**state.opt_state.hyperparams, "learning_rate": jnp.asarray(lr, jnp.float32)}
+  )
+  updates, opt_state = state.tx.update(grads, opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      stage_step=state.stage_step + 1,
+  )
+  metrics = TrainMetrics.single_from_model_output(
+      loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=lr
+  )
+  return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], label_type: str
+) -> tuple[jax.Array, jax.Array]:
+  """Per-segment class probabilities and losses in inference mode (running BN statistics)."""
+  logits = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["audio"], train=False
+  )
+  return probabilities(logits, label_type), loss_per_example(logits, batch["label"], label_type)
+
+
+def compile_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """The jitted train and eval steps: state replicated, batches split over `data`."""
+  state_sharding = sharding.replicated(mesh)
+  data_sharding = sharding.batch_sharded(mesh)
+  p_train_step = jax.jit(
+      functools.partial(train_step, config=config),
+      in_shardings=(state_sharding, data_sharding),
+      out_shardings=(state_sharding, state_sharding),
+      donate_argnums=(0,),
+  )
+  p_eval_step = jax.jit(
+      functools.partial(eval_step, label_type=config.label_type),
+      in_shardings=(state_sharding, data_sharding),
+      out_shardings=(data_sharding, data_sharding),
+  )
+  return p_train_step, p_eval_step
+
+
+# --- Evaluation -------------------------------------------------------------------------------
+
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    p_eval_step: Callable,
+    mesh: jax.sharding.Mesh,
+    data_dir: str,
+    split: str,
+    manifest: dict[str, Any],
+    max_batches: int = 0,
+    thresholds: np.ndarray | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """Scores `split`: segment-level loss and the task metric on clip-averaged predictions.
+
+  Returns (metrics, arrays) where arrays holds the clip scores and labels (for threshold
+  tuning and for writing predictions).
+  """
+  clip_ids, clip_labels = _clip_labels(data_dir, split, config.num_classes)
+  probs, clip_index, losses = [], [], []
+  for i, batch in enumerate(input_pipeline.create_eval_iterator(config, data_dir, split)):
+    if max_batches and i >= max_batches:
+      break
+    mask = batch.pop("mask")
+    index = batch.pop("clip_index")
+    batch_probs, batch_losses = p_eval_step(state, sharding.global_batch(batch, mesh))
+    # Every process sees the whole split's predictions (small: segments x classes).
+    full_mask = _gather_local(mask, mesh)
+    probs.append(sharding.to_host(batch_probs)[full_mask])
+    losses.append(sharding.to_host(batch_losses)[full_mask])
+    clip_index.append(_gather_local(index, mesh)[full_mask])
+  probs, clip_index, losses = map(np.concatenate, (probs, clip_index, losses))
+  seen = np.unique(clip_index)
+  if max_batches:  # A partial pass scores only the clips it saw in full or in part.
+    remap = np.searchsorted(seen, clip_index)
+    clip_scores = task_metrics.clip_level_scores(probs, remap, len(seen))
+    labels = clip_labels[seen]
+  else:
+    clip_scores = task_metrics.clip_level_scores(probs, clip_index, len(clip_ids))
+    labels = clip_labels
+  options = _metric_options(config, manifest, thresholds)
+  result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
+            "num_segments": int(len(losses))}
+  result.update(task_metrics.compute_metrics(config.metric, labels, clip_scores, **options))
+  return result, {"scores": clip_scores, "labels": labels}
+
+
+@functools.lru_cache(maxsize=8)
+def _clip_labels(data_dir: str, split: str, num_classes: int) -> tuple[list[str], np.ndarray]:
+  """Clip ids and labels of a split, read once per process (they do not change)."""
+  return input_pipeline.clip_labels(data_dir, split, num_classes)
+
+
+def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
+  """A per-process numpy slice of a batch field, gathered to the global batch on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(local)
+  return sharding.to_host(sharding.global_batch({"x": local}, mesh)["x"])
+
+
+def _metric_options(config, manifest, thresholds) -> dict[str, Any]:
+  if config.metric == "accuracy":
+    return {"eval_label_map": manifest.get("eval_label_map")}
+  if config.metric == "f_score":
+    return {"threshold": config.f_score_threshold if thresholds is None else thresholds}
+  return {}
+
+
+def _is_better(value: float, best: float | None, metric: str) -> bool:
+  if best is None or math.isnan(best):
+    return True
+  return value < best if metric == "loss" else value > best
+
+
+# --- Logging ----------------------------------------------------------------------------------
+
+
+class Progress:
+  """Steps/s, examples/s and ETA since the last report; logs and writes TensorBoard scalars."""
+
+  def __init__(self, config, workdir: str, start_step: int):
+    self.config = config
+    self.writer = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+
+      self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+    self.last_step, self.last_time = start_step, time.perf_counter()
+
+  def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+    if self.writer is None:
+      return
+    for key, value in values.items():
+      if isinstance(value, int | float) and math.isfinite(value):
+        self.writer.add_scalar(f"{prefix}/{key}", value, step)
+    self.writer.flush()
+
+  def report(self, step: int, values: dict[str, float]) -> None:
+    now = time.perf_counter()
+    steps_per_sec = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    remaining = (self.config.num_train_steps - step) / max(steps_per_sec, 1e-9)
+    values = dict(values, steps_per_sec=steps_per_sec,
+                  examples_per_sec=steps_per_sec * self.config.batch_size)
+    logging.info(
+        "step %d/%d | loss %.4f | lr %.3g | %.2f steps/s | %.1f examples/s | ETA %s",
+        step, self.config.num_train_steps, values["loss"], values["learning_rate"],
+        steps_per_sec, values["examples_per_sec"], _format_seconds(remaining),
+    )
+    self.scalars(step, values, "train")
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def write_metrics(workdir: str, split: str, step: int, values: dict[str, Any]) -> Path:
+  """Writes `DIR/metrics_<split>.json` (process 0 only) and returns its path."""
+  path = Path(workdir) / f"metrics_{split}.json"
+  if jax.process_index() == 0:
+    store.write_json(path, {"split": split, "step": int(step), **values})
+  return path
+
+
+# --- The loop ---------------------------------------------------------------------------------
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str):
+  """What both training and evaluation need: data, mesh, model, abstract state, steps."""
+  validate_config(config)
+  data_dir = input_pipeline.data_dir_for(config)
+  manifest = input_pipeline.check_store(config, data_dir)
+  mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  checkpointing.check_config_matches(workdir, config)
+  model = models.create_model(config.model, config.num_classes)
+  return data_dir, manifest, mesh, model
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming if it holds checkpoints; scores the best on test.
+
+  Args:
+    config: a run config (see `configs/`).
+    workdir: where checkpoints, TensorBoard logs, config.json and metrics_*.json go.
+
+  Returns:
+    The test-split metrics of the best checkpoint (also in `workdir/metrics_test.json`).
+  """
+  data_dir, manifest, mesh, model = _setup(config, workdir)
+  Path(workdir).mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    checkpointing.write_config(workdir, config)
+  p_train_step, p_eval_step = compile_steps(config, mesh)
+  train_iter = input_pipeline.create_train_iterator(config, data_dir, seed=config.seed)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+
+  state = create_train_state(config, model, jax.random.key_data(jax.random.key(config.seed)))
+  meta = {"best_value": None, "best_step": None, "evals_without_improvement": 0,
+          "stage_history": [], "done": False}
+  restored = ckpt.restore_latest(sharding.replicate(state, mesh), train_iter)
+  if restored is not None:
+    state, meta = restored
+    logging.info("Resumed from step %d (stage %d) in %s", int(state.step), int(state.stage),
+                 workdir)
+  else:
+    logging.info("Starting from scratch in %s", workdir)
+  state = sharding.replicate(state, mesh)
+  if jax.process_index() == 0:
+    parameter_overview.log_parameter_overview(state.params)
+  logging.info("Mesh %s over %d devices, %d processes; global batch %d",
+               dict(mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)
+
+  progress = Progress(config, workdir, int(state.step))
+  train_metrics = None
+  step = int(state.step)
+  while step < config.num_train_steps and not meta["done"]:
+    # --- one step ---
+    batch = sharding.global_batch(next(train_iter), mesh)
+    state, step_metrics = p_train_step(state, batch)
+    train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+    step += 1
+    at_eval = step % config.steps_per_eval == 0 or step == config.num_train_steps
+    at_log = step % config.log_every_steps == 0 or at_eval
+    # --- logging and the NaN guard ---
+    if at_log:
+      values = {k: float(v) for k, v in train_metrics.compute().items()}
+      train_metrics = None
+      if not math.isfinite(values["loss"]):
+        ckpt.wait()
+        raise FloatingPointError(
+            f"Training loss became {values['loss']} by step {step}. The last good checkpoint "
+            f"(step {ckpt.latest_step()}) is kept in {workdir}; lower the learning rate "
+            f"(--config.learning_rate), enable clipping (--config.grad_clip_norm=1.0) or use "
+            f"float32 (--config.model.dtype=float32), then re-run to resume."
+        )
+      progress.report(step, values)
+    # --- validation, best checkpoint, staged schedule ---
+    if at_eval:
+      result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.eval_split,
+                           manifest, config.max_eval_batches)
+      logging.info("step %d | %s: %s", step, config.eval_split, _summary(result))
+      progress.scalars(step, result, config.eval_split)
+      write_metrics(workdir, config.eval_split, step, result)
+      value = result[config.best_metric]
+      if _is_better(value, meta["best_value"], config.best_metric):
+        meta.update(best_value=value, best_step=step, evals_without_improvement=0)
+        ckpt.save_best(state, meta)
+      else:
+        meta["evals_without_improvement"] += 1
+      if config.schedule == "staged" and meta["evals_without_improvement"] >= config.patience:
+        state, meta = _next_stage(config, state, meta, ckpt, mesh)
+    if at_eval or step % config.checkpoint_every_steps == 0:
+      ckpt.save(state, train_iter, meta)
+  ckpt.wait()
+  progress.close()
+
+  # --- final score of the best checkpoint ---
+  result = _evaluate_best_on_test(config, workdir, state, ckpt, p_eval_step, mesh, data_dir,
+                                  manifest)
+  ckpt.close()
+  return result
+
+
+def _next_stage(config, state, meta, ckpt, mesh):
+  """Ends a stage: reload the best checkpoint, lr x factor, fresh optimizer; or stop."""
+  stage = int(state.stage)
+  meta["stage_history"].append({"stage": stage, "end_step": int(state.step),
+                                "best_step": meta["best_step"]})
+  if stage + 1 >= config.num_stages:
+    logging.info("Stage %d/%d ended without improvement: training is done.", stage + 1,
+                 config.num_stages)
+    meta["done"] = True
+    return state, meta
+  best, _ = ckpt.restore_best(sharding.replicate(state, mesh))
+  state = sharding.replicate(restart_stage(state, best), mesh)
+  meta["evals_without_improvement"] = 0
+  logging.info("Stage %d begins at step %d from the best checkpoint (step %s), lr %.3g",
+               stage + 2, int(state.step), meta["best_step"],
+               config.learning_rate * config.stage_lr_factor ** (stage + 1))
+  return state, meta
+
+
+def _evaluate_best_on_test(config, workdir, state, ckpt, p_eval_step, mesh, data_dir, manifest):
+  if ckpt.best.latest_step() is not None:
+    state, _ = ckpt.restore_best(sharding.replicate(state, mesh))
+    state = sharding.replicate(state, mesh)
+  thresholds = None
+  if config.tune_thresholds and config.metric == "f_score":
+    _, valid = evaluate(config, state, p_eval_step, mesh, data_dir, config.eval_split, manifest)
+    thresholds = task_metrics.tune_thresholds(valid["labels"], valid["scores"])
+  result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.test_split, manifest)
+  if thresholds is not None:
+    tuned, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.test_split, manifest,
+                        thresholds=thresholds)
+    result.update({f"tuned_{k}": v for k, v in tuned.items() if k not in ("loss", "num_clips")})
+    result["tuned_thresholds"] = [float(t) for t in thresholds]
+  path = write_metrics(workdir, config.test_split, int(state.step), result)
+  logging.info("Best checkpoint (step %d) on %s: %s -> %s", int(state.step), config.test_split,
+               _summary(result), path)
+  return result
+
+
+def _summary(result: dict[str, Any]) -> str:
+  return ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, split: str, which: str = "best"
+) -> dict[str, Any]:
+  """Eval-only mode: scores a workdir's best or latest checkpoint on `split`."""
+  data_dir, manifest, mesh, model = _setup(config, workdir)
+  variables = checkpointing.load_variables(workdir, config, which)
+  state = create_train_state(config, model, jax.random.key_data(jax.random.key(0)))
+  state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+  state = sharding.replicate(state, mesh)
+  _, p_eval_step = compile_steps(config, mesh)
+  result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, split, manifest)
+  step = _checkpoint_step(workdir, which)
+  result["checkpoint"] = which
+  write_metrics(workdir, split, step, result)
+  logging.info("%s checkpoint (step %d) on %s: %s", which, step, split, _summary(result))
+  return result
+
+
+def _checkpoint_step(workdir: str, which: str) -> int:
+  directory = Path(workdir) / ("best" if which == "best" else "checkpoints")
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+  return max(steps)
+

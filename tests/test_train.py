@@ -1,0 +1,196 @@
+"""Tests for samplecnn_jax.train: smoke run, exact resume, staged schedule, NaN guard,
+config mismatch, eval-only mode, and 1-device vs 4-device equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, load_config
+
+from samplecnn_jax import checkpointing, prepare, train
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory) -> str:
+  """A small demo store: enough clips for a few steps and a quick evaluation."""
+  out = tmp_path_factory.mktemp("demo")
+  prepare.prepare("demo", None, out, workers=1, num_train=48, num_valid=12, num_test=12)
+  return str(out)
+
+
+def tiny_config(data_dir: str, **overrides):
+  config = load_config("test")
+  config.data_dir = data_dir
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def final_params(workdir: str | Path, config) -> dict:
+  return checkpointing.load_variables(workdir, config, which="latest")
+
+
+def assert_trees_equal(a, b, atol=0.0):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
+
+
+def test_train_and_evaluate_writes_metrics_checkpoints_and_tensorboard(demo_store, tmp_path):
+  config = tiny_config(demo_store)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  for key in ("f_score", "precision", "recall", "loss", "num_clips"):
+    assert key in result
+  assert result["num_clips"] == 12
+  valid = json.loads((tmp_path / "metrics_valid.json").read_text())
+  test = json.loads((tmp_path / "metrics_test.json").read_text())
+  assert valid["step"] == config.num_train_steps and valid["split"] == "valid"
+  assert test["step"] in (3, 6), "the test split is scored with the best checkpoint"
+  assert np.isfinite(valid["loss"]) and 0.0 <= test["f_score"] <= 1.0
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert (tmp_path / "config.json").exists()
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [3, 6]
+
+
+def test_same_seed_same_run_and_resume_is_a_no_op(demo_store, tmp_path):
+  config = tiny_config(demo_store)
+  train.train_and_evaluate(config, str(tmp_path / "a"))
+  train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert_trees_equal(final_params(tmp_path / "a", config), final_params(tmp_path / "b", config))
+  # Running again on a finished workdir resumes at the end and trains no further.
+  before = final_params(tmp_path / "a", config)
+  train.train_and_evaluate(config, str(tmp_path / "a"))
+  assert_trees_equal(before, final_params(tmp_path / "a", config))
+
+
+def test_killed_run_resumes_to_the_same_parameters(demo_store, tmp_path):
+  """SIGKILL a real `main` process after its first checkpoint, then resume in-process."""
+  steps = 12
+  config = tiny_config(demo_store, num_train_steps=steps, steps_per_eval=4,
+                       checkpoint_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))
+
+  killed = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--config={REPO / 'configs' / 'test.py'}",
+         f"--workdir={killed}", f"--config.data_dir={demo_store}",
+         f"--config.num_train_steps={steps}", "--config.steps_per_eval=4",
+         "--config.checkpoint_every_steps=2"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    done = [p for p in (killed / "checkpoints").glob("*") if p.name.isdigit()]
+    if done:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert (killed / "checkpoints").exists(), proc.stderr.read().decode()[-2000:]
+
+  train.train_and_evaluate(config, str(killed))
+  assert_trees_equal(final_params(tmp_path / "uninterrupted", config), final_params(killed, config))
+  a = json.loads((tmp_path / "uninterrupted" / "metrics_test.json").read_text())
+  b = json.loads((killed / "metrics_test.json").read_text())
+  assert a == b
+
+
+def test_staged_schedule_reloads_best_and_lowers_learning_rate(demo_store, tmp_path):
+  # lr 0 means validation loss never improves after the first evaluation: every
+  # `patience` evaluations a stage ends, until the last stage ends the run early.
+  config = tiny_config(demo_store, learning_rate=0.0, steps_per_eval=1, patience=1,
+                       num_stages=3, num_train_steps=50, checkpoint_every_steps=50)
+  train.train_and_evaluate(config, str(tmp_path))
+  step, meta = checkpointing.latest_meta(tmp_path)
+  assert meta["done"] is True
+  assert [s["stage"] for s in meta["stage_history"]] == [0, 1, 2]
+  # Evaluation 1 sets the best; evaluations 2, 3, 4 each end a stage without improving.
+  assert step == 4 and [s["end_step"] for s in meta["stage_history"]] == [2, 3, 4]
+
+
+def test_learning_rate_follows_keras_decay_and_stages():
+  config = load_config("test")
+  lr = lambda stage, stage_step: float(train.learning_rate(
+      config, np.int32(0), np.int32(stage), np.int32(stage_step)))
+  assert lr(0, 0) == pytest.approx(0.01)
+  assert lr(0, 1_000_000) == pytest.approx(0.01 / 2)
+  assert lr(2, 0) == pytest.approx(0.01 * 0.2 ** 2)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(demo_store, tmp_path):
+  config = tiny_config(demo_store, learning_rate=1e30, num_train_steps=30, steps_per_eval=30,
+                       checkpoint_every_steps=1, log_every_steps=1, optimizer="sgd",
+                       nesterov=False)
+  with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path))
+  latest = checkpointing.load_variables(tmp_path, config, which="latest")
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(latest["params"]))
+
+
+def test_workdir_with_other_config_gives_clear_error(demo_store, tmp_path):
+  config = tiny_config(demo_store, num_train_steps=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  other = tiny_config(demo_store)
+  other.model.base_width = 8
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="model.base_width"):
+    train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_eval_only_mode_scores_a_chosen_split(demo_store, tmp_path):
+  config = tiny_config(demo_store, num_train_steps=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  result = train.evaluate_checkpoint(config, str(tmp_path), "valid", which="latest")
+  saved = json.loads((tmp_path / "metrics_valid.json").read_text())
+  assert saved["checkpoint"] == "latest" and saved["step"] == 3
+  assert saved["f_score"] == pytest.approx(result["f_score"])
+
+
+def test_bad_config_values_name_valid_choices(demo_store, tmp_path):
+  with pytest.raises(ValueError, match="choose one of: sgd, adam, adamw"):
+    train.train_and_evaluate(tiny_config(demo_store, optimizer="rmsprop"), str(tmp_path))
+  with pytest.raises(ValueError, match="num_classes=6"):
+    train.train_and_evaluate(tiny_config(demo_store, num_classes=7), str(tmp_path))
+
+
+DEVICE_SCRIPT = """
+import sys, numpy as np, jax
+sys.path.insert(0, {tests!r})
+from conftest import load_config
+from samplecnn_jax import models, sharding, train
+config = load_config("test")
+mesh = sharding.create_mesh()
+model = models.create_model(config.model, config.num_classes)
+state = train.create_train_state(config, model, jax.random.key_data(jax.random.key(0)))
+state = sharding.replicate(state, mesh)
+p_train_step, _ = train.compile_steps(config, mesh)
+rng = np.random.default_rng(0)
+for _ in range(3):
+  batch = {{"audio": rng.normal(size=(8, 729)).astype(np.float32),
+           "label": (rng.random((8, 6)) > 0.5).astype(np.float32)}}
+  state, _ = p_train_step(state, sharding.global_batch(batch, mesh))
+leaves = [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
+np.savez({out!r}, *leaves, devices=jax.device_count())
+"""
+
+
+def test_four_devices_match_one_device(tmp_path):
+  """Data parallelism over 4 fake CPU devices gives the 1-device result for the same batch."""
+  results = {}
+  for devices in (1, 4):
+    out = tmp_path / f"{devices}.npz"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    script = DEVICE_SCRIPT.format(tests=str(REPO / "tests"), out=str(out))
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO)
+    results[devices] = np.load(out)
+  assert int(results[4]["devices"]) == 4 and int(results[1]["devices"]) == 1
+  names = [k for k in results[1].files if k != "devices"]
+  for name in names:
+    np.testing.assert_allclose(results[1][name], results[4][name], rtol=1e-4, atol=1e-5)
