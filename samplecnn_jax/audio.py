@@ -1,0 +1,182 @@
+"""Decoding audio files to mono float32 at a target rate, with a clear error for bad files.
+
+`load_audio` reads WAV, FLAC, OGG/Vorbis, MP3 (and the other formats libsndfile knows) with
+soundfile, reading only the frames a clip needs, mixes channels to mono and resamples with
+soxr through librosa. Every way a file can be unusable (missing, empty, not audio,
+truncated, undecodable, NaN samples) raises `AudioError`, whose `kind` and `reason` end up
+in `prepare`'s report. librosa 1.0 decodes through soundfile only (no audioread), so there
+is no second decoder to fall back on: formats libsndfile cannot read (AAC/M4A, WMA) are
+reported as `unsupported_format`. This module does no file writing and knows no datasets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+# Extensions the dataset listers treat as audio. Those libsndfile cannot decode still get
+# listed, so that they show up in the report instead of being silently ignored.
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
+        ".au", ".snd", ".caf", ".w64", ".rf64", ".m4a", ".aac", ".wma",
+    }
+)  # fmt: skip
+
+RESAMPLE_TYPE = "soxr_hq"  # librosa's default: soxr high quality.
+
+# AudioError kinds, as counted in report.json.
+ERROR_KINDS = ("missing", "empty", "unsupported_format", "truncated", "corrupt", "invalid")
+
+# libsndfile logs "data : 64000 (should be 31978)" when a WAV header promises more audio
+# than the file holds; it then quietly returns the shorter audio.
+_WAV_SHORT_DATA = re.compile(r"\bdata\s*:\s*(\d+)\s*\(should be (\d+)\)")
+_STREAMED_WAV_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # "Unknown length" markers of piped WAVs.
+# MP3 frame counts are estimates (Xing header or bitrate): allow 2 MPEG frames or 1 %.
+_MP3_SLACK_FRAMES = 2 * 1152
+
+
+class AudioError(Exception):
+  """An audio file that cannot be used, with the kind of problem and a readable reason."""
+
+  def __init__(self, path: str | os.PathLike, kind: str, reason: str):
+    assert kind in ERROR_KINDS, kind
+    super().__init__(f"{path}: {reason}")
+    self.path = str(path)
+    self.kind = kind
+    self.reason = reason
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+  """Float audio in [-1, 1] to int16 PCM (clipped); int16 input read as float round-trips."""
+  scaled = np.rint(np.asarray(audio, dtype=np.float32) * 32768.0)
+  return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+def to_float32(audio: np.ndarray) -> np.ndarray:
+  """int16 PCM to float32 in [-1, 1), the inverse of `to_int16`."""
+  return np.asarray(audio, dtype=np.float32) / 32768.0
+
+
+def mix_to_mono(frames: np.ndarray) -> np.ndarray:
+  """(frames, channels) or (frames,) to (frames,) by averaging the channels."""
+  frames = np.asarray(frames, dtype=np.float32)
+  return frames if frames.ndim == 1 else frames.mean(axis=1, dtype=np.float32)
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+  """Resamples 1-D audio with soxr (via librosa); output length is ceil(n * target / orig)."""
+  if orig_sr == target_sr:
+    return np.asarray(audio, dtype=np.float32)
+  import librosa  # Imported lazily: it pulls in scipy, and 16 kHz sources never need it.
+
+  out = librosa.resample(
+      np.asarray(audio, dtype=np.float32),
+      orig_sr=orig_sr,
+      target_sr=target_sr,
+      res_type=RESAMPLE_TYPE,
+  )
+  return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _open(path: Path) -> sf.SoundFile:
+  try:
+    return sf.SoundFile(path)
+  except sf.LibsndfileError as e:
+    message = e.error_string
+    if "not recognised" in message or "unknown format" in message.lower():
+      raise AudioError(
+          path,
+          "unsupported_format",
+          f"not an audio format libsndfile {sf.__libsndfile_version__} can read ({message}); "
+          "convert it to WAV or FLAC, e.g. `ffmpeg -i IN OUT.wav`",
+      ) from None
+    raise AudioError(path, "corrupt", f"cannot open: {message}") from None
+  except Exception as e:  # soundfile can raise RuntimeError/TypeError on odd headers.
+    raise AudioError(path, "corrupt", f"cannot open: {type(e).__name__}: {e}") from None
+
+
+def _wav_missing_bytes(f: sf.SoundFile) -> tuple[int, int] | None:
+  """(declared, present) audio bytes when a WAV-like header promises more than the file has."""
+  match = _WAV_SHORT_DATA.search(f.extra_info)
+  if not match:
+    return None
+  declared, present = int(match.group(1)), int(match.group(2))
+  if declared in _STREAMED_WAV_SIZES or declared <= present:
+    return None
+  return declared, present
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray:
+  """Decodes `duration` seconds from `offset` of an audio file as mono float32 at `sample_rate`.
+
+  Only the needed frames are read. A `duration` that runs past the end of the file returns
+  the audio up to the end (not an error); an `offset` at or past the end is `invalid`.
+
+  Raises:
+    AudioError: the file is missing, empty, not audio, truncated, undecodable or has
+      non-finite samples; `kind` says which and `reason` says what was found.
+    ValueError: negative `offset`, non-positive `duration` or `sample_rate` (caller bugs).
+  """
+  if sample_rate <= 0 or offset < 0 or (duration is not None and duration <= 0):
+    raise ValueError(
+        f"need sample_rate > 0, offset >= 0, duration > 0 or None; got {sample_rate}, "
+        f"{offset}, {duration} for {path}"
+    )
+  path = Path(path)
+  if not path.is_file():
+    raise AudioError(path, "missing", "file not found")
+  if path.stat().st_size == 0:
+    raise AudioError(path, "empty", "file is empty (0 bytes)")
+
+  with _open(path) as f:
+    native_sr, declared = f.samplerate, f.frames
+    if declared <= 0:
+      raise AudioError(path, "empty", "the file holds no audio frames")
+    missing = _wav_missing_bytes(f)
+    if missing:
+      raise AudioError(
+          path,
+          "truncated",
+          f"truncated: header declares {missing[0]} bytes of audio data, file holds {missing[1]}",
+      )
+    start = int(round(offset * native_sr))
+    if start >= declared:
+      raise AudioError(
+          path,
+          "invalid",
+          f"offset {offset:.3f} s is at or past the end of the file ({declared / native_sr:.3f} s)",
+      )
+    wanted = declared - start
+    if duration is not None:
+      wanted = min(wanted, int(round(duration * native_sr)))
+    try:
+      if start:
+        f.seek(start)
+      frames = f.read(wanted, dtype="float32", always_2d=True)
+    except Exception as e:
+      reason = e.error_string if isinstance(e, sf.LibsndfileError) else f"{type(e).__name__}: {e}"
+      reason = f"decoding failed (truncated or corrupt?): {reason}"
+      raise AudioError(path, "corrupt", reason) from None
+    slack = max(_MP3_SLACK_FRAMES, wanted // 100) if f.format == "MP3" else 0
+
+  if len(frames) == 0:
+    raise AudioError(path, "empty", "decoded no audio frames")
+  if len(frames) < wanted - slack:
+    raise AudioError(
+        path,
+        "truncated",
+        f"truncated: decoded {len(frames)} of the {wanted} frames the header declares",
+    )
+  if not np.isfinite(frames).all():
+    raise AudioError(path, "invalid", "contains NaN or infinite samples")
+  return resample(mix_to_mono(frames), native_sr, sample_rate)

@@ -1,0 +1,474 @@
+"""Turns a raw dataset into the prepared store: decode, resample, write shards, report.
+
+  python -m samplecnn_jax.prepare demo --out prepared/demo
+  python -m samplecnn_jax.prepare folder --src my_sounds/ --out prepared/my_sounds
+  python -m samplecnn_jax.prepare DATASET --src RAW_DIR --out PREPARED_DIR [--workers N]
+
+Each dataset module lists its clips (`datasets.get_lister`); this module decodes them in
+parallel (one process per core), writes int16 clips at `--sample-rate` to fixed-size
+ArrayRecord shards in a deterministic order, and writes `clip_lengths.npy` per split,
+`report.json` and, last, `manifest.json` (layout in `samplecnn_jax/store.py`).
+
+Bad audio never stops the job: missing, empty, unreadable, truncated and wrong-format files
+are skipped and listed in report.json with the reason; silent files are kept (they are valid
+audio) and listed as warnings. An interrupted run resumes: a shard whose file and sidecar
+`OUT/.prepare/<shard>.json` exist and match is kept, so re-running gives the same bytes as
+an uninterrupted run. This module knows no dataset layout and does no training-time I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import inspect
+import json
+import multiprocessing
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samplecnn_jax import __version__, audio, datasets, store
+from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
+
+DEFAULT_SHARD_SIZE = 512  # Clips per shard (about 16 MB of 1-s clips, 470 MB of 29-s clips).
+CLIP_LENGTHS = "clip_lengths.npy"  # Per split: int64 samples of every clip, in record order.
+PROGRESS_DIR = ".prepare"  # Per-shard sidecars that make a run resumable.
+PREPARE_VERSION = 1  # Bump when the bytes of a prepared clip change, to void old sidecars.
+LABEL_TYPES = ("multi_label", "multi_class")
+SPLIT_ORDER = ("train", "valid", "test")  # Manifest order; other splits follow as listed.
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_COMMON_FLAGS = ("dataset", "src", "out", "workers", "sample_rate", "shard_size", "quiet")
+
+
+# --- One clip ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipResult:
+  """What became of one clip: int16 audio, or the problem that made us skip it."""
+
+  clip_id: str
+  audio: np.ndarray | None  # int16 mono at the target rate; None when skipped.
+  kind: str = ""  # AudioError kind when skipped, 'silent' for a warning.
+  reason: str = ""  # Why it was skipped / what the warning is about.
+
+
+def prepare_clip(
+    spec: ClipSpec, sample_rate: int, synthesize: Callable[[ClipSpec], np.ndarray] | None = None
+) -> ClipResult:
+  """Decodes (or synthesises) one clip to int16 at `sample_rate`; bad audio is a result."""
+  try:
+    if not spec.path and synthesize is not None:
+      waveform = np.asarray(synthesize(spec), dtype=np.float32)
+    else:
+      waveform = audio.load_audio(spec.path, sample_rate, spec.offset, spec.duration)
+  except audio.AudioError as e:
+    return ClipResult(spec.clip_id, None, e.kind, e.reason)
+  pcm = audio.to_int16(waveform)
+  if pcm.ndim != 1 or pcm.size == 0:
+    return ClipResult(spec.clip_id, None, "empty", f"no samples (shape {pcm.shape})")
+  if not pcm.any():
+    return ClipResult(spec.clip_id, pcm, "silent", "silent: every sample is 0 (kept)")
+  return ClipResult(spec.clip_id, pcm)
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(sample_rate: int, synthesize) -> None:
+  _worker_state.update(sample_rate=sample_rate, synthesize=synthesize)
+
+
+def _worker_prepare_clip(spec: ClipSpec) -> ClipResult:
+  return prepare_clip(spec, _worker_state["sample_rate"], _worker_state["synthesize"])
+
+
+# --- Shards and their sidecars ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """A fixed chunk of a split's clips; its clips are known before anything is decoded."""
+
+  split: str
+  index: int
+  clips: tuple[ClipSpec, ...]
+
+  @property
+  def name(self) -> str:
+    return f"{self.split}-{self.index:05d}"
+
+  @property
+  def path(self) -> str:
+    """Relative to the prepared folder, as listed in the manifest."""
+    return f"{self.split}/{self.name}{store.SHARD_SUFFIX}"
+
+
+def plan_shards(clips: list[ClipSpec], shard_size: int) -> dict[str, list[Shard]]:
+  """Splits (train, valid, test, then others as first listed) -> shards of clips by clip_id."""
+  by_split: dict[str, list[ClipSpec]] = {}
+  for clip in clips:
+    by_split.setdefault(clip.split, []).append(clip)
+  first = list(by_split)
+  rank = {split: (SPLIT_ORDER + (split,)).index(split) for split in first}
+  plan = {}
+  for split in sorted(first, key=lambda split: (rank[split], first.index(split))):
+    members = by_split[split]
+    members = sorted(members, key=lambda clip: clip.clip_id)
+    plan[split] = [
+        Shard(split, i // shard_size, tuple(members[i : i + shard_size]))
+        for i in range(0, len(members), shard_size)
+    ]
+  return plan
+
+
+def _fingerprint(shard: Shard, context: list) -> str:
+  """Hash of everything that decides a shard's bytes (its clips, rate, options, versions)."""
+  specs = [dataclasses.astuple(clip) for clip in shard.clips]
+  text = json.dumps([PREPARE_VERSION, store.FORMAT_VERSION, context, specs], default=str)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sidecar(out: Path, shard: Shard) -> Path:
+  return out / PROGRESS_DIR / f"{shard.name}.json"
+
+
+def _finished_shard(out: Path, shard: Shard, fingerprint: str) -> dict | None:
+  """The sidecar of a shard finished by an earlier run with the same inputs, else None."""
+  try:
+    info = json.loads(_sidecar(out, shard).read_text())
+    if info["fingerprint"] != fingerprint:
+      return None
+    if info["num_records"]:
+      path = out / shard.path
+      if not path.is_file() or path.stat().st_size != info["bytes"]:
+        return None
+  except (OSError, ValueError, KeyError, TypeError):  # Missing or damaged sidecar: redo.
+    return None
+  return info
+
+
+def _write_shard(
+    out: Path, shard: Shard, fingerprint: str, results: Iterator[ClipResult], on_clip: Callable
+) -> dict:
+  """Writes one shard from the next results, then its sidecar; returns the sidecar."""
+  lengths, skipped, warnings = [], [], []
+
+  def records():
+    for spec in shard.clips:
+      result = next(results)
+      assert result.clip_id == spec.clip_id, (result.clip_id, spec.clip_id)
+      on_clip()
+      entry = {"clip_id": spec.clip_id, "source": spec.source or spec.path, "split": spec.split}
+      if result.audio is None:
+        skipped.append({**entry, "kind": result.kind, "reason": result.reason})
+        continue
+      if result.kind:
+        warnings.append({**entry, "kind": result.kind, "reason": result.reason})
+      lengths.append(len(result.audio))
+      yield store.encode_clip(spec.clip_id, result.audio, spec.labels, spec.source)
+
+  path = out / shard.path
+  count = store.write_shard(path, records())
+  if count == 0:
+    path.unlink()
+  info = {
+      "fingerprint": fingerprint,
+      "shard": shard.path if count else None,
+      "num_records": count,
+      "bytes": path.stat().st_size if count else 0,
+      "clip_lengths": lengths,
+      "skipped": skipped,
+      "warnings": warnings,
+  }
+  store.write_json(_sidecar(out, shard), info)
+  return info
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    np.save(f, array)
+  os.replace(tmp, path)
+
+
+def _remove_stale_files(out: Path, plan: dict[str, list[Shard]]) -> None:
+  """Deletes `.tmp` leftovers and shards/sidecars of earlier runs that this plan has not."""
+  keep = {shard.name for shards in plan.values() for shard in shards}
+  for split in plan:
+    shard_name = re.compile(rf"^({re.escape(split)}-\d{{5}}){re.escape(store.SHARD_SUFFIX)}$")
+    for path in (out / split).iterdir():
+      match = shard_name.match(path.name.removesuffix(".tmp"))
+      if path.name.endswith(".tmp") or (match and match.group(1) not in keep):
+        path.unlink()
+  for path in (out / PROGRESS_DIR).iterdir():
+    if path.name.endswith(".tmp") or path.name.removesuffix(".json") not in keep:
+      path.unlink()
+  for path in out.glob("*.tmp"):
+    path.unlink()
+
+
+# --- The job ----------------------------------------------------------------------------
+
+
+def default_workers() -> int:
+  """Cores this process may use."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def _list_clips(name: str, src: Path | None, sample_rate: int, options: dict) -> Listing:
+  module = datasets.get_module(name)
+  lister = datasets.get_lister(name)
+  if src is None and getattr(module, "NEEDS_SOURCE", True):
+    raise LayoutError(f"dataset {name!r} needs --src: the folder of the raw download")
+  if src is not None and not src.exists():
+    raise LayoutError(f"--src {src} does not exist")
+  if "sample_rate" in inspect.signature(lister).parameters:
+    options = {**options, "sample_rate": sample_rate}
+  try:
+    return lister(src, **options)
+  except LayoutError:
+    raise
+  except (ValueError, TypeError) as e:  # Bad options for this dataset.
+    raise LayoutError(f"{name}: {e}") from e
+
+
+def _check_listing(listing: Listing) -> None:
+  """Catches listing mistakes before hours of decoding (bugs and bad metadata alike)."""
+  if listing.label_type not in LABEL_TYPES:
+    raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {listing.label_type!r}")
+  if not listing.vocabulary or len(set(listing.vocabulary)) != len(listing.vocabulary):
+    raise ValueError(f"vocabulary must be non-empty and unique, got {listing.vocabulary[:10]}")
+  if not listing.clips:
+    raise LayoutError(f"{listing.name}: no clips to prepare (skipped: {len(listing.skipped)})")
+  seen = set()
+  for clip in listing.clips:
+    if clip.clip_id in seen:
+      raise ValueError(f"clip_id {clip.clip_id!r} is listed twice")
+    seen.add(clip.clip_id)
+    if not _SPLIT_NAME.match(clip.split):
+      raise LayoutError(f"split name {clip.split!r} ({clip.clip_id}): use letters, digits, _-.")
+    if any(not 0 <= label < len(listing.vocabulary) for label in clip.labels):
+      raise ValueError(f"{clip.clip_id} has labels {clip.labels} outside the vocabulary")
+    if listing.label_type == "multi_class" and len(clip.labels) != 1:
+      raise ValueError(f"multi_class clip {clip.clip_id} has labels {clip.labels}")
+    if not clip.path and listing.synthesize is None:
+      raise ValueError(f"clip {clip.clip_id} has no path and the listing cannot synthesise it")
+
+
+def _json_safe(value: Any) -> Any:
+  return json.loads(json.dumps(value, default=str))
+
+
+def prepare(
+    name: str,
+    src: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    sample_rate: int = 16000,
+    workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+  """Prepares dataset `name` from `src` into `out` and returns the manifest.
+
+  Args:
+    name: a key of `datasets.DATASETS`.
+    src: the raw dataset folder (or file, for `csv`); None for `demo`.
+    out: the prepared folder; re-running into it resumes (finished shards are kept).
+    sample_rate: rate of the stored audio, Hz.
+    workers: decoding processes; None = one per core; <= 1 decodes in this process.
+    shard_size: clips per shard.
+    progress: show a tqdm progress bar on stderr.
+    **options: the dataset's own options, passed to its lister.
+
+  Raises:
+    LayoutError: missing metadata, wrong layout or bad options (message says what to fix).
+  """
+  if sample_rate <= 0 or shard_size <= 0:
+    raise ValueError(f"sample_rate and shard_size must be > 0, got {sample_rate}, {shard_size}")
+  src = Path(src).expanduser().resolve() if src is not None else None
+  out = Path(out).expanduser().resolve()
+  listing = _list_clips(name, src, sample_rate, options)
+  _check_listing(listing)
+
+  out.mkdir(parents=True, exist_ok=True)
+  (out / store.MANIFEST).unlink(missing_ok=True)  # Not a finished store until the end.
+  (out / PROGRESS_DIR).mkdir(exist_ok=True)
+  plan = plan_shards(listing.clips, shard_size)
+  context = [name, sample_rate, _json_safe(options)]
+  shards = [shard for split_shards in plan.values() for shard in split_shards]
+  fingerprints = {shard.name: _fingerprint(shard, context) for shard in shards}
+  infos = {shard.name: _finished_shard(out, shard, fingerprints[shard.name]) for shard in shards}
+  todo = [shard for shard in shards if infos[shard.name] is None]
+  tasks = [spec for shard in todo for spec in shard.clips]
+
+  from tqdm import tqdm
+
+  workers = min(default_workers() if workers is None else workers, max(len(tasks), 1))
+  total = len(listing.clips)
+  with contextlib.ExitStack() as stack:
+    bar = stack.enter_context(
+        tqdm(total=total, initial=total - len(tasks), unit="clip", desc=f"prepare {name}",
+             disable=not progress, dynamic_ncols=True)  # fmt: skip
+    )
+    if workers <= 1:
+      results = (prepare_clip(spec, sample_rate, listing.synthesize) for spec in tasks)
+    else:
+      pool = stack.enter_context(
+          multiprocessing.get_context("spawn").Pool(
+              workers, initializer=_init_worker, initargs=(sample_rate, listing.synthesize)
+          )
+      )
+      chunksize = max(1, min(32, len(tasks) // (workers * 16)))
+      results = pool.imap(_worker_prepare_clip, tasks, chunksize=chunksize)
+    for shard in todo:
+      infos[shard.name] = _write_shard(
+          out, shard, fingerprints[shard.name], results, lambda: bar.update(1)
+      )
+
+  for split in plan:
+    (out / split).mkdir(exist_ok=True)
+  _remove_stale_files(out, plan)
+  report = _report(name, src, sample_rate, listing, plan, infos)
+  manifest = _manifest(name, src, sample_rate, shard_size, listing, options, plan, infos, report)
+  for split, split_shards in plan.items():
+    lengths = [n for shard in split_shards for n in infos[shard.name]["clip_lengths"]]
+    _write_npy(out / split / CLIP_LENGTHS, np.asarray(lengths, dtype=np.int64))
+  store.write_json(out / store.REPORT, report)
+  store.write_json(out / store.MANIFEST, manifest)  # Last: marks the store as finished.
+  return manifest
+
+
+def _report(name, src, sample_rate, listing, plan, infos) -> dict[str, Any]:
+  skipped = [{"kind": "metadata", **entry} for entry in listing.skipped]
+  warnings = []
+  for split_shards in plan.values():
+    for shard in split_shards:
+      skipped += infos[shard.name]["skipped"]
+      warnings += infos[shard.name]["warnings"]
+  by_kind: dict[str, int] = {}
+  for entry in skipped:
+    by_kind[entry["kind"]] = by_kind.get(entry["kind"], 0) + 1
+  return {
+      "dataset": name,
+      "source": str(src) if src else None,
+      "sample_rate": sample_rate,
+      "num_listed": len(listing.clips),
+      "num_written": sum(info["num_records"] for info in infos.values()),
+      "num_skipped": len(skipped),
+      "num_warnings": len(warnings),
+      "skipped_by_kind": dict(sorted(by_kind.items())),
+      "skipped": skipped,
+      "warnings": warnings,
+  }
+
+
+def _manifest(name, src, sample_rate, shard_size, listing, options, plan, infos, report):
+  splits = {}
+  for split, split_shards in plan.items():
+    split_infos = [infos[shard.name] for shard in split_shards]
+    splits[split] = {
+        "num_clips": sum(info["num_records"] for info in split_infos),
+        "num_samples": sum(sum(info["clip_lengths"]) for info in split_infos),
+        "shards": [info["shard"] for info in split_infos if info["shard"]],
+        "clip_lengths": f"{split}/{CLIP_LENGTHS}",
+    }
+  manifest = {
+      "format_version": store.FORMAT_VERSION,
+      "dataset": name,
+      "sample_rate": sample_rate,
+      "label_type": listing.label_type,
+      "vocabulary": list(listing.vocabulary),
+      "splits": splits,
+      "source": str(src) if src else None,
+      "created_by": f"samplecnn_jax {__version__}",
+      "options": _json_safe(options),
+      "shard_size": shard_size,
+      "skipped": report["num_skipped"],
+      "warnings": report["num_warnings"],
+  }
+  clash = set(manifest) & set(listing.extra)
+  if clash:
+    raise ValueError(f"Listing.extra may not override manifest fields {sorted(clash)}")
+  return manifest | _json_safe(listing.extra)
+
+
+# --- Command line -----------------------------------------------------------------------
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+  """Lets the dataset module add its flags: `add_arguments(parser[, dataset_name])`."""
+  add = getattr(datasets.get_module(name), "add_arguments", None)
+  if add is None:
+    return
+  if len(inspect.signature(add).parameters) >= 2:
+    add(parser, name)
+  else:
+    add(parser)
+
+
+def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
+  """The CLI; only `dataset`'s module is imported, to add its own flags."""
+  parser = argparse.ArgumentParser(
+      prog="python -m samplecnn_jax.prepare",
+      description="Decode a raw dataset into the prepared store (see docs/data.md).",
+  )
+  sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+  for name in datasets.DATASETS:
+    p = sub.add_parser(name, help=f"prepare {name}")
+    p.add_argument("--src", type=Path, default=None, help="raw dataset folder (not for demo)")
+    p.add_argument("--out", type=Path, required=True, help="prepared folder to write")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="stored sample rate, Hz")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="clips per shard")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if name == dataset:
+      _add_dataset_arguments(p, name)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  selected = argv[0] if argv and argv[0] in datasets.DATASETS else None
+  args = build_parser(selected).parse_args(argv)
+  options = {k: v for k, v in vars(args).items() if k not in _COMMON_FLAGS}
+  try:
+    manifest = prepare(
+        args.dataset,
+        args.src,
+        args.out,
+        sample_rate=args.sample_rate,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        progress=not args.quiet,
+        **options,
+    )
+  except LayoutError as e:
+    print(f"prepare {args.dataset}: error: {e}", file=sys.stderr)
+    return 2
+  rate = manifest["sample_rate"]
+  for split, info in manifest["splits"].items():
+    seconds = info["num_samples"] / rate
+    shards = len(info["shards"])
+    print(f"{split}: {info['num_clips']} clips, {seconds / 3600:.2f} h, {shards} shards")
+  print(
+      f"skipped {manifest['skipped']}, warnings {manifest['warnings']} "
+      f"(details in {Path(args.out) / store.REPORT}); store: {Path(args.out) / store.MANIFEST}"
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,270 @@
+"""Tests for samplecnn_jax.prepare: the store it writes, bad files, resume, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from samplecnn_jax import __version__, audio, datasets, prepare, store
+from samplecnn_jax.datasets import demo
+from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _noise(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+  shape = (int(seconds * rate), channels) if channels > 1 else (int(seconds * rate),)
+  return (0.3 * np.random.default_rng(seed).standard_normal(shape)).clip(-1, 1).astype(np.float32)
+
+
+@pytest.fixture
+def raw(tmp_path) -> Path:
+  """A `folder` dataset with split folders, every kind of bad file, and a silent one."""
+  src = tmp_path / "raw"
+  for folder in ("train/dog", "train/cat", "test/dog", "test/cat"):
+    (src / folder).mkdir(parents=True)
+  pcm = audio.to_int16(_noise(0.5, 16000, seed=1))
+  sf.write(src / "train/dog/d1.wav", pcm, 16000, subtype="PCM_16")
+  sf.write(src / "train/dog/d2.flac", _noise(0.75, 22050, channels=2, seed=2), 22050)
+  sf.write(src / "train/dog/d3.wav", _noise(1.0, 44100, seed=3), 44100, subtype="FLOAT")
+  sf.write(src / "train/cat/c1.wav", _noise(0.5, 16000, seed=4), 16000)
+  sf.write(src / "train/cat/c2.wav", np.zeros(8000, np.float32), 16000)  # Silent.
+  (src / "train/cat/c3.wav").write_bytes(b"")  # Empty.
+  (src / "train/cat/c4.wav").write_text("not audio at all\n" * 50)  # Wrong format.
+  sf.write(src / "train/cat/c5.wav", _noise(1.0, 16000, seed=5), 16000, subtype="PCM_16")
+  (src / "train/cat/c5.wav").write_bytes((src / "train/cat/c5.wav").read_bytes()[:9000])
+  sf.write(src / "train/loose.wav", _noise(0.1, 16000), 16000)  # Not in a class folder.
+  sf.write(src / "test/dog/t1.wav", _noise(0.3, 16000, seed=6), 16000)
+  sf.write(src / "test/cat/t2.ogg", _noise(0.3, 16000, seed=7), 16000)
+  return src
+
+
+def _run(src, out, **kwargs):
+  kwargs = {"workers": 1, "shard_size": 2, "progress": False} | kwargs
+  return prepare.prepare("folder", src, out, **kwargs)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+  files = [path for path in folder.rglob("*") if path.is_file()]
+  return {path.relative_to(folder).as_posix(): path.read_bytes() for path in files}
+
+
+def test_folder_store_manifest_records_lengths_and_report(raw, tmp_path):
+  out = tmp_path / "out"
+  manifest = _run(raw, out)
+  assert manifest == store.read_manifest(out)
+  assert manifest["format_version"] == store.FORMAT_VERSION
+  assert manifest["dataset"] == "folder" and manifest["sample_rate"] == 16000
+  assert manifest["vocabulary"] == ["cat", "dog"] and manifest["label_type"] == "multi_class"
+  assert manifest["source"] == str(raw.resolve())
+  assert manifest["created_by"] == f"samplecnn_jax {__version__}"
+  assert manifest["split_method"] == "folders"  # From Listing.extra.
+  assert (manifest["skipped"], manifest["warnings"]) == (4, 1)
+  train = manifest["splits"]["train"]
+  # 8 listed train clips in shards of 2: c1 c2 | c3 c4 (both bad: no shard) | c5 d1 | d2 d3.
+  assert train["shards"] == [f"train/train-{i:05d}.array_record" for i in (0, 2, 3)]
+  assert train["num_clips"] == 5 and manifest["splits"]["test"]["num_clips"] == 2
+
+  expected_lengths = {"c1": 8000, "c2": 8000, "d1": 8000, "d2": 12000, "d3": 16000}
+  clips = store.ClipSource(out, "train")
+  assert len(clips) == 5
+  records = [clips[i] for i in range(len(clips))]
+  assert [r["clip_id"] for r in records] == sorted(r["clip_id"] for r in records)
+  for record in records:
+    name = Path(record["source"]).stem
+    class_name = record["source"].split("/")[1]
+    assert record["labels"].tolist() == [manifest["vocabulary"].index(class_name)]
+    assert len(record["audio"]) == expected_lengths[name], name
+  d1 = next(r for r in records if r["clip_id"].endswith("d1.wav"))
+  np.testing.assert_array_equal(d1["audio"], sf.read(raw / "train/dog/d1.wav", dtype="int16")[0])
+  lengths = np.load(out / "train" / prepare.CLIP_LENGTHS)
+  assert lengths.dtype == np.int64
+  assert lengths.tolist() == [len(r["audio"]) for r in records]
+  assert train["num_samples"] == lengths.sum()
+
+  report = json.loads((out / store.REPORT).read_text())
+  kinds = {"empty": 1, "metadata": 1, "truncated": 1, "unsupported_format": 1}
+  assert report["skipped_by_kind"] == kinds
+  reasons = {Path(e["source"]).name: e["reason"] for e in report["skipped"]}
+  assert reasons["c3.wav"] == "file is empty (0 bytes)"
+  assert "not an audio format" in reasons["c4.wav"]
+  assert "header declares" in reasons["c5.wav"]
+  assert reasons["loose.wav"] == "not inside a class folder"
+  assert [(e["clip_id"], e["kind"]) for e in report["warnings"]] == [("train/cat/c2.wav", "silent")]
+  silent = next(r for r in records if r["clip_id"].endswith("c2.wav"))
+  assert not silent["audio"].any()  # Kept: silence is valid audio.
+  assert (report["num_listed"], report["num_written"]) == (10, 7)
+
+
+def test_parallel_run_is_byte_identical_and_leftovers_are_cleaned(raw, tmp_path):
+  _run(raw, tmp_path / "one")
+  out = tmp_path / "two"
+  (out / "train").mkdir(parents=True)
+  (out / "train" / "train-00000.array_record.tmp").write_bytes(b"half a shard")
+  (out / "train" / "train-00042.array_record").write_bytes(b"shard of an older run")
+  (out / "manifest.json.tmp").write_text("{")
+  _run(raw, out, workers=2)
+  assert _tree(out) == _tree(tmp_path / "one")
+  assert not list(out.rglob("*.tmp"))
+
+
+class _Crash(Exception):
+  pass
+
+
+def _counting(monkeypatch, crash_after: int | None = None) -> list:
+  calls, real = [], prepare.prepare_clip
+
+  def counted(spec, *args):
+    if crash_after is not None and len(calls) == crash_after:
+      raise _Crash(f"simulated kill before clip {spec.clip_id}")
+    calls.append(spec.clip_id)
+    return real(spec, *args)
+
+  monkeypatch.setattr(prepare, "prepare_clip", counted)
+  return calls
+
+
+def test_resume_after_interruption_equals_a_clean_run(raw, tmp_path, monkeypatch):
+  clean = tmp_path / "clean"
+  _run(raw, clean)
+  out = tmp_path / "out"
+  with monkeypatch.context() as patch:
+    _counting(patch, crash_after=5)  # Dies inside shard 2 of train.
+    with pytest.raises(_Crash):
+      _run(raw, out)
+  assert not (out / store.MANIFEST).exists()
+  assert (out / "train/train-00002.array_record.tmp").exists()
+  with monkeypatch.context() as patch:
+    calls = _counting(patch)
+    _run(raw, out)
+  assert calls == ["train/cat/c5.wav", "train/dog/d1.wav", "train/dog/d2.flac", "train/dog/d3.wav",
+                   "test/cat/t2.ogg", "test/dog/t1.wav"]  # fmt: skip
+  assert _tree(out) == _tree(clean)
+
+  # A damaged shard and a lost sidecar are redone; everything else is kept.
+  shard = out / "train/train-00003.array_record"
+  shard.write_bytes(shard.read_bytes()[:100])
+  (out / prepare.PROGRESS_DIR / "test-00000.json").unlink()
+  with monkeypatch.context() as patch:
+    calls = _counting(patch)
+    _run(raw, out)
+  assert calls == ["train/dog/d2.flac", "train/dog/d3.wav", "test/cat/t2.ogg", "test/dog/t1.wav"]
+  assert _tree(out) == _tree(clean)
+
+
+def test_changed_inputs_are_not_resumed_from_old_shards(tmp_path):
+  options = {"num_train": 6, "num_valid": 2, "num_test": 2, "workers": 1, "progress": False}
+  out = tmp_path / "out"
+  prepare.prepare("demo", None, out, seed=0, shard_size=4, **options)
+  prepare.prepare("demo", None, out, seed=1, shard_size=3, **options)
+  prepare.prepare("demo", None, tmp_path / "clean", seed=1, shard_size=3, **options)
+  assert _tree(out) == _tree(tmp_path / "clean")
+
+
+def test_demo_records_match_the_listing(tmp_path):
+  manifest = prepare.prepare(
+      "demo", None, tmp_path, workers=1, progress=False, shard_size=4,
+      num_train=9, num_valid=3, num_test=2,
+  )  # fmt: skip
+  assert manifest["vocabulary"] == list(demo.CLASSES) and manifest["label_type"] == "multi_label"
+  assert [manifest["splits"][s]["num_clips"] for s in ("train", "valid", "test")] == [9, 3, 2]
+  assert manifest["source"] is None and manifest["options"]["num_train"] == 9
+  listing = demo.list_clips(num_train=9, num_valid=3, num_test=2)
+  specs = {clip.clip_id: clip for clip in listing.clips}
+  for split in ("train", "valid", "test"):
+    clips = store.ClipSource(tmp_path, split)
+    for i in range(len(clips)):
+      record = clips[i]
+      spec = specs[record["clip_id"]]
+      assert tuple(record["labels"].tolist()) == spec.labels and spec.split == split
+      np.testing.assert_array_equal(record["audio"], audio.to_int16(listing.synthesize(spec)))
+
+
+def test_crops_with_offset_and_duration_and_synthesised_clips(tmp_path, monkeypatch):
+  long_pcm = audio.to_int16(_noise(3.0, 16000, seed=9))
+  sf.write(tmp_path / "long.wav", long_pcm, 16000, subtype="PCM_16")
+  path = str(tmp_path / "long.wav")
+  tone = np.sin(np.arange(4000) / 5).astype(np.float32) * 0.5
+
+  def lister(src, **options):
+    assert options == {"crop": "yes"}
+    return Listing(
+        name="crops",
+        vocabulary=["noise", "tone"],
+        label_type="multi_label",
+        clips=[
+            ClipSpec("n0", path, "train", (0,), offset=0.0, duration=1.0, source="long.wav"),
+            ClipSpec("n1", path, "train", (0,), offset=2.5, duration=1.0, source="long.wav"),
+            ClipSpec("n2", path, "train", (0,), offset=3.5, duration=1.0, source="long.wav"),
+            ClipSpec("syn", "", "train", (1,)),
+        ],
+        skipped=[{"source": "meta.csv:7", "reason": "unknown tag"}],
+        synthesize=lambda spec: tone,
+    )
+
+  monkeypatch.setattr(datasets, "get_lister", lambda name: lister)
+  monkeypatch.setattr(datasets, "get_module", lambda name: types.SimpleNamespace())
+  out = tmp_path / "out"
+  manifest = prepare.prepare("crops", tmp_path, out, workers=1, progress=False, crop="yes")
+  records = {r["clip_id"]: r for r in (store.ClipSource(out, "train")[i] for i in range(3))}
+  np.testing.assert_array_equal(records["n0"]["audio"], long_pcm[:16000])
+  np.testing.assert_array_equal(records["n1"]["audio"], long_pcm[40000:])  # To the end.
+  np.testing.assert_array_equal(records["syn"]["audio"], audio.to_int16(tone))
+  assert records["syn"]["labels"].tolist() == [1]
+  report = json.loads((out / store.REPORT).read_text())
+  assert [(e["source"], e["kind"]) for e in report["skipped"]] == [
+      ("meta.csv:7", "metadata"), ("long.wav", "invalid")
+  ]  # fmt: skip
+  assert manifest["skipped"] == 2
+
+
+def test_listing_mistakes_are_caught_before_decoding(tmp_path, monkeypatch):
+  def listing(clips):
+    return Listing("bad", ["a"], "multi_class", clips)
+
+  twice = [ClipSpec("x", "/a.wav", "train", (0,)), ClipSpec("x", "/b.wav", "train", (0,))]
+  cases = [
+      (listing(twice), ValueError, "twice"),
+      (listing([ClipSpec("x", "/a.wav", "train", (1,))]), ValueError, "outside the vocabulary"),
+      (listing([ClipSpec("x", "/a.wav", "fold 1", (0,))]), LayoutError, "split name"),
+      (listing([ClipSpec("x", "", "train", (0,))]), ValueError, "cannot synthesise"),
+      (listing([]), LayoutError, "no clips"),
+  ]  # fmt: skip
+  monkeypatch.setattr(datasets, "get_module", lambda name: types.SimpleNamespace())
+  for result, error, message in cases:
+    monkeypatch.setattr(datasets, "get_lister", lambda name, result=result: lambda src: result)
+    with pytest.raises(error, match=message):
+      prepare.prepare("bad", tmp_path, tmp_path / "out", workers=1, progress=False)
+
+
+def test_cli_demo_passes_dataset_flags(tmp_path, capsys):
+  argv = ["demo", "--out", str(tmp_path), "--num-train", "5", "--num-valid", "1", "--num-test", "1",
+          "--seed", "7", "--workers", "1", "--quiet"]  # fmt: skip
+  assert prepare.main(argv) == 0
+  manifest = store.read_manifest(tmp_path)
+  assert manifest["options"]["seed"] == 7 and manifest["generator"]["seed"] == 7
+  assert manifest["splits"]["train"]["num_clips"] == 5
+  assert "train: 5 clips" in capsys.readouterr().out
+
+
+def test_cli_layout_errors_exit_nonzero_without_traceback(tmp_path, capsys):
+  assert prepare.main(["folder", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+  assert "needs --src" in capsys.readouterr().err
+  (tmp_path / "empty").mkdir()
+  result = subprocess.run(
+      [sys.executable, "-m", "samplecnn_jax.prepare", "folder", "--src", str(tmp_path / "empty"),
+       "--out", str(tmp_path / "o")],
+      capture_output=True, text=True, cwd=REPO, timeout=120,
+  )  # fmt: skip
+  assert result.returncode == 2
+  assert "expected one sub-folder per class" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "o" / store.MANIFEST).exists()
