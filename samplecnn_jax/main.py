@@ -29,12 +29,21 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of Orbax (several lines per checkpoint); warnings still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   std_logging.getLogger("absl").setLevel(std_logging.INFO)
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   if _MODE.value == "eval":

@@ -1,0 +1,479 @@
+"""Tests for samplecnn_jax/input_pipeline.py on tiny prepared stores written here.
+
+Every clip's audio encodes where it came from: sample j of clip i is `(i + 1) * 128 + j`
+(clips are shorter than 128 samples), so a batch row tells which clip and which positions
+it holds, and labels, crops, segments and padding can be checked exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grain
+import numpy as np
+import pytest
+
+from samplecnn_jax import config_base, store
+from samplecnn_jax import input_pipeline as ip
+
+INPUT_SIZE = 16
+NUM_CLASSES = 5
+# Shorter than, equal to, just over and several times the segment length.
+TRAIN_LENGTHS = [5, 16, 17, 100, 33, 48, 9, 64, 31, 127, 20, 16, 80, 47, 12, 95, 50, 18, 70, 40]
+VALID_LENGTHS = [8, 16, 30, 100, 47, 3, 127]  # 7 clips: uneven over 3 processes.
+NOISE_VALUE = 16384  # Background noise recordings are constant 0.5.
+
+
+def _clip_audio(index: int, length: int) -> np.ndarray:
+  return ((index + 1) * 128 + np.arange(length)).astype(np.int16)
+
+
+def _clip_labels(index: int) -> list[int]:
+  return sorted({index % NUM_CLASSES, (3 * index + 1) % NUM_CLASSES})
+
+
+def _write_split(
+    root: Path, split: str, lengths, shard_sizes, labels_fn=_clip_labels, audio_fn=_clip_audio
+):
+  shards, first = [], 0
+  for number, size in enumerate(shard_sizes):
+    name = f"{split}/{split}-{number:05d}{store.SHARD_SUFFIX}"
+    clips = range(first, first + size)
+    store.write_shard(
+        root / name,
+        (store.encode_clip(f"{split}_{i}", audio_fn(i, lengths[i]), labels_fn(i)) for i in clips),
+    )
+    shards.append(name)
+    first += size
+  np.save(root / split / ip.CLIP_LENGTHS, np.asarray(lengths, np.int64))
+  return {"num_clips": len(lengths), "num_samples": int(sum(lengths)), "shards": shards}
+
+
+def write_tiny_store(root: Path, *, sample_rate: int = 16000, label_type: str = "multi_label"):
+  """A store in the documented format: train (2 shards), valid, background_noise."""
+  splits = {
+      "train": _write_split(root, "train", TRAIN_LENGTHS, [12, 8]),
+      "valid": _write_split(root, "valid", VALID_LENGTHS, [len(VALID_LENGTHS)]),
+      ip.BACKGROUND_NOISE_SPLIT: _write_split(
+          root, ip.BACKGROUND_NOISE_SPLIT, [40, 24], [2], labels_fn=lambda i: [],
+          audio_fn=lambda i, n: np.full((n,), NOISE_VALUE, np.int16),
+      ),
+  }
+  store.write_json(root / store.MANIFEST, {
+      "format_version": store.FORMAT_VERSION,
+      "vocabulary": [f"class{i}" for i in range(NUM_CLASSES)],
+      "label_type": label_type,
+      "sample_rate": sample_rate,
+      "splits": splits,
+  })
+  return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+  return write_tiny_store(tmp_path_factory.mktemp("store"))
+
+
+def tiny_config(**overrides):
+  config = config_base.base_config()
+  config.input_size = INPUT_SIZE
+  config.num_classes = NUM_CLASSES
+  config.label_type = "multi_label"
+  config.sample_rate = 16000
+  config.batch_size = 4
+  config.eval_batch_size = 6
+  config.eval_segments = 3
+  config.prefetch_buffer_size = 2
+  config.train_segments = "random"
+  config.augment.time_shift_ms = 0.0
+  config.augment.noise_prob = 0.0
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def decode_rows(audio: np.ndarray) -> np.ndarray:
+  return np.rint(audio.astype(np.float64) * 32768).astype(np.int64)
+
+
+def row_clip_and_positions(row: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+  """The clip a training row came from, the positions it holds, and where they sit."""
+  values = decode_rows(row)
+  where = np.flatnonzero(values)
+  clips = values[where] // 128 - 1
+  assert len(where) and np.all(clips == clips[0]), "a row mixes clips"
+  return int(clips[0]), values[where] % 128, where
+
+
+def take_rows(iterator, count: int, key: str = "audio") -> np.ndarray:
+  rows = []
+  while sum(len(r) for r in rows) < count:
+    rows.append(next(iterator)[key])
+  return np.concatenate(rows)[:count]
+
+
+def stream_clips(iterator, count: int) -> list[int]:
+  return [row_clip_and_positions(row)[0] for row in take_rows(iterator, count)]
+
+
+# --- Segments -------------------------------------------------------------------------------
+
+
+def test_segment_starts_spread_evenly_and_stay_inside_the_clip():
+  np.testing.assert_array_equal(ip.segment_starts(100, 16, 3), [0, 42, 84])
+  np.testing.assert_array_equal(ip.segment_starts(30, 16, 3), [0, 7, 14])  # Overlapping.
+  np.testing.assert_array_equal(ip.segment_starts(8, 16, 2), [0, 0])  # Shorter than a segment.
+  np.testing.assert_array_equal(ip.segment_starts(50, 16, 1), [0])
+  with pytest.raises(ValueError, match="num_segments"):
+    ip.segment_starts(50, 16, 0)
+
+
+def test_segment_clip_slices_and_zero_pads():
+  audio = np.arange(1, 31, dtype=np.int16)
+  segments = ip.segment_clip(audio, 16, 3)
+  assert segments.shape == (3, 16) and segments.dtype == np.int16
+  np.testing.assert_array_equal(segments[1], audio[7:23])
+  np.testing.assert_array_equal(segments[2], audio[14:30])
+  short = ip.segment_clip(audio[:5], 16, 2)
+  np.testing.assert_array_equal(short[0], np.r_[audio[:5], np.zeros(11, np.int16)])
+  np.testing.assert_array_equal(short[1], short[0])
+
+
+# --- Training -------------------------------------------------------------------------------
+
+
+def test_train_batches_are_crops_of_one_clip_with_its_labels(data_dir):
+  config = tiny_config()
+  iterator = ip.create_train_iterator(config, data_dir, seed=0, process_index=0, process_count=1)
+  for _ in range(12):
+    batch = next(iterator)
+    assert set(batch) == {"audio", "label"}
+    assert batch["audio"].shape == (4, INPUT_SIZE) and batch["audio"].dtype == np.float32
+    assert batch["label"].shape == (4, NUM_CLASSES) and batch["label"].dtype == np.float32
+    assert np.abs(batch["audio"]).max() < 1.0
+    for row, label in zip(batch["audio"], batch["label"], strict=True):
+      clip, positions, where = row_clip_and_positions(row)
+      length = TRAIN_LENGTHS[clip]
+      np.testing.assert_array_equal(label, store.multi_hot(_clip_labels(clip), NUM_CLASSES))
+      assert np.all(np.diff(positions) == 1) and np.all(np.diff(where) == 1)  # Contiguous.
+      if length >= INPUT_SIZE:
+        assert len(positions) == INPUT_SIZE and positions[-1] < length
+      else:  # Whole clip, zero-padded around it.
+        np.testing.assert_array_equal(positions, np.arange(length))
+
+
+def test_random_crops_vary_between_visits(data_dir):
+  iterator = ip.create_train_iterator(tiny_config(), data_dir, seed=0, process_count=1,
+                                      process_index=0)
+  starts = {}
+  for row in take_rows(iterator, 10 * len(TRAIN_LENGTHS)):
+    clip, positions, where = row_clip_and_positions(row)
+    starts.setdefault(clip, set()).add((int(positions[0]), int(where[0])))
+  long_clip = TRAIN_LENGTHS.index(127)
+  short_clip = TRAIN_LENGTHS.index(5)
+  assert len(starts[long_clip]) > 3  # Different crop positions...
+  assert len(starts[short_clip]) > 3  # ... and different padding offsets.
+
+
+def test_all_mode_covers_every_segment_exactly_once_per_epoch(data_dir):
+  config = tiny_config(train_segments="all")
+  expected = [(c, s) for c, n in enumerate(TRAIN_LENGTHS) for s in range(max(n // 16, 1))]
+  assert len(expected) % config.batch_size == 0  # So take_rows drops no row between epochs.
+  iterator = ip.create_train_iterator(config, data_dir, seed=3, process_index=0, process_count=1)
+  for _ in range(2):  # Two epochs, each a permutation of all segments.
+    seen = []
+    for row in take_rows(iterator, len(expected)):
+      clip, positions, _ = row_clip_and_positions(row)
+      if TRAIN_LENGTHS[clip] >= INPUT_SIZE:
+        assert positions[0] % INPUT_SIZE == 0 and len(positions) == INPUT_SIZE
+      seen.append((clip, int(positions[0]) // INPUT_SIZE))
+    assert sorted(seen) == expected
+
+
+def test_all_mode_plan_without_clip_lengths_file(tmp_path):
+  root = write_tiny_store(tmp_path)
+  with_file = ip.clip_lengths(root, "train")
+  (root / "train" / ip.CLIP_LENGTHS).unlink()
+  np.testing.assert_array_equal(ip.clip_lengths(root, "train"), with_file)
+  np.testing.assert_array_equal(with_file, TRAIN_LENGTHS)
+
+
+def test_shuffle_is_seeded_and_reshuffles_every_epoch(data_dir):
+  config = tiny_config()
+  n = len(TRAIN_LENGTHS)
+
+  def first_epochs(seed):
+    it = ip.create_train_iterator(config, data_dir, seed=seed, process_index=0, process_count=1)
+    return stream_clips(it, 2 * n)
+
+  a, b, c = first_epochs(0), first_epochs(0), first_epochs(1)
+  assert a == b
+  assert a != c
+  assert sorted(a[:n]) == sorted(a[n:]) == list(range(n))  # Each epoch visits every clip once.
+  assert a[:n] != a[n:]  # ... in a new order.
+  assert a[:n] != list(range(n))
+
+
+def test_processes_read_disjoint_slices_of_the_global_stream(data_dir):
+  n = len(TRAIN_LENGTHS)
+  single = take_rows(
+      ip.create_train_iterator(tiny_config(), data_dir, seed=5, process_index=0, process_count=1),
+      2 * n,
+  )
+  first_epoch = []
+  for index in range(2):
+    it = ip.create_train_iterator(tiny_config(), data_dir, seed=5, process_index=index,
+                                  process_count=2)
+    first = next(it)
+    assert first["audio"].shape == (2, INPUT_SIZE)  # Local batch = 4 // 2.
+    rows = np.concatenate([first["audio"], take_rows(it, n - 2)])
+    # Process p reads every second example of the global stream, starting at p.
+    np.testing.assert_array_equal(rows, single[index::2][:n])
+    first_epoch.append({row_clip_and_positions(r)[0] for r in rows[: n // 2]})
+  assert first_epoch[0].isdisjoint(first_epoch[1])
+  assert first_epoch[0] | first_epoch[1] == set(range(n))
+
+
+def test_global_batch_must_split_evenly_over_processes(data_dir):
+  with pytest.raises(ValueError, match="batch_size=4 must be a positive multiple .* 3"):
+    ip.create_train_iterator(tiny_config(), data_dir, seed=0, process_index=0, process_count=3)
+  with pytest.raises(ValueError, match="eval_batch_size=6 must be .* 4"):
+    ip.create_eval_iterator(tiny_config(), data_dir, "valid", process_index=0, process_count=4)
+
+
+def test_standardisation_applies_mean_and_std(data_dir):
+  raw_config, std_config = tiny_config(), tiny_config(standardize=True, audio_mean=0.01,
+                                                      audio_std=0.5)
+  raw = next(ip.create_train_iterator(raw_config, data_dir, seed=0, process_index=0,
+                                      process_count=1))
+  std = next(ip.create_train_iterator(std_config, data_dir, seed=0, process_index=0,
+                                      process_count=1))
+  np.testing.assert_allclose(std["audio"], (raw["audio"] - 0.01) / 0.5, rtol=1e-6, atol=1e-7)
+  raw_eval = next(iter(ip.create_eval_iterator(raw_config, data_dir, "valid", process_index=0,
+                                               process_count=1)))
+  std_eval = next(iter(ip.create_eval_iterator(std_config, data_dir, "valid", process_index=0,
+                                               process_count=1)))
+  np.testing.assert_allclose(std_eval["audio"], (raw_eval["audio"] - 0.01) / 0.5, rtol=1e-6,
+                             atol=1e-7)
+  with pytest.raises(ValueError, match="audio_std must be > 0"):
+    ip.create_train_iterator(tiny_config(standardize=True, audio_std=0.0), data_dir, seed=0,
+                             process_index=0, process_count=1)
+
+
+def test_time_shift_moves_the_crop_with_zero_fill_deterministically(data_dir):
+  shift_ms = 8 * 1000 / 16000  # 8 samples.
+  clean = take_rows(ip.create_train_iterator(tiny_config(), data_dir, seed=2, process_index=0,
+                                             process_count=1), 40)
+  config = tiny_config(**{"augment.time_shift_ms": shift_ms})
+  shifted = take_rows(ip.create_train_iterator(config, data_dir, seed=2, process_index=0,
+                                               process_count=1), 40)
+  again = take_rows(ip.create_train_iterator(config, data_dir, seed=2, process_index=0,
+                                             process_count=1), 40)
+  np.testing.assert_array_equal(shifted, again)
+  shifts = []
+  for before, after in zip(clean, shifted, strict=True):
+    matches = [k for k in range(-8, 9) if np.array_equal(after, _shift(before, k))]
+    assert matches, "an augmented row is not a zero-filled shift of the clean crop"
+    shifts.append(matches[0])
+  assert len(set(shifts)) > 5
+
+
+def _shift(row: np.ndarray, k: int) -> np.ndarray:
+  out = np.zeros_like(row)
+  if k >= 0:
+    out[k:] = row[: len(row) - k]
+  else:
+    out[:k] = row[-k:]
+  return out
+
+
+def test_background_noise_is_mixed_at_random_volume_and_clipped(data_dir):
+  clean = take_rows(ip.create_train_iterator(tiny_config(), data_dir, seed=4, process_index=0,
+                                             process_count=1), 40)
+  config = tiny_config(**{"augment.noise_prob": 0.5, "augment.noise_volume": 0.1})
+  noisy = take_rows(ip.create_train_iterator(config, data_dir, seed=4, process_index=0,
+                                             process_count=1), 40)
+  again = take_rows(ip.create_train_iterator(config, data_dir, seed=4, process_index=0,
+                                             process_count=1), 40)
+  np.testing.assert_array_equal(noisy, again)
+  added = (noisy - clean).astype(np.float64)
+  # Constant 0.5 noise at volume U(0, 0.1): every row gains one constant in [0, 0.05].
+  np.testing.assert_allclose(added, added[:, :1] * np.ones_like(added), atol=1e-6)
+  assert added.min() >= -1e-6 and added.max() <= 0.05 + 1e-6
+  mixed = np.mean(added[:, 0] > 1e-4)
+  assert 0.2 < mixed < 0.8  # About noise_prob of the rows.
+  loud = tiny_config(**{"augment.noise_prob": 1.0, "augment.noise_volume": 40.0})
+  rows = take_rows(ip.create_train_iterator(loud, data_dir, seed=4, process_index=0,
+                                            process_count=1), 40)
+  assert rows.max() == 1.0 and rows.min() >= -1.0
+
+
+def test_noise_augmentation_needs_a_background_noise_split(tmp_path):
+  root = write_tiny_store(tmp_path)
+  manifest = store.read_manifest(root)
+  del manifest["splits"][ip.BACKGROUND_NOISE_SPLIT]
+  store.write_json(root / store.MANIFEST, manifest)
+  config = tiny_config(**{"augment.noise_prob": 0.8})
+  with pytest.raises(ValueError, match="'background_noise' is not in"):
+    ip.create_train_iterator(config, root, seed=0, process_index=0, process_count=1)
+
+
+def test_iterator_state_resumes_the_same_batches(data_dir):
+  for mode in ("random", "all"):
+    config = tiny_config(train_segments=mode, **{"augment.time_shift_ms": 0.5})
+    iterator = ip.create_train_iterator(config, data_dir, seed=7, process_index=0,
+                                        process_count=1)
+    for _ in range(3):
+      next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(5)]
+    restored = ip.create_train_iterator(config, data_dir, seed=7, process_index=0,
+                                        process_count=1)
+    restored.set_state(state)
+    for want, got in zip(expected, (next(restored) for _ in range(5)), strict=True):
+      np.testing.assert_array_equal(want["audio"], got["audio"])
+      np.testing.assert_array_equal(want["label"], got["label"])
+    # The iterator reads the random-access batches in order.
+    batches = ip.train_batches(config, data_dir, seed=7, process_index=0, process_count=1)
+    np.testing.assert_array_equal(batches[3]["audio"], expected[0]["audio"])
+
+
+def test_worker_iterator_state_round_trips_through_orbax_into_any_worker_count(data_dir, tmp_path):
+  import orbax.checkpoint as ocp
+
+  config = tiny_config(num_workers=1)
+  iterator = ip.create_train_iterator(config, data_dir, seed=9, process_index=0, process_count=1)
+  try:
+    for _ in range(4):
+      next(iterator)
+    assert iterator.get_state() == {"next_batch": 4}
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+      manager.save(0, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+      manager.wait_until_finished()
+      expected = [next(iterator)["audio"] for _ in range(4)]
+      # Back to the saved state in the worker iterator itself...
+      iterator.set_state({"next_batch": 4})
+      for want in expected:
+        np.testing.assert_array_equal(next(iterator)["audio"], want)
+      # ... and in a new in-process iterator restored by Orbax.
+      restored = ip.create_train_iterator(tiny_config(), data_dir, seed=9, process_index=0,
+                                          process_count=1)
+      manager.restore(0, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(restored)))
+  finally:
+    iterator.close()
+  for want in expected:
+    np.testing.assert_array_equal(next(restored)["audio"], want)
+
+
+# --- Evaluation -----------------------------------------------------------------------------
+
+
+def test_eval_batches_hold_every_segment_once_with_masks_on_every_process(data_dir):
+  config = tiny_config()
+  seen = {}
+  counts = []
+  for index in range(3):
+    batches = ip.create_eval_iterator(config, data_dir, "valid", process_index=index,
+                                      process_count=3)
+    listed = list(batches)
+    counts.append(len(listed))
+    assert len(listed) == len(batches) == ip.num_eval_batches(config, data_dir, "valid",
+                                                              process_count=3)
+    for batch in listed:
+      assert batch["audio"].shape == (2, INPUT_SIZE) and batch["audio"].dtype == np.float32
+      assert batch["label"].shape == (2, NUM_CLASSES)
+      assert batch["clip_index"].dtype == np.int32 and batch["mask"].dtype == np.bool_
+      for row, label, clip, valid in zip(batch["audio"], batch["label"], batch["clip_index"],
+                                         batch["mask"], strict=True):
+        if not valid:
+          assert clip == -1 and not row.any() and not label.any()
+          continue
+        np.testing.assert_array_equal(label, store.multi_hot(_clip_labels(clip), NUM_CLASSES))
+        seen.setdefault(int(clip), []).append(decode_rows(row))
+  assert len(set(counts)) == 1  # Same number of batches everywhere.
+  # Clips 0-1, 2-3 and 4-6: 6, 6 and 9 segments in batches of 2 -> 5 batches each.
+  assert counts[0] == 5
+  assert sorted(seen) == list(range(len(VALID_LENGTHS)))
+  for clip, rows in seen.items():
+    expected = ip.segment_clip(_clip_audio(clip, VALID_LENGTHS[clip]), INPUT_SIZE, 3)
+    np.testing.assert_array_equal(np.stack(rows), expected)
+
+
+def test_eval_batches_are_reiterable_and_single_process_is_complete(data_dir):
+  batches = ip.create_eval_iterator(tiny_config(eval_batch_size=4), data_dir, "valid",
+                                    process_index=0, process_count=1)
+  first, second = list(batches), list(batches)
+  assert len(first) == len(batches) == 6  # 7 clips * 3 segments = 21 rows -> 6 batches of 4.
+  for a, b in zip(first, second, strict=True):
+    np.testing.assert_array_equal(a["audio"], b["audio"])
+  clip_index = np.concatenate([b["clip_index"] for b in first])
+  mask = np.concatenate([b["mask"] for b in first])
+  np.testing.assert_array_equal(clip_index[mask], np.repeat(np.arange(7), 3))
+  assert mask.sum() == 21 and not mask[21:].any()
+
+
+def test_eval_with_more_processes_than_clips_pads_whole_batches(data_dir):
+  config = tiny_config(eval_batch_size=8)  # Local batch 1 on 8 processes; 7 clips.
+  per_process = [
+      list(ip.create_eval_iterator(config, data_dir, "valid", process_index=p, process_count=8))
+      for p in range(8)
+  ]
+  assert {len(batches) for batches in per_process} == {3}  # At most 1 clip * 3 segments.
+  assert not any(b["mask"].any() for b in per_process[0])  # Process 0 has no clip.
+  indices = [int(b["clip_index"][0]) for batches in per_process for b in batches if b["mask"][0]]
+  assert sorted(indices) == sorted(np.repeat(np.arange(7), 3).tolist())
+
+
+def test_clip_labels_match_the_records(data_dir):
+  clip_ids, labels = ip.clip_labels(data_dir, "valid", NUM_CLASSES)
+  assert clip_ids == [f"valid_{i}" for i in range(len(VALID_LENGTHS))]
+  assert labels.shape == (len(VALID_LENGTHS), NUM_CLASSES) and labels.dtype == np.float32
+  for i, row in enumerate(labels):
+    np.testing.assert_array_equal(row, store.multi_hot(_clip_labels(i), NUM_CLASSES))
+
+
+# --- Store checks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_classes", 7, "5 classes in its vocabulary but config.num_classes is 7. "
+                       "Set --config.num_classes=5"),
+    ("label_type", "multi_class", "label_type 'multi_label' but config.label_type is "
+                                  "'multi_class'. Set --config.label_type=multi_label"),
+    ("sample_rate", 22050, "audio at 16000 Hz but config.sample_rate is 22050. "
+                           "Set --config.sample_rate=16000"),
+])
+def test_store_config_mismatch_is_explained(data_dir, field, value, message):
+  config = tiny_config(**{field: value})
+  for create in (
+      lambda: ip.create_train_iterator(config, data_dir, seed=0, process_index=0, process_count=1),
+      lambda: ip.create_eval_iterator(config, data_dir, "valid", process_index=0,
+                                      process_count=1),
+  ):
+    with pytest.raises(ValueError, match=message):
+      create()
+
+
+def test_unknown_train_segment_mode_and_split_are_explained(data_dir):
+  with pytest.raises(ValueError, match="train_segments must be one of"):
+    ip.create_train_iterator(tiny_config(train_segments="every"), data_dir, seed=0,
+                             process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="Split 'test' is not in .* background_noise, train, valid"):
+    ip.create_eval_iterator(tiny_config(), data_dir, "test", process_index=0, process_count=1)
+
+
+def test_data_dir_defaults_to_prepared_dataset():
+  config = tiny_config(dataset="mtat", data_dir="")
+  assert ip.data_dir_for(config) == "prepared/mtat"
+  config.data_dir = "/data/mtat16k"
+  assert ip.data_dir_for(config) == "/data/mtat16k"
+
+
+def test_default_process_slice_comes_from_jax(data_dir):
+  batch = next(ip.create_train_iterator(tiny_config(), data_dir, seed=0))
+  assert batch["audio"].shape == (4, INPUT_SIZE)  # One process in tests: the whole batch.
