@@ -1,0 +1,658 @@
+"""Prediction with a trained workdir: clip-level scores for audio files and arrays.
+
+  python -m samplecnn_jax.predict --workdir=DIR FILE_OR_FOLDER [...] [--output=out.json|out.csv]
+
+From Python (load the model once, call it many times):
+
+  predictor = Predictor.from_workdir("workdirs/dcase")
+  scores = predictor.predict_waveform(waveform, sample_rate)     # (num_classes,)
+  results = predictor.predict_files(["a.wav", "b.flac"])         # one dict per file
+
+A clip is scored as in evaluation: decoded to mono at the run's sample rate, cut into
+`config.eval_segments` evenly spread segments of `config.input_size` samples (short clips
+zero-padded, `input_pipeline.segment_clip`), standardised when the run standardised, and the
+segment probabilities (sigmoid or softmax) averaged. Segments of many files share one
+fixed-shape jitted forward pass, so a folder costs one compile. A file that cannot be decoded
+is reported with its error and the others go on. See docs/predict.md.
+
+This module does not train, evaluate against labels or read the prepared store's audio (it
+only reads the store's manifest when the workdir has no `labels.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from samplecnn_jax import audio, checkpointing, config_base, input_pipeline, models, store, train
+
+LABELS_FILE = "labels.json"  # Label vocabulary of a run, beside its config.json.
+DEFAULT_TOP_K = 5
+DEFAULT_THREADS = 4  # Files decoded (and resampled) in parallel with the forward pass.
+PROGRESS_MIN_FILES = 10  # A progress bar appears from this many files on (when not disabled).
+COVER = "cover"  # Segment mode: enough segments to cover the whole clip.
+OUTPUT_FORMATS = ("table", "json", "csv")
+
+
+# --- Labels and config ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelInfo:
+  """Class names of a run's outputs and, for Speech Commands, the coarser scoring classes."""
+
+  vocabulary: tuple[str, ...]  # Name of output unit i.
+  label_type: str  # multi_label (sigmoid) | multi_class (softmax).
+  eval_vocabulary: tuple[str, ...] | None = None  # Scoring classes (12 for Speech Commands).
+  eval_label_map: tuple[int, ...] | None = None  # Output unit -> index into eval_vocabulary.
+  source: str = ""  # Where the names came from (a path, or "numbered").
+
+  @classmethod
+  def from_dict(cls, data: dict[str, Any], source: str = "") -> LabelInfo:
+    """From a labels.json or a store manifest (both have these keys)."""
+    vocabulary = data.get("vocabulary")
+    if not isinstance(vocabulary, list) or not vocabulary:
+      raise ValueError(f"{source or 'labels'} has no 'vocabulary' list of class names.")
+    eval_vocabulary = data.get("eval_vocabulary")
+    eval_label_map = data.get("eval_label_map")
+    if (eval_vocabulary is None) != (eval_label_map is None):
+      raise ValueError(f"{source}: eval_vocabulary and eval_label_map go together.")
+    if eval_label_map is not None:
+      if len(eval_label_map) != len(vocabulary) or not all(
+          isinstance(i, int) and 0 <= i < len(eval_vocabulary) for i in eval_label_map
+      ):
+        raise ValueError(
+            f"{source}: eval_label_map must give, for each of the {len(vocabulary)} classes, "
+            f"an index into the {len(eval_vocabulary)} eval_vocabulary names."
+        )
+    return cls(
+        vocabulary=tuple(str(v) for v in vocabulary),
+        label_type=str(data.get("label_type", "multi_label")),
+        eval_vocabulary=None if eval_vocabulary is None else tuple(map(str, eval_vocabulary)),
+        eval_label_map=None if eval_label_map is None else tuple(eval_label_map),
+        source=source,
+    )
+
+  @classmethod
+  def numbered(cls, num_classes: int, label_type: str) -> LabelInfo:
+    """Names `class_0`, `class_1`, ... for a run whose vocabulary cannot be found."""
+    return cls(tuple(f"class_{i}" for i in range(num_classes)), label_type, source="numbered")
+
+
+def load_labels(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, path: str | None = None
+) -> LabelInfo:
+  """The class names of a run: `path`, else `workdir/labels.json`, else the store's manifest.
+
+  The prepared store is often not on the machine that predicts, so training writes
+  `labels.json` beside the checkpoints; older workdirs fall back to the manifest at
+  `config.data_dir`, and, when that is absent too, to numbered names (with a warning).
+  """
+  candidates = [Path(path)] if path else [
+      Path(workdir) / LABELS_FILE,
+      Path(input_pipeline.data_dir_for(config)) / store.MANIFEST,
+  ]
+  for candidate in candidates:
+    if candidate.is_file():
+      labels = LabelInfo.from_dict(json.loads(candidate.read_text()), str(candidate))
+      break
+  else:
+    if path:
+      raise FileNotFoundError(f"--labels {path} does not exist.")
+    logging.warning(
+        "No %s in %s and no store manifest at %s: classes are named class_0..class_%d.",
+        LABELS_FILE, workdir, candidates[1], config.num_classes - 1,
+    )
+    return LabelInfo.numbered(config.num_classes, config.label_type)
+  if len(labels.vocabulary) != config.num_classes:
+    raise ValueError(
+        f"{labels.source} names {len(labels.vocabulary)} classes but the model has "
+        f"config.num_classes={config.num_classes} outputs: they belong to different runs."
+    )
+  return labels
+
+
+def load_config(workdir: str | os.PathLike, config_file: str | None = None):
+  """The run config: `config_file` (`file.py[:arg]` or a config.json) or `workdir/config.json`.
+
+  `config.json` is what training recorded (`checkpointing.write_config`). It is laid over
+  today's `config_base.base_config()`, so a workdir written before a field existed gets that
+  field's default (new fields default to the old behaviour).
+  """
+  if config_file is None:
+    path = Path(workdir) / checkpointing.CONFIG_FILE
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"{workdir} has no {checkpointing.CONFIG_FILE}: is it a training workdir? Pass the "
+          f"config that trained it with --config=configs/NAME.py[:ARG]."
+      )
+    return _config_from_json(path)
+  file, _, arg = config_file.partition(":")
+  if file.endswith(".json"):
+    return _config_from_json(Path(file))
+  if not Path(file).is_file():
+    raise FileNotFoundError(f"Config file {file} does not exist.")
+  spec = importlib.util.spec_from_file_location("_predict_config", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _config_from_json(path: Path) -> ml_collections.ConfigDict:
+  config = config_base.base_config()
+  config.update(json.loads(path.read_text()))
+  return config
+
+
+# --- Waveforms and segments -----------------------------------------------------------------
+
+
+def to_mono_float(waveform: np.ndarray) -> np.ndarray:
+  """1-D float32 audio from a 1-D or 2-D array, either (frames, channels) or (channels, frames).
+
+  The shorter axis of a 2-D array is taken as the channels (soundfile reads (frames,
+  channels), librosa (channels, frames)); integer PCM is scaled to [-1, 1).
+  """
+  array = np.asarray(waveform)
+  if array.ndim not in (1, 2) or array.size == 0:
+    raise ValueError(f"Expected a non-empty 1-D or 2-D waveform, got shape {array.shape}.")
+  if np.issubdtype(array.dtype, np.unsignedinteger):
+    half = 2.0 ** (8 * array.dtype.itemsize - 1)
+    array = (array.astype(np.float64) - half) / half
+  elif np.issubdtype(array.dtype, np.integer):
+    array = array / np.float64(2.0 ** (8 * array.dtype.itemsize - 1))
+  elif not np.issubdtype(array.dtype, np.floating):
+    raise ValueError(f"Expected integer or float audio samples, got dtype {array.dtype}.")
+  if array.ndim == 2 and array.shape[0] < array.shape[1]:
+    array = array.T
+  mono = audio.mix_to_mono(array.astype(np.float32, copy=False))
+  if not np.isfinite(mono).all():
+    raise ValueError("The waveform contains NaN or infinite samples.")
+  return mono
+
+
+@dataclasses.dataclass
+class _OpenClip:
+  """A clip whose segments are (partly) in flight; `result` is set when it is complete."""
+
+  key: Any
+  remaining: int
+  rows: list = dataclasses.field(default_factory=list)
+  result: Any = None
+
+
+# --- The predictor --------------------------------------------------------------------------
+
+
+class Predictor:
+  """A trained model ready for inference: one jitted forward pass over fixed segment batches.
+
+  Build it with `Predictor.from_workdir(workdir)`; then `predict_waveform` / `predict_batch`
+  score arrays and `predict_files` scores audio files, batching segments across files.
+  """
+
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      variables: dict[str, Any],
+      labels: LabelInfo,
+      *,
+      batch_size: int | None = None,
+      num_segments: int | str | None = None,
+  ):
+    """`batch_size` is segments per forward pass (default: config.eval_batch_size);
+    `num_segments` per clip is an int, "cover" (the whole clip, ceil(length / input_size)
+    segments) or None for config.eval_segments."""
+    if len(labels.vocabulary) != config.num_classes:
+      raise ValueError(
+          f"{len(labels.vocabulary)} class names for {config.num_classes} model outputs."
+      )
+    self.config = config
+    self.labels = labels
+    self.sample_rate = int(config.sample_rate)
+    self.input_size = int(config.input_size)
+    self.batch_size = int(batch_size or config.eval_batch_size)
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+    self.num_segments = config.eval_segments if num_segments is None else num_segments
+    if self.num_segments != COVER and not (
+        isinstance(self.num_segments, int) and self.num_segments >= 1
+    ):
+      raise ValueError(f"num_segments must be an int >= 1 or {COVER!r}, got {num_segments!r}.")
+    if config.standardize and not config.audio_std > 0:
+      raise ValueError(f"config.audio_std must be > 0 to standardise, got {config.audio_std}.")
+    model = models.create_model(config.model, config.num_classes)
+    label_type = config.label_type
+
+    def forward(variables, segments):
+      logits = model.apply(variables, segments, train=False)
+      return train.probabilities(logits, label_type)
+
+    self._forward = jax.jit(forward)
+    # One device: checkpoints load replicated over all of them, which would run every
+    # batch on each.
+    self._variables = jax.device_put(
+        {"params": variables["params"], "batch_stats": variables["batch_stats"]},
+        jax.local_devices()[0],
+    )
+
+  @classmethod
+  def from_workdir(
+      cls,
+      workdir: str | os.PathLike,
+      which: str = "best",
+      *,
+      config: ml_collections.ConfigDict | str | None = None,
+      labels: LabelInfo | str | None = None,
+      batch_size: int | None = None,
+      num_segments: int | str | None = None,
+  ) -> Predictor:
+    """Loads the best (or latest) checkpoint of a training workdir.
+
+    `config` defaults to the workdir's config.json (a ConfigDict or a config file spec
+    overrides it); `labels` to `load_labels` (a LabelInfo or a labels/manifest JSON path).
+    """
+    if not Path(workdir).is_dir():
+      raise FileNotFoundError(f"Workdir {workdir} does not exist.")
+    if not isinstance(config, ml_collections.ConfigDict):
+      config = load_config(workdir, config)
+    if not isinstance(labels, LabelInfo):
+      labels = load_labels(workdir, config, labels)
+    variables = checkpointing.load_variables(workdir, config, which)
+    return cls(config, variables, labels, batch_size=batch_size, num_segments=num_segments)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.labels.vocabulary)
+
+  # --- Segments and the batched forward pass ---
+
+  def segments(self, mono: np.ndarray) -> np.ndarray:
+    """The `(k, input_size)` float32 model inputs of a mono clip at `self.sample_rate`."""
+    count = self.num_segments
+    if count == COVER:
+      count = max(1, math.ceil(len(mono) / self.input_size))
+    segments = input_pipeline.segment_clip(mono, self.input_size, count).astype(np.float32)
+    if self.config.standardize:
+      segments -= np.float32(self.config.audio_mean)
+      segments *= np.float32(1.0 / self.config.audio_std)
+    return segments
+
+  def _prepare_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+    if sample_rate <= 0:
+      raise ValueError(f"sample_rate must be > 0, got {sample_rate}.")
+    mono = audio.resample(to_mono_float(waveform), int(sample_rate), self.sample_rate)
+    return self.segments(mono)
+
+  def _score_stream(self, items: Iterable[tuple[Any, np.ndarray | None]]) -> Iterator[tuple]:
+    """(key, segments or None) in -> (key, clip scores or None) out, in input order.
+
+    Segments are packed into fixed `(batch_size, input_size)` batches regardless of which
+    clip they come from; the last batch is zero-padded. A clip's scores are the mean of its
+    segment probabilities, as in evaluation (`metrics.clip_level_scores`).
+    """
+    batch = np.zeros((self.batch_size, self.input_size), np.float32)
+    owners: list[_OpenClip] = []
+    queue: collections.deque[_OpenClip] = collections.deque()
+
+    def run_batch():
+      probs = np.asarray(self._forward(self._variables, batch))
+      for row, clip in enumerate(owners):
+        clip.rows.append(probs[row])
+        clip.remaining -= 1
+        if clip.remaining == 0:
+          clip.result = np.mean(np.stack(clip.rows), axis=0, dtype=np.float64)
+          clip.result = clip.result.astype(np.float32)
+      owners.clear()
+      batch[:] = 0.0
+
+    def finished():
+      while queue and queue[0].remaining == 0:
+        clip = queue.popleft()
+        yield clip.key, clip.result
+
+    for key, segments in items:
+      clip = _OpenClip(key, 0 if segments is None else len(segments))
+      queue.append(clip)
+      for segment in () if segments is None else segments:
+        batch[len(owners)] = segment
+        owners.append(clip)
+        if len(owners) == self.batch_size:
+          run_batch()
+      yield from finished()
+    if owners:
+      run_batch()
+    yield from finished()
+
+  # --- Arrays ---
+
+  def predict_batch(
+      self, waveforms: Sequence[np.ndarray], sample_rate: int | Sequence[int]
+  ) -> np.ndarray:
+    """Clip scores `(len(waveforms), num_classes)` of waveforms at `sample_rate` (one, or one each).
+
+    Each waveform is 1-D, or 2-D with a channel axis (mixed to mono); any length, any rate.
+    """
+    rates = [sample_rate] * len(waveforms) if np.isscalar(sample_rate) else list(sample_rate)
+    if len(rates) != len(waveforms):
+      raise ValueError(f"{len(rates)} sample rates for {len(waveforms)} waveforms.")
+    pairs = enumerate(zip(waveforms, rates, strict=True))
+    items = ((i, self._prepare_waveform(w, r)) for i, (w, r) in pairs)
+    scores = [result for _, result in self._score_stream(items)]
+    return np.stack(scores) if scores else np.zeros((0, self.num_classes), np.float32)
+
+  def predict_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Clip scores `(num_classes,)` of one waveform (see `predict_batch`)."""
+    return self.predict_batch([waveform], sample_rate)[0]
+
+  # --- Files ---
+
+  def load_segments(self, path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Decodes a file (any rate, channels, length) to model inputs; returns (segments, seconds).
+
+    Raises `audio.AudioError` for files that cannot be decoded.
+    """
+    mono = audio.load_audio(path, self.sample_rate)
+    return self.segments(mono), len(mono) / self.sample_rate
+
+  def describe(
+      self, scores: np.ndarray, top_k: int = DEFAULT_TOP_K, threshold: float | None = None
+  ) -> dict[str, Any]:
+    """Readable view of clip scores: per-class scores, the top k, and classes >= threshold.
+
+    `threshold` defaults to config.f_score_threshold. With an eval label map (Speech
+    Commands) `eval_label` is the scoring class of the best output, as the accuracy metric
+    counts it.
+    """
+    threshold = self.config.f_score_threshold if threshold is None else threshold
+    names = self.labels.vocabulary
+    order = np.argsort(-scores, kind="stable")
+    result = {
+        "scores": {name: float(score) for name, score in zip(names, scores, strict=True)},
+        "top_k": [{"label": names[i], "score": float(scores[i])} for i in order[:top_k]],
+        "above_threshold": [names[i] for i in order if scores[i] >= threshold],
+    }
+    if self.labels.eval_label_map is not None:
+      result["eval_label"] = self.labels.eval_vocabulary[self.labels.eval_label_map[order[0]]]
+    return result
+
+  def predict_files(
+      self,
+      paths: Sequence[str | os.PathLike],
+      *,
+      top_k: int = DEFAULT_TOP_K,
+      threshold: float | None = None,
+      progress: bool | None = None,
+      num_threads: int = DEFAULT_THREADS,
+  ) -> list[dict[str, Any]]:
+    """One result dict per path, in order (see `describe` and docs/predict.md for fields).
+
+    Files are decoded by `num_threads` threads while the model runs. A file that cannot be
+    read gets `error` ("kind: reason") and empty scores; the others go on. `progress`
+    shows a bar on stderr (default: from PROGRESS_MIN_FILES files on).
+    """
+    return list(self.iter_predict_files(
+        paths, top_k=top_k, threshold=threshold, progress=progress, num_threads=num_threads
+    ))
+
+  def iter_predict_files(
+      self,
+      paths: Sequence[str | os.PathLike],
+      *,
+      top_k: int = DEFAULT_TOP_K,
+      threshold: float | None = None,
+      progress: bool | None = None,
+      num_threads: int = DEFAULT_THREADS,
+  ) -> Iterator[dict[str, Any]]:
+    """`predict_files` as a generator: results arrive in order as they are ready."""
+    from tqdm import tqdm
+
+    show = len(paths) >= PROGRESS_MIN_FILES if progress is None else progress
+    decoded = _map_ahead(self._decode, paths, num_threads)
+    with tqdm(total=len(paths), unit="file", desc="predict", disable=not show) as bar:
+      for (path, info), scores in self._score_stream(
+          ((path, info), info.get("segments")) for path, info in decoded
+      ):
+        record = {"file": str(path), "error": info.get("error"),
+                  "duration_s": info.get("duration_s"),
+                  "num_segments": 0 if scores is None else len(info["segments"])}
+        if scores is None:
+          record.update(scores={}, top_k=[], above_threshold=[])
+          if self.labels.eval_label_map is not None:
+            record["eval_label"] = None
+        else:
+          record.update(self.describe(scores, top_k, threshold))
+        info.pop("segments", None)
+        bar.update(1)
+        yield record
+
+  def _decode(self, path) -> dict[str, Any]:
+    """Runs in a worker thread; never raises (an unreadable file becomes an error record)."""
+    try:
+      segments, seconds = self.load_segments(path)
+    except audio.AudioError as e:
+      return {"error": f"{e.kind}: {e.reason}"}
+    except Exception as e:  # A file must not stop the run, whatever the decoder raises.
+      return {"error": f"failed: {type(e).__name__}: {e}"}
+    return {"segments": segments, "duration_s": round(seconds, 3)}
+
+
+def _map_ahead(fn: Callable, items: Sequence, num_threads: int) -> Iterator[tuple[Any, Any]]:
+  """(item, fn(item)) in order, computed by `num_threads` threads at most 2x that far ahead.
+
+  The bound keeps memory flat on large folders (decoded audio waits for the model).
+  """
+  if num_threads <= 1:
+    yield from ((item, fn(item)) for item in items)
+    return
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    pending: collections.deque = collections.deque()
+    iterator = iter(items)
+    for item in iterator:
+      pending.append((item, pool.submit(fn, item)))
+      if len(pending) >= 2 * num_threads:
+        break
+    while pending:
+      item, future = pending.popleft()
+      for next_item in iterator:
+        pending.append((next_item, pool.submit(fn, next_item)))
+        break
+      yield item, future.result()
+
+
+# --- Finding files and writing results ------------------------------------------------------
+
+
+def find_audio_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+  """Expands folders (recursively, sorted, hidden entries skipped) to their audio files.
+
+  Returns (files, notes): a path given directly is always kept (a missing or non-audio file
+  is then reported by prediction); `notes` names folders that held no audio file.
+  """
+  files, notes = [], []
+  for path in map(Path, paths):
+    if not path.is_dir():
+      files.append(path)
+      continue
+    found = sorted(
+        p for p in path.rglob("*")
+        if p.suffix.lower() in audio.AUDIO_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    if not found:
+      extensions = ", ".join(sorted(audio.AUDIO_EXTENSIONS))
+      notes.append(f"{path}: no audio files (looked for {extensions})")
+    files.extend(found)
+  return files, notes
+
+
+def write_json(results: list[dict], out: io.TextIOBase, meta: dict[str, Any]) -> None:
+  """`{...meta, "files": [one record per file]}` as indented JSON."""
+  json.dump({**meta, "files": results}, out, indent=2)
+  out.write("\n")
+
+
+def write_csv(results: list[dict], out: io.TextIOBase, labels: LabelInfo) -> None:
+  """One row per file: file, error, top_k, above_threshold, [eval_label], one column per class.
+
+  Multi-label cells join labels with ';'; top_k cells are `label:score` pairs.
+  """
+  extra = ["eval_label"] if labels.eval_label_map is not None else []
+  writer = csv.writer(out)
+  writer.writerow(["file", "error", "top_k", "above_threshold", *extra, *labels.vocabulary])
+  for r in results:
+    top = ";".join(f"{t['label']}:{t['score']:.6f}" for t in r["top_k"])
+    scores = [f"{r['scores'][name]:.6f}" if r["scores"] else "" for name in labels.vocabulary]
+    row = [r["file"], r["error"] or "", top, ";".join(r["above_threshold"])]
+    row += [r.get("eval_label") or ""] if extra else []
+    writer.writerow(row + scores)
+
+
+def format_table(results: list[dict], threshold: float) -> str:
+  """Human-readable lines: file, top-k labels with scores, labels above the threshold."""
+  width = min(max((len(r["file"]) for r in results), default=4), 60)
+  lines = []
+  for r in results:
+    name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3):]
+    if r["error"]:
+      lines.append(f"{name:<{width}}  ERROR {r['error']}")
+      continue
+    top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"])
+    line = f"{name:<{width}}  {top}  | >= {threshold:g}: {', '.join(r['above_threshold']) or '-'}"
+    if "eval_label" in r:
+      line += f"  | eval label: {r['eval_label']}"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+
+def _segments_arg(value: str) -> int | str:
+  if value == COVER:
+    return value
+  try:
+    count = int(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1 or {COVER!r}") from None
+  if count < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1 or {COVER!r}")
+  return count
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m samplecnn_jax.predict",
+      description="Score audio files with a trained workdir (see docs/predict.md).",
+  )
+  p.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER",
+                 help="audio files, or folders searched recursively for audio files")
+  p.add_argument("--workdir", required=True, help="training workdir (config.json + checkpoints)")
+  p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                 help="which checkpoint to load (default: best)")
+  p.add_argument("--config", default=None,
+                 help="config that trained the workdir (file.py[:arg] or .json); default: "
+                 "the workdir's config.json")
+  p.add_argument("--labels", default=None,
+                 help="labels.json or store manifest.json with the class names; default: "
+                 "workdir/labels.json, then the store manifest")
+  p.add_argument("--output", default=None, help="write results to FILE.json or FILE.csv")
+  p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                 help="output format (default: from --output's extension; table on stdout)")
+  p.add_argument("--top_k", "--top-k", type=int, default=DEFAULT_TOP_K,
+                 help=f"labels listed per file (default {DEFAULT_TOP_K})")
+  p.add_argument("--threshold", type=float, default=None,
+                 help="list labels scoring at least this (default: config.f_score_threshold)")
+  p.add_argument("--segments", type=_segments_arg, default=None,
+                 help=f"segments per file: an integer, or {COVER!r} for the whole file "
+                 "(default: config.eval_segments, as in evaluation)")
+  p.add_argument("--batch_size", "--batch-size", type=int, default=None,
+                 help="segments per forward pass (default: config.eval_batch_size)")
+  p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                 help=f"decoding threads (default {DEFAULT_THREADS})")
+  p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+  return p
+
+
+def _output_format(args) -> str:
+  if args.format:
+    return args.format
+  if args.output is None:
+    return "table"
+  suffix = Path(args.output).suffix.lower().lstrip(".")
+  if suffix not in ("json", "csv"):
+    raise ValueError(f"--output {args.output}: use a .json or .csv name, or pass --format.")
+  return suffix
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Exit status: 0 when at least one file was scored (failures are in the output), 1 when
+  none could be, 2 for an unusable workdir or arguments."""
+  args = build_parser().parse_intermixed_args(argv)
+  if args.top_k < 0 or args.threads < 1:
+    print("predict: error: --top_k must be >= 0 and --threads >= 1.", file=sys.stderr)
+    return 2
+  # Orbax warns on every read-only restore; a CLI user cannot act on it.
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  try:
+    fmt = _output_format(args)
+    predictor = Predictor.from_workdir(
+        args.workdir, args.checkpoint, config=args.config, labels=args.labels,
+        batch_size=args.batch_size, num_segments=args.segments,
+    )
+  except (OSError, ValueError, KeyError) as e:  # Includes CheckpointMismatchError.
+    print(f"predict: error: {e}", file=sys.stderr)
+    return 2
+  files, notes = find_audio_files(args.paths)
+  for note in notes:
+    print(f"predict: {note}", file=sys.stderr)
+  if not files:
+    print("predict: error: no audio files to score.", file=sys.stderr)
+    return 1
+  threshold = predictor.config.f_score_threshold if args.threshold is None else args.threshold
+  results = predictor.predict_files(
+      files, top_k=args.top_k, threshold=threshold, num_threads=args.threads,
+      progress=False if args.no_progress else None,
+  )
+  meta = {
+      "workdir": str(args.workdir), "checkpoint": args.checkpoint,
+      "label_type": predictor.config.label_type, "sample_rate": predictor.sample_rate,
+      "input_size": predictor.input_size, "segments": predictor.num_segments,
+      "threshold": threshold, "top_k": args.top_k, "labels": list(predictor.labels.vocabulary),
+  }
+  out = open(args.output, "w", newline="") if args.output else sys.stdout
+  try:
+    if fmt == "json":
+      write_json(results, out, meta)
+    elif fmt == "csv":
+      write_csv(results, out, predictor.labels)
+    else:
+      out.write(format_table(results, threshold) + "\n")
+  finally:
+    if args.output:
+      out.close()
+  failed = sum(1 for r in results if r["error"])
+  where = f" -> {args.output}" if args.output else ""
+  print(f"predict: {len(results) - failed} files scored, {failed} failed{where}", file=sys.stderr)
+  return 0 if failed < len(results) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,314 @@
+"""Tests for samplecnn_jax.predict: a real checkpointed workdir, real audio files of many
+formats, the CLI outputs, and agreement with evaluation, with arrays and across batchings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import REPO, load_config
+
+from samplecnn_jax import checkpointing, models, predict, prepare, sharding, store, train
+
+RATE = 16000
+BROKEN = ("g_corrupt.wav", "h_empty.flac")
+NUM_TEST_CLIPS = 4
+
+
+def _tone(seconds: float, rate: int, freq: float, seed: int, channels: int = 1) -> np.ndarray:
+  """A noisy tone, different per seed, so different files get different scores."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(int(seconds * rate)) / rate
+  mono = 0.4 * np.sin(2 * np.pi * freq * t) + 0.2 * rng.standard_normal(len(t))
+  if channels == 1:
+    return mono.astype(np.float32)
+  return np.stack([mono * (0.5 + 0.5 * c) for c in range(channels)], axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A workdir as training leaves it: config.json, a best checkpoint, labels.json."""
+  root = tmp_path_factory.mktemp("predict")
+  data_dir = root / "store"
+  manifest = prepare.prepare("demo", None, data_dir, workers=1, num_train=1, num_valid=1,
+                             num_test=NUM_TEST_CLIPS, progress=False)
+  config = load_config("test")
+  config.data_dir = str(data_dir)
+  model = models.create_model(config.model, config.num_classes)
+  state = train.create_train_state(config, model, jax.random.key_data(jax.random.key(7)))
+  workdir = root / "workdir"
+  ckpt = checkpointing.Checkpointer(workdir)
+  ckpt.save_best(state, {"best_value": 0.5, "best_step": 0})
+  ckpt.close()
+  checkpointing.write_config(workdir, config)
+  labels = {"vocabulary": manifest["vocabulary"], "label_type": manifest["label_type"]}
+  store.write_json(workdir / predict.LABELS_FILE, labels)
+  return {"workdir": workdir, "config": config, "state": state, "data_dir": data_dir,
+          "vocabulary": manifest["vocabulary"], "root": root}
+
+
+@pytest.fixture(scope="module")
+def predictor(run):
+  return predict.Predictor.from_workdir(run["workdir"])
+
+
+@pytest.fixture(scope="module")
+def audio_dir(run):
+  """Files in every supported shape: formats, rates, channels, lengths, and broken ones."""
+  folder = run["root"] / "audio"
+  (folder / "nested" / ".hidden").mkdir(parents=True)
+  sf.write(folder / "a_int16_mono_16k.wav", _tone(0.5, RATE, 440, 0), RATE, subtype="PCM_16")
+  sf.write(folder / "b_float_stereo_44k.wav", _tone(1.0, 44100, 1000, 1, channels=2), 44100,
+           subtype="FLOAT")
+  sf.write(folder / "c_short.wav", _tone(300 / RATE, RATE, 2000, 2), RATE, subtype="PCM_16")
+  sf.write(folder / "nested" / "d_long_22k.flac", _tone(4.0, 22050, 150, 3), 22050)
+  sf.write(folder / "e_vorbis.ogg", _tone(1.0, RATE, 3000, 4), RATE, format="OGG",
+           subtype="VORBIS")
+  if "MP3" in sf.available_formats():
+    sf.write(folder / "f_song.mp3", _tone(1.0, 44100, 600, 5), 44100, format="MP3",
+             subtype="MPEG_LAYER_III")
+  (folder / "g_corrupt.wav").write_bytes(b"RIFF" + np.random.default_rng(0).bytes(400))
+  (folder / "h_empty.flac").write_bytes(b"")
+  (folder / "notes.txt").write_text("not audio")
+  sf.write(folder / "nested" / ".hidden" / "skipped.wav", _tone(0.2, RATE, 500, 6), RATE)
+  return folder
+
+
+def _by_name(results):
+  return {r["file"].rsplit("/", 1)[-1]: r for r in results}
+
+
+def test_predict_files_scores_every_readable_format_and_reports_broken_files(
+    predictor, audio_dir
+):
+  files, notes = predict.find_audio_files([audio_dir])
+  names = [f.name for f in files]
+  assert "notes.txt" not in names and "skipped.wav" not in names and not notes
+  assert files == sorted(files)
+  results = _by_name(predictor.predict_files(files, top_k=3, threshold=0.5))
+  assert results["g_corrupt.wav"]["error"].startswith(("corrupt", "unsupported_format"))
+  assert results["h_empty.flac"]["error"].startswith("empty")
+  assert results["g_corrupt.wav"]["scores"] == {} and results["g_corrupt.wav"]["top_k"] == []
+  good = {n: r for n, r in results.items() if n not in BROKEN}
+  assert len(good) == len(files) - 2 >= 5
+  vocabulary = list(predictor.labels.vocabulary)
+  for name, r in good.items():
+    assert r["error"] is None, name
+    assert list(r["scores"]) == vocabulary
+    scores = np.array(list(r["scores"].values()))
+    assert np.all((scores >= 0) & (scores <= 1)), name
+    top = [t["score"] for t in r["top_k"]]
+    assert len(top) == 3 and top == sorted(top, reverse=True)
+    assert top[0] == scores.max()
+    assert set(r["above_threshold"]) == {k for k, v in r["scores"].items() if v >= 0.5}
+    assert r["num_segments"] == 2  # config.eval_segments, also for the 300-sample clip.
+  assert good["d_long_22k.flac"]["duration_s"] == pytest.approx(4.0)
+  assert good["c_short.wav"]["duration_s"] == pytest.approx(300 / RATE, abs=1e-3)
+  # Different audio gives different scores: the equality tests below are not vacuous.
+  assert len({tuple(r["scores"].values()) for r in good.values()}) == len(good)
+
+
+def test_arrays_give_the_same_scores_as_files(predictor, audio_dir):
+  files = [f for f in predict.find_audio_files([audio_dir])[0] if f.suffix in (".wav", ".flac")]
+  files = [f for f in files if f.name not in BROKEN]
+  from_files = predictor.predict_files(files)
+  for path, result in zip(files, from_files, strict=True):
+    data, rate = sf.read(path, dtype="float32", always_2d=True)  # (frames, channels)
+    expected = np.array(list(result["scores"].values()))
+    np.testing.assert_allclose(predictor.predict_waveform(data, rate), expected, atol=1e-6)
+    # librosa's (channels, frames) layout is recognised too.
+    np.testing.assert_allclose(predictor.predict_waveform(data.T, rate), expected, atol=1e-6)
+  int16 = (np.clip(_tone(0.5, RATE, 440, 0), -1, 32767 / 32768) * 32768).astype(np.int16)
+  np.testing.assert_allclose(
+      predictor.predict_waveform(int16, RATE),
+      predictor.predict_waveform(int16.astype(np.float32) / 32768, RATE), atol=1e-7,
+  )
+
+
+def test_batching_across_files_matches_one_file_at_a_time(run, predictor, audio_dir, capsys):
+  files = predict.find_audio_files([audio_dir])[0]
+  together = predictor.predict_files(files, num_threads=3, progress=True)
+  assert f"{len(files)}/{len(files)}" in capsys.readouterr().err  # The progress bar.
+  alone = [predictor.predict_files([f], num_threads=1)[0] for f in files]
+  assert [r["file"] for r in together] == [str(f) for f in files]
+  for a, b in zip(together, alone, strict=True):
+    assert a["error"] == b["error"]
+    np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-6)
+  # 3 segments per clip in batches of 8: clips straddle batch boundaries.
+  variables = checkpointing.load_variables(run["workdir"], run["config"])
+  odd = predict.Predictor(run["config"], variables, predictor.labels, num_segments=3)
+  waves = [_tone(s, RATE, 300 * (i + 1), 10 + i) for i, s in enumerate((0.3, 1.0, 0.05, 2.0, 0.6))]
+  batch = odd.predict_batch(waves, RATE)
+  single = np.stack([odd.predict_waveform(w, RATE) for w in waves])
+  assert batch.shape == (5, 6)
+  np.testing.assert_allclose(batch, single, atol=1e-6)
+
+
+def test_scores_match_evaluation_of_the_prepared_store(run, predictor, tmp_path):
+  """Clips written from the store as wav get exactly the clip scores `train.evaluate` gives."""
+  config = run["config"]
+  mesh = sharding.create_mesh()
+  _, p_eval_step = train.compile_steps(config, mesh)
+  manifest = store.read_manifest(run["data_dir"])
+  _, arrays = train.evaluate(config, sharding.replicate(run["state"], mesh), p_eval_step, mesh,
+                             str(run["data_dir"]), "test", manifest)
+  clips = store.ClipSource(run["data_dir"], "test")
+  paths = []
+  for i in range(len(clips)):
+    paths.append(tmp_path / f"{clips[i]['clip_id']}.wav")
+    sf.write(paths[-1], clips[i]["audio"], RATE, subtype="PCM_16")
+  results = predictor.predict_files(paths)
+  got = np.array([list(r["scores"].values()) for r in results])
+  assert got.shape == arrays["scores"].shape == (NUM_TEST_CLIPS, 6)
+  np.testing.assert_allclose(got, arrays["scores"], atol=1e-6)
+
+
+def test_cli_writes_json_csv_and_table(run, audio_dir, tmp_path, capsys):
+  out_json = tmp_path / "out.json"
+  argv = [f"--workdir={run['workdir']}", str(audio_dir), "--top_k=2", "--threshold=0.4",
+          "--no_progress"]
+  assert predict.main([*argv, f"--output={out_json}"]) == 0
+  data = json.loads(out_json.read_text())
+  assert data["labels"] == run["vocabulary"] and data["threshold"] == 0.4
+  assert data["segments"] == 2 and data["sample_rate"] == RATE
+  files = _by_name(data["files"])
+  assert files["g_corrupt.wav"]["error"] and files["a_int16_mono_16k.wav"]["error"] is None
+  assert all(len(r["top_k"]) == (0 if r["error"] else 2) for r in data["files"])
+  assert set(files["b_float_stereo_44k.wav"]) >= {
+      "file", "error", "duration_s", "num_segments", "scores", "top_k", "above_threshold"}
+  assert "2 failed" in capsys.readouterr().err
+
+  out_csv = tmp_path / "out.csv"
+  assert predict.main([*argv, f"--output={out_csv}"]) == 0
+  with open(out_csv, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0]) == ["file", "error", "top_k", "above_threshold", *run["vocabulary"]]
+  assert [r["file"] for r in rows] == [r["file"] for r in data["files"]]
+  for row, record in zip(rows, data["files"], strict=True):
+    if record["error"]:
+      assert row["error"] == record["error"] and row["beep"] == ""
+      continue
+    for label in run["vocabulary"]:
+      assert float(row[label]) == pytest.approx(record["scores"][label], abs=1e-6)
+    assert row["top_k"].split(";")[0].split(":")[0] == record["top_k"][0]["label"]
+    assert row["above_threshold"] == ";".join(record["above_threshold"])
+
+  capsys.readouterr()
+  assert predict.main([*argv, str(audio_dir / "a_int16_mono_16k.wav")]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert any("ERROR corrupt" in line or "ERROR unsupported" in line for line in lines)
+  table = [line for line in lines if "a_int16_mono_16k.wav" in line]
+  assert len(table) == 2 and files["a_int16_mono_16k.wav"]["top_k"][0]["label"] in table[0]
+
+
+def test_cli_exit_codes(run, audio_dir, tmp_path, capsys):
+  # Nothing readable: exit 1, the failures still printed.
+  assert predict.main([f"--workdir={run['workdir']}", str(audio_dir / "g_corrupt.wav")]) == 1
+  assert "ERROR" in capsys.readouterr().out
+  empty = tmp_path / "empty_folder"
+  empty.mkdir()
+  assert predict.main([f"--workdir={run['workdir']}", str(empty)]) == 1
+  assert "no audio files" in capsys.readouterr().err
+  # A workdir without checkpoints: exit 2 with the fix.
+  bare = tmp_path / "bare"
+  checkpointing.write_config(bare, run["config"])
+  assert predict.main([f"--workdir={bare}", str(audio_dir)]) == 2
+  assert "No best checkpoint" in capsys.readouterr().err
+  assert predict.main([f"--workdir={run['workdir']}", "--output=x.txt", str(audio_dir)]) == 2
+  assert ".json or .csv" in capsys.readouterr().err
+  # The module entry point, on a workdir that does not exist.
+  proc = subprocess.run(
+      [sys.executable, "-m", "samplecnn_jax.predict", f"--workdir={tmp_path / 'nope'}", "x.wav"],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+  )
+  assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_labels_come_from_labels_json_then_the_store_manifest_then_numbers(run, tmp_path):
+  config = run["config"]
+  labels = predict.load_labels(run["workdir"], config)
+  assert labels.vocabulary == tuple(run["vocabulary"])
+  assert labels.source.endswith(predict.LABELS_FILE)
+  # Without labels.json: the store manifest at config.data_dir.
+  labels = predict.load_labels(tmp_path, config)
+  assert labels.vocabulary == tuple(run["vocabulary"])
+  assert labels.source.endswith(store.MANIFEST)
+  # Neither: numbered names.
+  lost = config.copy_and_resolve_references()
+  lost.data_dir = str(tmp_path / "gone")
+  assert predict.load_labels(tmp_path, lost).vocabulary[:2] == ("class_0", "class_1")
+  store.write_json(tmp_path / "wrong.json", {"vocabulary": ["a", "b"]})
+  with pytest.raises(ValueError, match="names 2 classes but the model has"):
+    predict.load_labels(tmp_path, config, str(tmp_path / "wrong.json"))
+
+
+def test_multi_class_with_eval_label_map(run, audio_dir, tmp_path):
+  """Speech Commands style: softmax scores and the coarser scoring label of the argmax."""
+  workdir = tmp_path / "sc"
+  shutil.copytree(run["workdir"] / "best", workdir / "best")
+  config = run["config"].copy_and_resolve_references()
+  config.label_type = "multi_class"
+  checkpointing.write_config(workdir, config)
+  eval_vocabulary = ["tonal", "noisy", "other"]
+  eval_label_map = [0, 0, 0, 2, 1, 2]
+  store.write_json(workdir / predict.LABELS_FILE, {
+      "vocabulary": run["vocabulary"], "label_type": "multi_class",
+      "eval_vocabulary": eval_vocabulary, "eval_label_map": eval_label_map})
+  sc = predict.Predictor.from_workdir(workdir)
+  results = sc.predict_files([audio_dir / "a_int16_mono_16k.wav", audio_dir / "g_corrupt.wav"])
+  scores = np.array(list(results[0]["scores"].values()))
+  assert scores.sum() == pytest.approx(1.0, abs=1e-5)
+  best = int(np.argmax(scores))
+  assert results[0]["eval_label"] == eval_vocabulary[eval_label_map[best]]
+  assert results[1]["error"] and results[1]["eval_label"] is None
+  out = tmp_path / "sc.csv"
+  with open(out, "w", newline="") as f:
+    predict.write_csv(results, f, sc.labels)
+  with open(out, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert rows[0]["eval_label"] == results[0]["eval_label"]
+
+
+def test_cover_segments_span_long_files(run, predictor):
+  cover = predict.Predictor(run["config"], predictor._variables, predictor.labels,
+                            num_segments=predict.COVER)
+  long = _tone(1.0, RATE, 440, 20)
+  segments = cover.segments(long)
+  assert segments.shape == (int(np.ceil(RATE / 729)), 729)
+  np.testing.assert_array_equal(segments[0], long[:729])
+  np.testing.assert_array_equal(segments[-1], long[-729:])
+  assert cover.segments(long[:100]).shape == (1, 729)
+
+
+def test_bad_arrays_and_arguments_raise_clear_errors(predictor):
+  with pytest.raises(ValueError, match="1-D or 2-D"):
+    predictor.predict_waveform(np.zeros((2, 3, 4), np.float32), RATE)
+  with pytest.raises(ValueError, match="NaN"):
+    predictor.predict_waveform(np.full(1000, np.nan, np.float32), RATE)
+  with pytest.raises(ValueError, match="sample_rate"):
+    predictor.predict_waveform(np.zeros(1000, np.float32), 0)
+  with pytest.raises(ValueError, match="num_segments"):
+    predict.Predictor(predictor.config, predictor._variables, predictor.labels, num_segments=0)
+  with pytest.raises(SystemExit):
+    predict.build_parser().parse_args(["--workdir=x", "--segments=some", "a.wav"])
+
+
+def test_config_json_from_before_a_field_existed_still_loads(run, predictor, tmp_path):
+  """Fields added to the config later take their defaults when an old workdir is loaded."""
+  workdir = tmp_path / "old"
+  shutil.copytree(run["workdir"], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["tune_thresholds"], saved["model"]["remat"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  old = predict.Predictor.from_workdir(workdir)
+  assert old.config.tune_thresholds is False and old.config.model.remat is False
+  wave = _tone(0.7, RATE, 880, 30)
+  expected = predictor.predict_waveform(wave, RATE)
+  np.testing.assert_allclose(old.predict_waveform(wave, RATE), expected, atol=1e-6)
