@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+
+from samplecnn_jax import sharding
 
 CONFIG_FILE = "config.json"
 # Config fields that change the shapes or meaning of what a checkpoint holds.
@@ -117,10 +120,16 @@ class Checkpointer:
 
 
 def write_config(workdir: str | Path, config: Any) -> None:
-  """Records the run's config beside its checkpoints (for mismatch checks and reuse)."""
+  """Records the run's config beside its checkpoints (for mismatch checks and reuse).
+
+  Written under a temporary name and renamed, so other processes of a multi-host job that
+  check it at the same moment never read half a file.
+  """
   path = Path(workdir) / CONFIG_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  tmp = path.with_name(f"{CONFIG_FILE}.tmp{os.getpid()}")
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
 
 
 def check_config_matches(workdir: str | Path, config: Any) -> None:
@@ -179,7 +188,13 @@ def load_variables(workdir: str | Path, config: Any, which: str = "best") -> dic
         f"No {which} checkpoint in {directory}. Train first with "
         f"`python -m samplecnn_jax.main --config=... --workdir={workdir}`."
     )
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # Arrays come back with their saved sharding when this job has the topology that wrote
+  # them, else replicated over this job's devices: a checkpoint of a multi-host run loads on
+  # one machine.
+  anywhere = sharding.replicated(sharding.create_mesh())
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=anywhere))
+  )
   manager.close()
   state = restored["state"]
   logging.info("Loaded %s checkpoint at step %d from %s", which, step, directory)

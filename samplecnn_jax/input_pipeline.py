@@ -388,8 +388,11 @@ def train_batches(
   ds = grain.MapDataset.range(num_examples).repeat(None).seed(seed)
   ds = ds.map_with_index(_EpochShuffle(num_examples, seed))
   ds = ds.random_map(_TrainExample(config, data_dir, clips, starts))
-  ds = ds[process_index::process_count]
-  return ds.batch(local_batch, drop_remainder=True, batch_fn=_TrainBatch(config))
+  # Chunk c of the stream is rows [c*b, (c+1)*b); process p keeps chunks p, p + P, ..., so
+  # its batch k is its contiguous block of global batch k, and the global batch assembled
+  # over the processes is the 1-process batch row for row (same dropout rows, same result).
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_TrainBatch(config))
+  return ds[process_index::process_count]
 
 
 class TrainIterator(grain.DatasetIterator):
@@ -427,8 +430,9 @@ def create_train_iterator(
   Yields dict(audio=(B, input_size) float32, label=(B, num_classes) float32) with
   B = config.batch_size // process_count. Examples are one random segment per clip visit
   ('random') or every non-overlapping segment ('all'). The global example stream (shuffle,
-  crops, augmentation) depends only on `seed`; process p takes every process_count-th example
-  from position p, so the processes together read each epoch exactly once.
+  crops, augmentation) depends only on `seed`; process p takes the p-th block of
+  `B` rows of every global batch, so the processes together read each epoch exactly once and
+  their local batches k, concatenated in process order, are the 1-process batch k.
   """
   ds = train_batches(config, data_dir, seed=seed, process_index=process_index,
                      process_count=process_count)

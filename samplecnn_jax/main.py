@@ -5,6 +5,10 @@
       --config.batch_size=32
   python -m samplecnn_jax.main --config=configs/dcase.py --workdir=DIR --mode=eval \
       --split=test --checkpoint=best
+  # One of several processes (each host runs it with its own --process_id; see
+  # docs/multihost.md). On TPU VMs, Slurm and Open MPI, --distributed alone is enough.
+  python -m samplecnn_jax.main --config=configs/demo.py --workdir=SHARED_DIR --distributed \
+      --coordinator_address=HOST0:1234 --num_processes=2 --process_id=0
 
 All logic lives in `train.py` so that tests and notebooks can call it directly.
 """
@@ -25,7 +29,18 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "Checkpoint scored in --mode=eval.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
-    "Call jax.distributed.initialize() first (multi-host: TPU pods, several GPU hosts).")
+    "Call jax.distributed.initialize() first (multi-host: TPU pods, several GPU hosts). On "
+    "Cloud TPU, Slurm, Open MPI and Kubernetes it finds its peers itself; elsewhere pass "
+    "--coordinator_address, --num_processes and --process_id (docs/multihost.md).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0's coordinator, the same on every process (--distributed). "
+    "Default: $JAX_COORDINATOR_ADDRESS, else detected from the cluster.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the job (--distributed); default: detected.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in [0, num_processes) (--distributed); "
+    "default: detected.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,7 +55,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _COORDINATOR.value or _NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None:
+    raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed.")
   std_logging.getLogger("absl").setLevel(std_logging.INFO)
   for handler in std_logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())

@@ -231,8 +231,10 @@ def test_processes_read_disjoint_slices_of_the_global_stream(data_dir):
     first = next(it)
     assert first["audio"].shape == (2, INPUT_SIZE)  # Local batch = 4 // 2.
     rows = np.concatenate([first["audio"], take_rows(it, n - 2)])
-    # Process p reads every second example of the global stream, starting at p.
-    np.testing.assert_array_equal(rows, single[index::2][:n])
+    # Process p reads the p-th half of every global batch of 4: the processes' local batches
+    # k, concatenated in process order, are the 1-process batch k row for row.
+    halves = single.reshape(-1, 2, 2, INPUT_SIZE)[:, index].reshape(-1, INPUT_SIZE)
+    np.testing.assert_array_equal(rows, halves[:n])
     first_epoch.append({row_clip_and_positions(r)[0] for r in rows[: n // 2]})
   assert first_epoch[0].isdisjoint(first_epoch[1])
   assert first_epoch[0] | first_epoch[1] == set(range(n))

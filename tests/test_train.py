@@ -57,6 +57,8 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_tensorboard(demo_stor
   assert np.isfinite(valid["loss"]) and 0.0 <= test["f_score"] <= 1.0
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert (tmp_path / "config.json").exists()
+  labels = json.loads((tmp_path / "labels.json").read_text())
+  assert labels["label_type"] == "multi_label" and len(labels["vocabulary"]) == config.num_classes
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [3, 6]
 
