@@ -3,8 +3,8 @@
 For three clip/segment shapes of the paper (MTAT-like 29.1-s clips cut into 39,366-sample
 segments, DCASE-like 10-s clips into 19,683, Speech-Commands-like 1-s clips into 16,000) it
 builds a synthetic store in a temporary folder (int16 noise written with `store.write_shard`,
-so shards are compressed exactly as `prepare` writes them; `--uncompressed` writes
-uncompressed shards instead, for comparison), then reads `create_train_iterator` batches for
+so shards are stored exactly as `prepare` writes them, uncompressed; `--zstd` writes
+zstd-compressed shards instead, for comparison), then reads `create_train_iterator` batches for
 a few seconds with 0 workers (reading threads in the main process) and with N worker
 processes. "per core" divides the segments by the CPU time the loader used (main process plus
 workers), so it does not depend on how many cores the machine has or how busy it is. The
@@ -48,7 +48,7 @@ TARGET_PER_CORE = 3000  # Segments of 39,366 samples per CPU-second.
 
 
 def write_synthetic_store(root: Path, clip_seconds: float, num_classes: int, megabytes: int,
-                          uncompressed: bool) -> int:
+                          zstd: bool) -> int:
   """A one-split store of noise clips (int16, ~1/10 full scale); returns its clip count."""
   samples = int(round(clip_seconds * 16000))
   count = max(8, int(megabytes * 2**20 // (2 * samples)))
@@ -60,11 +60,11 @@ def write_synthetic_store(root: Path, clip_seconds: float, num_classes: int, meg
       yield store.encode_clip(f"clip{i}", audio, [i % num_classes])
 
   name = f"train/train-00000{store.SHARD_SUFFIX}"
-  if uncompressed:
+  if zstd:
     from array_record.python.array_record_module import ArrayRecordWriter
 
     (root / "train").mkdir(parents=True)
-    writer = ArrayRecordWriter(str(root / name), "group_size:1,uncompressed")
+    writer = ArrayRecordWriter(str(root / name), "group_size:1")
     for record in records():
       writer.write(record)
     writer.close()
@@ -124,8 +124,8 @@ def main() -> None:
   parser.add_argument("--modes", default="all,random", help="config.train_segments values.")
   parser.add_argument("--profiles", default=",".join(PROFILES), help="Which clip shapes.")
   parser.add_argument("--batch_size", type=int, default=23, help="Global batch (paper: 23).")
-  parser.add_argument("--uncompressed", action="store_true",
-                      help="Write the synthetic shards uncompressed (store default: zstd).")
+  parser.add_argument("--zstd", action="store_true",
+                      help="Write zstd-compressed shards (the store's default is uncompressed).")
   parser.add_argument("--data_dir", default=None, help="Measure this prepared store instead.")
   parser.add_argument("--config", default=None, help="Config of --data_dir (e.g. mtat).")
   args = parser.parse_args()
@@ -151,7 +151,7 @@ def main() -> None:
         root = Path(tmp) / name
         count = write_synthetic_store(root, clip_seconds, num_classes,
                                       STORE_MB["quick" if args.quick else "full"],
-                                      args.uncompressed)
+                                      args.zstd)
         config = config_base.base_config()
         config.input_size, config.num_classes = input_size, num_classes
         config.eval_segments = eval_segments
@@ -182,7 +182,7 @@ def main() -> None:
 
   print()
   print(f"Loader throughput ({cores} CPU cores, batch {args.batch_size}, "
-        f"{'uncompressed' if args.uncompressed else 'store-default'} shards, "
+        f"{'zstd' if args.zstd else 'uncompressed (store default)'} shards, "
         f"{seconds:g} s per row):")
   print(common.format_table(HEADERS, rows))
   for row in rows:
