@@ -144,7 +144,7 @@ def check_config_matches(workdir: str | Path, config: Any) -> None:
       differences.append(f"{field}: checkpoint {saved[field]!r}, config {config[field]!r}")
   current_model = json.loads(config.model.to_json_best_effort())
   for field, value in saved.get("model", {}).items():
-    if field in ("dtype", "remat", "variant"):  # Do not change what is stored.
+    if field in ("dtype", "remat", "variant", "conv_impl"):  # Do not change what is stored.
       continue
     if current_model.get(field) != value:
       differences.append(f"model.{field}: checkpoint {value!r}, config {current_model.get(field)!r}")

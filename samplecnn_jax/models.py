@@ -7,6 +7,10 @@ that touches data or devices live elsewhere.
 Architecture facts (layer order, initialisers, Keras BatchNorm defaults, channel rule)
 follow `shared/reference/MODELS.md` sections 1 and 8; where the published code bases
 disagree (SE ratio, front-conv padding), the choice is a field of `config.model`.
+
+Pooling, dropout, batch norm and conv come from `samplecnn_jax.layers`: drop-in replacements
+for Flax's layers (same variables, values and gradients) whose backward passes are much
+cheaper on XLA:CPU; see docs/benchmarks.md for what each one buys.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from samplecnn_jax import layers
 
 BLOCK_TYPES = ("basic", "se", "res1", "res2", "rese1", "rese2")
 HEAD_TYPES = ("samplecnn", "gmp")
@@ -131,19 +137,21 @@ class SampleBlock(nn.Module):
   bn_epsilon: float
   conv_init: str
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda n, k=3, init=self.conv_init: nn.Conv(
-        n, kernel_size=(k,), padding="SAME", kernel_init=INITIALIZERS[init](), dtype=self.dtype
+        n, kernel_size=(k,), padding="SAME", kernel_init=INITIALIZERS[init](), dtype=self.dtype,
+        conv_general_dilated=layers.CONV_IMPLS[self.conv_impl],
     )
-    norm = lambda: nn.BatchNorm(
+    norm = lambda: layers.BatchNorm(
         use_running_average=not train,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
         dtype=self.dtype,
     )
-    pool = lambda y: nn.max_pool(y, window_shape=(3,), strides=(3,), padding="VALID")
+    pool = lambda y: layers.max_pool(y, 3)
 
     if self.kind in ("basic", "se"):
       y = pool(nn.relu(norm()(conv(self.features)(x))))
@@ -157,7 +165,7 @@ class SampleBlock(nn.Module):
     for i in range(num_convs):
       y = norm()(conv(self.features)(y))
       if i < num_convs - 1:
-        y = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(y))
+        y = layers.Dropout(self.dropout, deterministic=not train)(nn.relu(y))
     if self.kind.startswith("rese"):
       y = SqueezeExcitation(self.se_ratio, self.dtype)(y)
     return pool(nn.relu(y + shortcut))
@@ -185,6 +193,7 @@ class SampleLevelCNN(nn.Module):
   conv_init: str = "he_uniform"
   dtype: Any = jnp.float32
   remat: bool = False
+  conv_impl: str = "xla"
 
   def trunk(self, waveform: jax.Array, train: bool, num_layers: int | None = None) -> list[jax.Array]:
     """Outputs of the front conv and of each pooled block, `(batch, length, channels)` each.
@@ -200,9 +209,10 @@ class SampleLevelCNN(nn.Module):
         padding=self.front_padding.upper(),
         kernel_init=INITIALIZERS[self.conv_init](),
         dtype=self.dtype,
+        conv_general_dilated=layers.CONV_IMPLS[self.conv_impl],
         name="front_conv",
     )(x)
-    x = nn.BatchNorm(
+    x = layers.BatchNorm(
         use_running_average=not train,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
@@ -223,6 +233,7 @@ class SampleLevelCNN(nn.Module):
           bn_epsilon=self.bn_epsilon,
           conv_init=self.conv_init,
           dtype=self.dtype,
+          conv_impl=self.conv_impl,
           name=f"block{i + 1}",
       )(x, train)
       outputs.append(x)
@@ -246,7 +257,7 @@ class SampleLevelCNN(nn.Module):
       return self.trunk(waveform, train, num_layers)
     check_input_size(waveform.shape[1], self.num_blocks, self.front_padding)
     outputs = self.trunk(waveform, train)[1:]
-    norm = nn.BatchNorm(
+    norm = layers.BatchNorm(
         use_running_average=not train,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
@@ -262,15 +273,15 @@ class SampleLevelCNN(nn.Module):
       width = self.head_width or outputs[-1].shape[-1]
       x = nn.Conv(
           width, kernel_size=(1,), kernel_init=INITIALIZERS[self.conv_init](),
-          dtype=self.dtype, name="head_conv",
+          dtype=self.dtype, conv_general_dilated=layers.CONV_IMPLS[self.conv_impl], name="head_conv",
       )(outputs[-1])
-      x = nn.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
+      x = layers.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
       x = jnp.max(x, axis=1)
     else:
       levels = outputs[-NUM_MULTI_LEVELS:] if self.multi else outputs[-1:]
       x = jnp.concatenate([jnp.max(level, axis=1) for level in levels], axis=-1)
       x = dense(self.head_width or x.shape[-1], "head_dense")(x)
-      x = nn.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
+      x = layers.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
     return dense(self.num_classes, "logits")(x).astype(jnp.float32)
 
 
@@ -287,6 +298,9 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> S
     raise ValueError(
         f"Unknown conv_init {cfg.conv_init!r}. Valid: {', '.join(INITIALIZERS)}."
     )
+  conv_impl = cfg.get("conv_impl", "xla")  # Configs saved before the field existed: xla.
+  if conv_impl not in layers.CONV_IMPLS:
+    raise ValueError(f"Unknown conv_impl {conv_impl!r}. Valid: {', '.join(layers.CONV_IMPLS)}.")
   if cfg.front_padding not in ("valid", "same"):
     raise ValueError(f"front_padding must be 'valid' or 'same', got {cfg.front_padding!r}.")
   if cfg.num_blocks < 1:
@@ -316,6 +330,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> S
       conv_init=cfg.conv_init,
       dtype=DTYPES[cfg.dtype],
       remat=cfg.remat,
+      conv_impl=conv_impl,
   )
 
 

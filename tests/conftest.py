@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import jax
 import pytest
+
+from samplecnn_jax import models
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -18,6 +21,17 @@ def load_config(name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def tiny_model(variant="rese2_multi", **overrides):
+  """A tiny model (configs/test.py widths), its variables and a batch of 4 waveforms."""
+  config = load_config("test", variant)
+  for key, value in overrides.items():
+    setattr(config.model, key, value)
+  model = models.create_model(config.model, config.num_classes)
+  x = jax.random.normal(jax.random.key(1), (4, config.input_size))
+  variables = model.init(jax.random.key(0), x, train=False)
+  return model, variables, x
 
 
 @pytest.fixture

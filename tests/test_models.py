@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, tiny_model
 
 from samplecnn_jax import models
 
@@ -83,18 +83,8 @@ def test_paper_input_sizes_reach_expected_lengths(input_size, num_blocks, final_
   assert models.feature_lengths(input_size, num_blocks, "same")[-1] == final_length
 
 
-def _tiny_model(variant="rese2_multi", **overrides):
-  config = load_config("test", variant)
-  for key, value in overrides.items():
-    setattr(config.model, key, value)
-  model = models.create_model(config.model, config.num_classes)
-  x = jax.random.normal(jax.random.key(1), (4, config.input_size))
-  variables = model.init(jax.random.key(0), x, train=False)
-  return model, variables, x
-
-
 def test_train_mode_uses_dropout_and_batch_statistics():
-  model, variables, x = _tiny_model()
+  model, variables, x = tiny_model()
   apply = lambda key: model.apply(
       variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
   )
@@ -106,7 +96,7 @@ def test_train_mode_uses_dropout_and_batch_statistics():
   after = jax.tree.leaves(updates["batch_stats"])
   assert any(not np.allclose(b, a) for b, a in zip(before, after, strict=True))
   # ...and train-mode outputs depend on the other examples of the batch (batch statistics).
-  model_nodrop, variables_nodrop, _ = _tiny_model(block_dropout=0.0, head_dropout=0.0)
+  model_nodrop, variables_nodrop, _ = tiny_model(block_dropout=0.0, head_dropout=0.0)
   first = lambda batch: model_nodrop.apply(
       variables_nodrop, batch, train=True, mutable=["batch_stats"]
   )[0][0]
@@ -114,7 +104,7 @@ def test_train_mode_uses_dropout_and_batch_statistics():
 
 
 def test_eval_mode_is_deterministic_and_per_example():
-  model, variables, x = _tiny_model()
+  model, variables, x = tiny_model()
   out = model.apply(variables, x, train=False)
   np.testing.assert_array_equal(out, model.apply(variables, x, train=False))
   # Running averages, not batch statistics: an example's output ignores the rest of the batch.
@@ -124,23 +114,23 @@ def test_eval_mode_is_deterministic_and_per_example():
 
 @pytest.mark.parametrize("variant", ["samplecnn", "rese2_multi"])
 def test_bfloat16_compute_keeps_float32_params(variant):
-  model, variables, x = _tiny_model(variant, dtype="bfloat16")
+  model, variables, x = tiny_model(variant, dtype="bfloat16")
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables["params"]))
   out = model.apply(variables, x, train=False)
   assert out.dtype == jnp.float32 and np.isfinite(out).all()
-  reference, ref_vars, _ = _tiny_model(variant)
+  reference, ref_vars, _ = tiny_model(variant)
   np.testing.assert_allclose(out, reference.apply(ref_vars, x, train=False), atol=0.1, rtol=0.1)
 
 
 def test_features_path_returns_layer_outputs():
-  model, variables, _ = _tiny_model("samplecnn")
+  model, variables, _ = tiny_model("samplecnn")
   outputs = model.apply(variables, jnp.zeros((2, 729)), num_layers=6)
   assert [o.shape[1] for o in outputs] == [243, 81, 27, 9, 3, 1]
   assert len(models.layer_names(model)) == model.num_blocks + 1
 
 
 def test_initialisers_follow_keras_reference():
-  model, variables, _ = _tiny_model("rese2_multi")
+  model, variables, _ = tiny_model("rese2_multi")
   front = variables["params"]["front_conv"]["kernel"]  # (3, 1, width): he_uniform limit sqrt(6/3)
   assert np.abs(front).max() <= np.sqrt(6 / 3) + 1e-6
   assert np.allclose(variables["params"]["front_conv"]["bias"], 0)
@@ -153,7 +143,7 @@ def test_too_short_input_names_largest_block_count_that_fits():
   config.model.num_blocks = 8
   with pytest.raises(ValueError, match="largest block count that fits 16000 samples is num_blocks=7"):
     models.create_model(config.model, 31)
-  model, variables, _ = _tiny_model()
+  model, variables, _ = tiny_model()
   with pytest.raises(ValueError, match="too short"):
     model.apply(variables, jnp.zeros((1, 100)), train=False)
 
