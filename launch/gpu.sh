@@ -24,33 +24,17 @@
 
 set -euo pipefail
 
-REPO="$(cd "${BASH_SOURCE[0]%/*}/.." && pwd)"
+LAUNCH_DIR=${BASH_SOURCE[0]%/*}
+[[ "$LAUNCH_DIR" == "${BASH_SOURCE[0]}" ]] && LAUNCH_DIR=.
+REPO="$(cd "$LAUNCH_DIR/.." && pwd)"
 
 usage() {
   sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
-die() {
-  echo "gpu.sh: error: $*" >&2
-  echo "Run 'launch/gpu.sh --help' for the flags." >&2
-  exit 2
-}
-
-quote() {  # Shell-quotes one word only when it needs it, so printed commands stay readable.
-  local word="$1"
-  if [[ "$word" =~ ^[-A-Za-z0-9_./:=@%+,~]+$ ]]; then
-    printf '%s' "$word"
-  else
-    printf "'%s'" "${word//\'/\'\\\'\'}"
-  fi
-}
-
-run() {  # Prints a command, then runs it unless --dry-run.
-  local line="+" arg
-  for arg in "$@"; do line+=" $(quote "$arg")"; done
-  printf '%s\n' "$line"
-  if (( ! DRY_RUN )); then "$@"; fi
-}
+SCRIPT_NAME=gpu.sh
+# shellcheck source=launch/common.sh
+source "$LAUNCH_DIR/common.sh"
 
 CONFIG=""
 WORKDIR=""

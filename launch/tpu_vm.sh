@@ -34,7 +34,9 @@
 
 set -euo pipefail
 
-REPO="$(cd "${BASH_SOURCE[0]%/*}/.." && pwd)"
+LAUNCH_DIR=${BASH_SOURCE[0]%/*}
+[[ "$LAUNCH_DIR" == "${BASH_SOURCE[0]}" ]] && LAUNCH_DIR=.
+REPO="$(cd "$LAUNCH_DIR/.." && pwd)"
 REMOTE_DIR="samplecnn_jax"  # Code on each worker, relative to the home folder.
 REMOTE_LOG="samplecnn_jax.log"  # Log of the run on each worker, in the home folder.
 VENV="venv"  # Virtual environment on each worker, in the home folder.
@@ -43,27 +45,9 @@ usage() {
   sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
-die() {
-  echo "tpu_vm.sh: error: $*" >&2
-  echo "Run 'launch/tpu_vm.sh --help' for the flags." >&2
-  exit 2
-}
-
-quote() {  # Shell-quotes one word only when it needs it, so printed commands stay readable.
-  local word="$1"
-  if [[ "$word" =~ ^[-A-Za-z0-9_./:=@%+,~]+$ ]]; then
-    printf '%s' "$word"
-  else
-    printf "'%s'" "${word//\'/\'\\\'\'}"
-  fi
-}
-
-run() {  # Prints a command, then runs it unless --dry-run.
-  local line="+" arg
-  for arg in "$@"; do line+=" $(quote "$arg")"; done
-  printf '%s\n' "$line"
-  if (( ! DRY_RUN )); then "$@"; fi
-}
+SCRIPT_NAME=tpu_vm.sh
+# shellcheck source=launch/common.sh
+source "$LAUNCH_DIR/common.sh"
 
 run_shell() {  # Prints a shell pipeline, then runs it unless --dry-run.
   printf '+ %s\n' "$1"
