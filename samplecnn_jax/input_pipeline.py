@@ -315,6 +315,7 @@ class _TrainExample:
     """Time shift with zero fill, then background noise at U(0, volume), clipped to [-1, 1]."""
     if self.shift > 0:
       shift = int(rng.integers(-self.shift, self.shift + 1))
+      shift = max(-len(audio), min(len(audio), shift))  # Past the segment's end: silence.
       shifted = np.zeros_like(audio)
       if shift >= 0:
         shifted[shift:] = audio[: len(audio) - shift]

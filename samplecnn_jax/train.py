@@ -290,6 +290,9 @@ def evaluate(
   result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
             "num_segments": int(len(losses))}
   result.update(task_metrics.compute_metrics(config.metric, labels, clip_scores, **options))
+  if config.metric == "accuracy":  # Rows: true class, columns: predicted (eval classes).
+    result["confusion_matrix"] = task_metrics.confusion_matrix(
+        labels, clip_scores, **options).tolist()
   return result, {"scores": clip_scores, "labels": labels}
 
 
@@ -429,53 +432,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                dict(mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)
 
   progress = Progress(config, workdir, int(state.step))
-  train_metrics = None
-  step = int(state.step)
-  while step < config.num_train_steps and not meta["done"]:
-    # --- one step ---
-    batch = sharding.global_batch(next(train_iter), mesh)
-    state, step_metrics = p_train_step(state, batch)
-    train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-    step += 1
-    at_eval = step % config.steps_per_eval == 0 or step == config.num_train_steps
-    at_log = step % config.log_every_steps == 0 or at_eval
-    # --- logging and the NaN guard ---
-    if at_log:
-      values = {k: float(v) for k, v in train_metrics.compute().items()}
-      train_metrics = None
-      if not math.isfinite(values["loss"]):
-        ckpt.wait()
-        raise FloatingPointError(
-            f"Training loss became {values['loss']} by step {step}. The last good checkpoint "
-            f"(step {ckpt.latest_step()}) is kept in {workdir}; lower the learning rate "
-            f"(--config.learning_rate), enable clipping (--config.grad_clip_norm=1.0) or use "
-            f"float32 (--config.model.dtype=float32), then re-run to resume."
-        )
-      progress.report(step, values)
-    # --- validation, best checkpoint, staged schedule ---
-    if at_eval:
-      result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.eval_split,
-                           manifest, config.max_eval_batches)
-      logging.info("step %d | %s: %s", step, config.eval_split, _summary(result))
-      progress.scalars(step, result, config.eval_split)
-      write_metrics(workdir, config.eval_split, step, result)
-      value = result[config.best_metric]
-      if _is_better(value, meta["best_value"], config.best_metric):
-        meta.update(best_value=value, best_step=step, evals_without_improvement=0)
-        ckpt.save_best(state, meta)
-      else:
-        meta["evals_without_improvement"] += 1
-      if config.schedule == "staged" and meta["evals_without_improvement"] >= config.patience:
-        state, meta = _next_stage(config, state, meta, ckpt, mesh)
-    if at_eval or step % config.checkpoint_every_steps == 0:
-      ckpt.save(state, train_iter, meta)
-  ckpt.wait()
-  progress.close()
+  try:
+    train_metrics = None
+    step = int(state.step)
+    while step < config.num_train_steps and not meta["done"]:
+      # --- one step ---
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, step_metrics = p_train_step(state, batch)
+      train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+      step += 1
+      at_eval = step % config.steps_per_eval == 0 or step == config.num_train_steps
+      at_log = step % config.log_every_steps == 0 or at_eval
+      # --- logging and the NaN guard ---
+      if at_log:
+        values = {k: float(v) for k, v in train_metrics.compute().items()}
+        train_metrics = None
+        if not math.isfinite(values["loss"]):
+          ckpt.wait()
+          raise FloatingPointError(
+              f"Training loss became {values['loss']} by step {step}. The last good checkpoint "
+              f"(step {ckpt.latest_step()}) is kept in {workdir}; lower the learning rate "
+              f"(--config.learning_rate), enable clipping (--config.grad_clip_norm=1.0) or use "
+              f"float32 (--config.model.dtype=float32), then re-run to resume."
+          )
+        progress.report(step, values)
+      # --- validation, best checkpoint, staged schedule ---
+      if at_eval:
+        result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.eval_split,
+                             manifest, config.max_eval_batches)
+        logging.info("step %d | %s: %s", step, config.eval_split, _summary(result))
+        progress.scalars(step, result, config.eval_split)
+        write_metrics(workdir, config.eval_split, step, result)
+        value = result[config.best_metric]
+        if _is_better(value, meta["best_value"], config.best_metric):
+          meta.update(best_value=value, best_step=step, evals_without_improvement=0)
+          ckpt.save_best(state, meta)
+        else:
+          meta["evals_without_improvement"] += 1
+        if config.schedule == "staged" and meta["evals_without_improvement"] >= config.patience:
+          state, meta = _next_stage(config, state, meta, ckpt, mesh)
+      if at_eval or step % config.checkpoint_every_steps == 0:
+        ckpt.save(state, train_iter, meta)
+    ckpt.wait()
 
-  # --- final score of the best checkpoint ---
-  result = _evaluate_best_on_test(config, workdir, state, ckpt, p_eval_step, mesh, data_dir,
-                                  manifest)
-  ckpt.close()
+    # --- final score of the best checkpoint ---
+    result = _evaluate_best_on_test(config, workdir, state, ckpt, p_eval_step, mesh, data_dir,
+                                    manifest)
+    progress.scalars(result["step"], {k: v for k, v in result.items() if k != "step"},
+                     config.test_split)
+  finally:  # Also on errors (NaN, interrupts): flush TensorBoard, finish async saves.
+    progress.close()
+    ckpt.close()
   return result
 
 
@@ -506,12 +513,14 @@ def _evaluate_best_on_test(config, workdir, state, ckpt, p_eval_step, mesh, data
   if config.tune_thresholds and config.metric == "f_score":
     _, valid = evaluate(config, state, p_eval_step, mesh, data_dir, config.eval_split, manifest)
     thresholds = task_metrics.tune_thresholds(valid["labels"], valid["scores"])
-  result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.test_split, manifest)
+  result, test = evaluate(config, state, p_eval_step, mesh, data_dir, config.test_split,
+                          manifest)
   if thresholds is not None:
-    tuned, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.test_split, manifest,
-                        thresholds=thresholds)
-    result.update({f"tuned_{k}": v for k, v in tuned.items() if k not in ("loss", "num_clips")})
+    tuned = task_metrics.compute_metrics("f_score", test["labels"], test["scores"],
+                                         threshold=thresholds)
+    result.update({f"tuned_{k}": v for k, v in tuned.items()})
     result["tuned_thresholds"] = [float(t) for t in thresholds]
+  result["step"] = int(state.step)
   path = write_metrics(workdir, config.test_split, int(state.step), result)
   logging.info("Best checkpoint (step %d) on %s: %s -> %s", int(state.step), config.test_split,
                _summary(result), path)

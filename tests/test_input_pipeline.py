@@ -284,6 +284,16 @@ def test_time_shift_moves_the_crop_with_zero_fill_deterministically(data_dir):
   assert len(set(shifts)) > 5
 
 
+def test_time_shift_longer_than_the_segment_gives_zero_fill_not_an_error(data_dir):
+  """Speech Commands' 100-ms shift is 1,600 samples: more than a short segment holds."""
+  shift_ms = 4 * INPUT_SIZE * 1000 / 16000
+  config = tiny_config(**{"augment.time_shift_ms": shift_ms})
+  rows = take_rows(ip.create_train_iterator(config, data_dir, seed=2, process_index=0,
+                                            process_count=1), 40)
+  assert rows.shape == (40, INPUT_SIZE)
+  assert (np.abs(rows).sum(axis=1) == 0).sum() > 10, "most shifts push the whole crop out"
+
+
 def _shift(row: np.ndarray, k: int) -> np.ndarray:
   out = np.zeros_like(row)
   if k >= 0:

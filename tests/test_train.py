@@ -55,7 +55,9 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_tensorboard(demo_stor
   assert valid["step"] == config.num_train_steps and valid["split"] == "valid"
   assert test["step"] in (3, 6), "the test split is scored with the best checkpoint"
   assert np.isfinite(valid["loss"]) and 0.0 <= test["f_score"] <= 1.0
-  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").glob("events.*"))
+  for tag in (b"train/loss", b"train/examples_per_sec", b"valid/f_score", b"test/f_score"):
+    assert tag in events, tag
   assert (tmp_path / "config.json").exists()
   labels = json.loads((tmp_path / "labels.json").read_text())
   assert labels["label_type"] == "multi_label" and len(labels["vocabulary"]) == config.num_classes
@@ -196,3 +198,25 @@ def test_four_devices_match_one_device(tmp_path):
   names = [k for k in results[1].files if k != "devices"]
   for name in names:
     np.testing.assert_allclose(results[1][name], results[4][name], rtol=1e-4, atol=1e-5)
+
+
+def test_speech_commands_excerpt_trains_and_scores_12_classes(shared_data, tmp_path):
+  """Real Speech Commands v0.01 clips: 31-way softmax training, 12-class accuracy and matrix."""
+  store_dir = tmp_path / "sc"
+  prepare.prepare("speech_commands", shared_data / "speech_commands_v0.01_subset", store_dir,
+                  workers=1, progress=False)
+  config = load_config("speech_commands")
+  test = load_config("test")
+  config.model = test.model  # Tiny widths; keeps the speech_commands data, loss and metric.
+  config.model.input_size = config.input_size = 729
+  config.data_dir = str(store_dir)
+  for key in ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval",
+              "checkpoint_every_steps", "log_every_steps", "eval_segments"):
+    config[key] = test[key]
+  result = train.train_and_evaluate(config, str(tmp_path / "work"))
+  saved = json.loads((tmp_path / "work" / "metrics_test.json").read_text())
+  matrix = np.asarray(saved["confusion_matrix"])
+  assert matrix.shape == (12, 12) and matrix.sum() == saved["num_clips"] == result["num_clips"]
+  assert saved["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+  assert 0.0 <= saved["accuracy_train_classes"] <= 1.0
+
