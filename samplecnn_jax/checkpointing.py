@@ -156,15 +156,34 @@ def check_config_matches(workdir: str | Path, config: Any) -> None:
     )
 
 
-def latest_meta(workdir: str | Path) -> tuple[int, dict[str, Any]]:
-  """The step and bookkeeping record (stage history, best value) of the latest checkpoint."""
-  directory = Path(workdir) / "checkpoints"
+def _read_only(workdir: str | Path, which: str) -> tuple[ocp.CheckpointManager, Path, int]:
+  """A read-only manager of the best or latest checkpoints, their folder and newest step."""
+  if which not in ("best", "latest"):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
+  directory = Path(workdir) / ("best" if which == "best" else "checkpoints")
   manager = ocp.CheckpointManager(
       directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False)
   )
   step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"No checkpoint in {directory}.")
+    manager.close()
+    raise FileNotFoundError(
+        f"No {which} checkpoint in {directory}. Train first with "
+        f"`python -m samplecnn_jax.main --config=... --workdir={workdir}`."
+    )
+  return manager, directory, step
+
+
+def checkpoint_step(workdir: str | Path, which: str = "best") -> int:
+  """The step of a workdir's best or latest checkpoint."""
+  manager, _, step = _read_only(workdir, which)
+  manager.close()
+  return step
+
+
+def latest_meta(workdir: str | Path) -> tuple[int, dict[str, Any]]:
+  """The step and bookkeeping record (stage history, best value) of the latest checkpoint."""
+  manager, _, step = _read_only(workdir, "latest")
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   manager.close()
   return step, meta
@@ -178,16 +197,7 @@ def load_variables(workdir: str | Path, config: Any, which: str = "best") -> dic
   if which not in ("best", "latest"):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
   check_config_matches(workdir, config)
-  directory = Path(workdir) / ("best" if which == "best" else "checkpoints")
-  manager = ocp.CheckpointManager(
-      directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False)
-  )
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(
-        f"No {which} checkpoint in {directory}. Train first with "
-        f"`python -m samplecnn_jax.main --config=... --workdir={workdir}`."
-    )
+  manager, directory, step = _read_only(workdir, which)
   # Arrays come back with their saved sharding when this job has the topology that wrote
   # them, else replicated over this job's devices: a checkpoint of a multi-host run loads on
   # one machine.

@@ -257,7 +257,6 @@ def evaluate(
     split: str,
     manifest: dict[str, Any],
     max_batches: int = 0,
-    thresholds: np.ndarray | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
   """Scores `split`: segment-level loss and the task metric on clip-averaged predictions.
 
@@ -265,19 +264,19 @@ def evaluate(
   tuning and for writing predictions).
   """
   clip_ids, clip_labels = _clip_labels(data_dir, split, config.num_classes)
-  probs, clip_index, losses = [], [], []
+  outputs, masks, indices = [], [], []
   for i, batch in enumerate(input_pipeline.create_eval_iterator(config, data_dir, split)):
     if max_batches and i >= max_batches:
       break
-    mask = batch.pop("mask")
-    index = batch.pop("clip_index")
-    batch_probs, batch_losses = p_eval_step(state, sharding.global_batch(batch, mesh))
-    # Every process sees the whole split's predictions (small: segments x classes).
-    full_mask = _gather_local(mask, mesh)
-    probs.append(sharding.to_host(batch_probs)[full_mask])
-    losses.append(sharding.to_host(batch_losses)[full_mask])
-    clip_index.append(_gather_local(index, mesh)[full_mask])
-  probs, clip_index, losses = map(np.concatenate, (probs, clip_index, losses))
+    masks.append(_gather_local(batch.pop("mask"), mesh))
+    indices.append(_gather_local(batch.pop("clip_index"), mesh))
+    # Results stay on device until the loop ends, so steps are dispatched ahead of reading.
+    outputs.append(p_eval_step(state, sharding.global_batch(batch, mesh)))
+  # Every process sees the whole split's predictions (small: segments x classes).
+  mask = np.concatenate(masks)
+  probs = np.concatenate([sharding.to_host(p) for p, _ in outputs])[mask]
+  losses = np.concatenate([sharding.to_host(loss) for _, loss in outputs])[mask]
+  clip_index = np.concatenate(indices)[mask]
   seen = np.unique(clip_index)
   if max_batches:  # A partial pass scores only the clips it saw in full or in part.
     remap = np.searchsorted(seen, clip_index)
@@ -286,7 +285,7 @@ def evaluate(
   else:
     clip_scores = task_metrics.clip_level_scores(probs, clip_index, len(clip_ids))
     labels = clip_labels
-  options = _metric_options(config, manifest, thresholds)
+  options = _metric_options(config, manifest)
   result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
             "num_segments": int(len(losses))}
   result.update(task_metrics.compute_metrics(config.metric, labels, clip_scores, **options))
@@ -309,11 +308,11 @@ def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
   return sharding.to_host(sharding.global_batch({"x": local}, mesh)["x"])
 
 
-def _metric_options(config, manifest, thresholds) -> dict[str, Any]:
+def _metric_options(config, manifest) -> dict[str, Any]:
   if config.metric == "accuracy":
     return {"eval_label_map": manifest.get("eval_label_map")}
   if config.metric == "f_score":
-    return {"threshold": config.f_score_threshold if thresholds is None else thresholds}
+    return {"threshold": config.f_score_threshold}
   return {}
 
 
@@ -537,20 +536,17 @@ def evaluate_checkpoint(
   """Eval-only mode: scores a workdir's best or latest checkpoint on `split`."""
   data_dir, manifest, mesh, model = _setup(config, workdir)
   variables = checkpointing.load_variables(workdir, config, which)
-  state = create_train_state(config, model, jax.random.key_data(jax.random.key(0)))
-  state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+  # Evaluation reads only the model's variables: no optimizer state is built.
+  zero = jnp.zeros((), jnp.int32)
+  state = TrainState(step=zero, params=variables["params"], batch_stats=variables["batch_stats"],
+                     opt_state=None, stage=zero, stage_step=zero, rng=None,
+                     apply_fn=model.apply, tx=None)
   state = sharding.replicate(state, mesh)
   _, p_eval_step = compile_steps(config, mesh)
   result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, split, manifest)
-  step = _checkpoint_step(workdir, which)
+  step = checkpointing.checkpoint_step(workdir, which)
   result["checkpoint"] = which
   write_metrics(workdir, split, step, result)
   logging.info("%s checkpoint (step %d) on %s: %s", which, step, split, _summary(result))
   return result
-
-
-def _checkpoint_step(workdir: str, which: str) -> int:
-  directory = Path(workdir) / ("best" if which == "best" else "checkpoints")
-  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-  return max(steps)
 
