@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from samplecnn_jax import sharding
 
 CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.json"  # Label vocabulary of a run (for prediction without the store).
 # Config fields that change the shapes or meaning of what a checkpoint holds.
 ARCHITECTURE_FIELDS = ("num_classes", "label_type", "input_size", "dataset")
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from samplecnn_jax import store
 
-CLIP_LENGTHS = "clip_lengths.npy"  # Per split: int64 samples per clip, in record order.
+CLIP_LENGTHS = store.CLIP_LENGTHS  # Re-exported for tests and benchmarks.
 BACKGROUND_NOISE_SPLIT = "background_noise"  # Long noise recordings mixed in by augmentation.
 TRAIN_SEGMENT_MODES = ("random", "all")
 INT16_SCALE = np.float32(1.0 / 32768.0)  # int16 PCM -> float32 in [-1, 1).
@@ -67,42 +67,9 @@ def check_store(config: ml_collections.ConfigDict, data_dir: str | os.PathLike) 
   return manifest
 
 
-def _split_info(data_dir: str | os.PathLike, split: str) -> dict[str, Any]:
-  splits = store.read_manifest(data_dir)["splits"]
-  if split not in splits:
-    raise ValueError(f"Split {split!r} is not in {data_dir}; it has: {', '.join(sorted(splits))}.")
-  return splits[split]
-
-
 def num_clips(data_dir: str | os.PathLike, split: str) -> int:
   """Number of clips in `split`, from the manifest."""
-  return int(_split_info(data_dir, split)["num_clips"])
-
-
-class _Records:
-  """Lazily opened random access to the records of one split.
-
-  Opened on first use so that pickling the transforms that hold it (Grain sends them to
-  spawned worker processes) carries only the shard paths.
-  """
-
-  def __init__(self, data_dir: str | os.PathLike, split: str):
-    self.paths = store.shard_paths(data_dir, split)
-    self._source = None
-
-  def __getstate__(self):
-    return {"paths": self.paths, "_source": None}
-
-  def __len__(self) -> int:
-    return len(self._open())
-
-  def _open(self):
-    if self._source is None:
-      self._source = grain.sources.ArrayRecordDataSource(self.paths) if self.paths else []
-    return self._source
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    return store.decode_clip(self._open()[int(index)])
+  return int(store.split_info(data_dir, split)["num_clips"])
 
 
 def clip_lengths(data_dir: str | os.PathLike, split: str) -> np.ndarray:
@@ -111,7 +78,7 @@ def clip_lengths(data_dir: str | os.PathLike, split: str) -> np.ndarray:
   Reads `<split>/clip_lengths.npy` written by `prepare`; stores without it are measured by
   decoding every record (slow, but correct).
   """
-  info = _split_info(data_dir, split)
+  info = store.split_info(data_dir, split)
   path = Path(data_dir) / info.get("clip_lengths", f"{split}/{CLIP_LENGTHS}")
   expected = int(info["num_clips"])
   if path.exists():
@@ -122,7 +89,7 @@ def clip_lengths(data_dir: str | os.PathLike, split: str) -> np.ndarray:
           f"{split!r}: the store is inconsistent, prepare it again."
       )
     return lengths
-  records = _Records(data_dir, split)
+  records = store.ClipSource(data_dir, split)
   return np.asarray([len(records[i]["audio"]) for i in range(len(records))], np.int64)
 
 
@@ -145,7 +112,7 @@ def clip_labels(
 
 class _ClipMetadata:
   def __init__(self, data_dir, split):
-    self.records = _Records(data_dir, split)
+    self.records = store.ClipSource(data_dir, split)
 
   def __call__(self, index: int) -> tuple[str, np.ndarray]:
     record = self.records[index]
@@ -199,7 +166,7 @@ def to_float(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Standardize:
+class Standardize:
   """Optional per-dataset standardisation (x - mean) / std, applied in place to batches."""
 
   enabled: bool
@@ -207,7 +174,7 @@ class _Standardize:
   std: float
 
   @classmethod
-  def from_config(cls, config) -> _Standardize:
+  def from_config(cls, config) -> Standardize:
     if config.standardize and not config.audio_std > 0:
       raise ValueError(f"config.audio_std must be > 0 to standardise, got {config.audio_std}.")
     return cls(bool(config.standardize), float(config.audio_mean), float(config.audio_std))
@@ -272,7 +239,7 @@ class _BackgroundNoise:
   """The `background_noise` recordings, loaded on first use in whichever process mixes them."""
 
   def __init__(self, data_dir):
-    self.records = _Records(data_dir, BACKGROUND_NOISE_SPLIT)
+    self.records = store.ClipSource(data_dir, BACKGROUND_NOISE_SPLIT)
     self._audio = None
 
   def __getstate__(self):
@@ -293,7 +260,7 @@ class _TrainExample:
   """
 
   def __init__(self, config, data_dir, clips: np.ndarray | None, starts: np.ndarray | None):
-    self.records = _Records(data_dir, config.train_split)
+    self.records = store.ClipSource(data_dir, config.train_split)
     self.clips, self.starts = clips, starts
     self.input_size = int(config.input_size)
     self.shift = int(round(config.augment.time_shift_ms * config.sample_rate / 1000.0))
@@ -334,7 +301,7 @@ class _TrainBatch:
 
   def __init__(self, config):
     self.num_classes = int(config.num_classes)
-    self.standardize = _Standardize.from_config(config)
+    self.standardize = Standardize.from_config(config)
 
   def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     audio = np.empty((len(examples), len(examples[0]["audio"])), np.float32)
@@ -385,7 +352,7 @@ def train_batches(
         f"fewer than the {process_count} processes."
     )
   if config.augment.noise_prob > 0:
-    _split_info(data_dir, BACKGROUND_NOISE_SPLIT)  # Fails early, naming the splits there.
+    store.split_info(data_dir, BACKGROUND_NOISE_SPLIT)  # Fails early, naming the splits there.
   ds = grain.MapDataset.range(num_examples).repeat(None).seed(seed)
   ds = ds.map_with_index(_EpochShuffle(num_examples, seed))
   ds = ds.random_map(_TrainExample(config, data_dir, clips, starts))
@@ -404,9 +371,6 @@ class TrainIterator(grain.DatasetIterator):
   records per-worker positions and only restores into the same worker count). Resume with
   the same seed, batch size, train_segments and process count.
   """
-
-  def __init__(self, iterator: grain.DatasetIterator):
-    super().__init__(iterator)
 
   def __next__(self) -> dict[str, np.ndarray]:
     return next(self._parent)
@@ -464,7 +428,7 @@ class _EvalClip:
   """Grain map: clip index -> (clip index, its (eval_segments, input_size) int16 segments)."""
 
   def __init__(self, config, data_dir, split):
-    self.records = _Records(data_dir, split)
+    self.records = store.ClipSource(data_dir, split)
     self.input_size, self.num_segments = int(config.input_size), int(config.eval_segments)
 
   def __call__(self, clip: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -512,7 +476,7 @@ class EvalBatches:
     self.num_batches = num_eval_batches(config, data_dir, split, process_count=process_count)
     self.input_size, self.num_classes = int(config.input_size), int(config.num_classes)
     self.reader = _EvalClip(config, data_dir, split)
-    self.standardize = _Standardize.from_config(config)
+    self.standardize = Standardize.from_config(config)
 
   def __len__(self) -> int:
     return self.num_batches

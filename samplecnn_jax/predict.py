@@ -43,7 +43,7 @@ import numpy as np
 
 from samplecnn_jax import audio, checkpointing, config_base, input_pipeline, models, store, train
 
-LABELS_FILE = "labels.json"  # Label vocabulary of a run, beside its config.json.
+LABELS_FILE = checkpointing.LABELS_FILE  # Label vocabulary of a run, beside its config.json.
 DEFAULT_TOP_K = 5
 DEFAULT_THREADS = 4  # Files decoded (and resampled) in parallel with the forward pass.
 PROGRESS_MIN_FILES = 10  # A progress bar appears from this many files on (when not disabled).
@@ -236,8 +236,7 @@ class Predictor:
         isinstance(self.num_segments, int) and self.num_segments >= 1
     ):
       raise ValueError(f"num_segments must be an int >= 1 or {COVER!r}, got {num_segments!r}.")
-    if config.standardize and not config.audio_std > 0:
-      raise ValueError(f"config.audio_std must be > 0 to standardise, got {config.audio_std}.")
+    self._standardize = input_pipeline.Standardize.from_config(config)  # As in evaluation.
     model = models.create_model(config.model, config.num_classes)
     label_type = config.label_type
 
@@ -290,10 +289,7 @@ class Predictor:
     if count == COVER:
       count = max(1, math.ceil(len(mono) / self.input_size))
     segments = input_pipeline.segment_clip(mono, self.input_size, count).astype(np.float32)
-    if self.config.standardize:
-      segments -= np.float32(self.config.audio_mean)
-      segments *= np.float32(1.0 / self.config.audio_std)
-    return segments
+    return self._standardize(segments)
 
   def _prepare_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     if sample_rate <= 0:
@@ -318,8 +314,7 @@ class Predictor:
         clip.rows.append(probs[row])
         clip.remaining -= 1
         if clip.remaining == 0:
-          clip.result = np.mean(np.stack(clip.rows), axis=0, dtype=np.float64)
-          clip.result = clip.result.astype(np.float32)
+          clip.result = np.mean(clip.rows, axis=0, dtype=np.float64).astype(np.float32)
       owners.clear()
       batch[:] = 0.0
 

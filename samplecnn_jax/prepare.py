@@ -38,7 +38,7 @@ from samplecnn_jax import __version__, audio, datasets, store
 from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
 
 DEFAULT_SHARD_SIZE = 512  # Clips per shard (about 16 MB of 1-s clips, 470 MB of 29-s clips).
-CLIP_LENGTHS = "clip_lengths.npy"  # Per split: int64 samples of every clip, in record order.
+CLIP_LENGTHS = store.CLIP_LENGTHS  # Written per split (format in `store`).
 PROGRESS_DIR = ".prepare"  # Per-shard sidecars that make a run resumable.
 PREPARE_VERSION = 1  # Bump when the bytes of a prepared clip change, to void old sidecars.
 LABEL_TYPES = ("multi_label", "multi_class")
@@ -120,8 +120,7 @@ def plan_shards(clips: list[ClipSpec], shard_size: int) -> dict[str, list[Shard]
   rank = {split: (SPLIT_ORDER + (split,)).index(split) for split in first}
   plan = {}
   for split in sorted(first, key=lambda split: (rank[split], first.index(split))):
-    members = by_split[split]
-    members = sorted(members, key=lambda clip: clip.clip_id)
+    members = sorted(by_split[split], key=lambda clip: clip.clip_id)
     plan[split] = [
         Shard(split, i // shard_size, tuple(members[i : i + shard_size]))
         for i in range(0, len(members), shard_size)

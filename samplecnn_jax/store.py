@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REPORT = "report.json"
 SHARD_SUFFIX = ".array_record"
+CLIP_LENGTHS = "clip_lengths.npy"  # Per split: int64 samples of every clip, in record order.
 
 
 def encode_clip(clip_id: str, audio: np.ndarray, labels: Sequence[int], source: str = "") -> bytes:
@@ -118,33 +119,49 @@ def read_manifest(prepared_dir: str | os.PathLike) -> dict[str, Any]:
   return manifest
 
 
-def shard_paths(prepared_dir: str | os.PathLike, split: str) -> list[str]:
-  """The shard files of `split`, from the manifest, with a clear error for unknown splits."""
-  manifest = read_manifest(prepared_dir)
-  splits = manifest["splits"]
+def split_info(prepared_dir: str | os.PathLike, split: str) -> dict[str, Any]:
+  """The manifest entry of `split`, with a clear error for unknown splits."""
+  splits = read_manifest(prepared_dir)["splits"]
   if split not in splits:
     raise ValueError(
         f"Split {split!r} is not in {prepared_dir}; it has: {', '.join(sorted(splits))}."
     )
-  return [str(Path(prepared_dir) / shard) for shard in splits[split]["shards"]]
+  return splits[split]
+
+
+def shard_paths(prepared_dir: str | os.PathLike, split: str) -> list[str]:
+  """The shard files of `split`, from the manifest."""
+  return [str(Path(prepared_dir) / shard) for shard in split_info(prepared_dir, split)["shards"]]
 
 
 class ClipSource:
-  """Random access to the decoded clips of one split (a Grain `RandomAccessDataSource`)."""
+  """Random access to the decoded clips of one split (a Grain `RandomAccessDataSource`).
+
+  The shards are opened on first use, so that pickling a source (Grain sends the transforms
+  that hold one to spawned worker processes) carries only the shard paths.
+  """
 
   def __init__(self, prepared_dir: str | os.PathLike, split: str):
-    import grain
-
     self.prepared_dir = str(prepared_dir)
     self.split = split
-    paths = shard_paths(prepared_dir, split)
-    self._source = grain.sources.ArrayRecordDataSource(paths) if paths else []
+    self.paths = shard_paths(prepared_dir, split)
+    self._source = None
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_source": None}
+
+  def _open(self):
+    if self._source is None:
+      import grain
+
+      self._source = grain.sources.ArrayRecordDataSource(self.paths) if self.paths else []
+    return self._source
 
   def __len__(self) -> int:
-    return len(self._source)
+    return len(self._open())
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return decode_clip(self._source[index])
+    return decode_clip(self._open()[int(index)])
 
   def __repr__(self) -> str:
     return f"ClipSource({self.prepared_dir!r}, split={self.split!r}, clips={len(self)})"

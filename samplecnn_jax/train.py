@@ -409,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointing.write_config(workdir, config)
     labels = {k: manifest[k] for k in ("vocabulary", "label_type", "eval_vocabulary",
                                        "eval_label_map") if k in manifest}
-    store.write_json(Path(workdir) / "labels.json", labels)
+    store.write_json(Path(workdir) / checkpointing.LABELS_FILE, labels)
   p_train_step, p_eval_step = compile_steps(config, mesh)
   train_iter = input_pipeline.create_train_iterator(config, data_dir, seed=config.seed)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)

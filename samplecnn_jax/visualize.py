@@ -27,21 +27,20 @@ checkpoints only through `samplecnn_jax.checkpointing.load_variables`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from samplecnn_jax import models
+from samplecnn_jax import models, store
+from samplecnn_jax.layers import max_pool
 
 TARGETS = ("pre_relu", "output")
 NORMALISATIONS = ("gradient_rms", "none")
@@ -97,10 +96,6 @@ def layer_input_size(layer: int, input_size: int = 729) -> int:
   return max(input_size, 3**layer)
 
 
-def _pool(x: jax.Array) -> jax.Array:
-  return nn.max_pool(x, window_shape=(3,), strides=(3,), padding="VALID")
-
-
 def layer_activation(
     model: models.SampleLevelCNN,
     variables: Any,
@@ -131,7 +126,7 @@ def layer_activation(
   block = captured[f"block{layer - 1}"]
   value = lambda name: block[name]["__call__"][0]
   if model.block in ("basic", "se"):
-    return _pool(value("BatchNorm_0"))
+    return max_pool(value("BatchNorm_0"))
   norms = sorted(int(key.split("_")[1]) for key in block if key.startswith("BatchNorm_"))
   num_convs = int(model.block[-1])
   main = value("SqueezeExcitation_0") if model.block.startswith("rese") else value(
@@ -139,7 +134,7 @@ def layer_activation(
   )
   has_projection = len(norms) > num_convs  # The 1x1-conv shortcut's BN is BatchNorm_0.
   shortcut = value("BatchNorm_0") if has_projection else outputs[-2]
-  return _pool(main + shortcut)
+  return max_pool(main + shortcut)  # The model's pool: same values and gradients.
 
 
 # --- Gradient ascent ----------------------------------------------------------------------
@@ -384,7 +379,7 @@ def save_filters(
           for r in results
       ],
   }
-  paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+  store.write_json(paths["json"], summary)
   for r in results:
     path = out / f"layer{r.layer:02d}_{r.name}.png"
     plot_layer(r, sample_rate, settings.floor_db).savefig(path, dpi=120)
@@ -485,12 +480,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
   if f.untrained and not (f.out_dir or f.workdir):
     raise SystemExit("With --untrained, give --out_dir (or --workdir) for the output files.")
   settings = visualize_config(f.config)
-  for name in ("steps", "step_size", "input_size", "init_std", "normalise", "target", "seed",
-               "chunk_size", "floor_db"):
-    if getattr(f, name) is not None:
-      settings[name] = getattr(f, name)
-  if f.layers is not None:
-    settings.layers = tuple(int(k) for k in f.layers)
+  for name in default_config().keys():  # Each setting has a flag of its name.
+    value = getattr(f, name)
+    if value is not None:
+      settings[name] = tuple(int(k) for k in value) if name == "layers" else value
   out_dir = Path(f.out_dir or Path(f.workdir) / "filters")
 
   def report(result: LayerFilters):

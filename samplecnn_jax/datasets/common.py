@@ -9,14 +9,25 @@ and raises `LayoutError` (with what was expected where) when the layout is wrong
 from __future__ import annotations
 
 import dataclasses
+import gzip
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 
 class LayoutError(ValueError):
   """The raw dataset folder does not have the expected files or layout."""
+
+
+def open_maybe_gz(path: Path, binary: bool = False) -> IO:
+  """Opens a metadata file, decompressing it when its name ends in `.gz`.
+
+  Downloads ship some metadata gzipped; text mode is csv-ready (utf-8, `newline=""`).
+  """
+  opener = gzip.open if path.name.endswith(".gz") else open
+  return opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8", newline="")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import os
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
-from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
+from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing, open_maybe_gz
 
 # The 17 classes in the order of the official sound_event_list_17_classes.txt.
 VOCABULARY = (
@@ -81,13 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
 
 
-def _open_maybe_gz(path: Path) -> IO[str]:
-  """Opens `path` as csv-ready text; a name ending in `.gz` is decompressed."""
-  if path.name.endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8", newline="")
-  return open(path, encoding="utf-8", newline="")
-
-
 def read_weak_labels(path: Path) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
   """(file name, class index) rows of a weak-label ground-truth file, and the bad rows.
 
@@ -96,7 +87,7 @@ def read_weak_labels(path: Path) -> tuple[list[tuple[str, int]], list[dict[str, 
   """
   name = path.name.removesuffix(".gz")
   rows, skipped = [], []
-  with _open_maybe_gz(path) as f:
+  with open_maybe_gz(path) as f:
     for line, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
       if not row or row == [""]:
         continue
@@ -127,7 +118,7 @@ def validation_files(rows: list[tuple[str, int]], fraction: float, seed: int) ->
 
 
 def _walk(root: Path, names: set[str]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
-  """Audio files `Y*.wav` by name, and the files in `names` (shallowest first), under root."""
+  """Audio files `Y*.wav` by name (first found), and every path of each file in `names`."""
   audio: dict[str, Path] = {}
   found: dict[str, list[Path]] = {}
   for folder, dirs, files in os.walk(root):
@@ -137,8 +128,6 @@ def _walk(root: Path, names: set[str]) -> tuple[dict[str, Path], dict[str, list[
         audio.setdefault(file, Path(folder) / file)
       elif file in names:
         found.setdefault(file, []).append(Path(folder) / file)
-  for paths in found.values():
-    paths.sort(key=lambda path: (len(path.parts), str(path)))
   return audio, found
 
 

@@ -23,8 +23,12 @@ from samplecnn_jax.audio import AUDIO_EXTENSIONS
 from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
 
 # Split folder names / split column values, and the split they mean.
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid"} | {
-    "test": "test"
+SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "test": "test",
 }
 LABEL_TYPES = ("auto", "multi_class", "multi_label")
 CSV_HEADER_HELP = "a header row `path,label` or `path,label,split`"

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
-from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
+from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing, open_maybe_gz
 
 ANNOTATIONS = "annotations_final.csv"
 FOLDERS = "0123456789abcdef"  # The 16 mp3 folders of the download.
@@ -53,16 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   )
 
 
-def _open_maybe_gz(path: Path, binary: bool = False) -> IO:
-  """Opens `path`, or `path.gz` when only the gzipped copy exists (text: csv-ready)."""
-  gz = path.with_name(path.name + ".gz")
-  if not path.exists() and gz.exists():
-    return gzip.open(gz, "rb") if binary else gzip.open(gz, "rt", encoding="utf-8", newline="")
-  return open(path, "rb") if binary else open(path, encoding="utf-8", newline="")
-
-
-def _exists_maybe_gz(path: Path) -> bool:
-  return path.exists() or path.with_name(path.name + ".gz").exists()
+def _plain_or_gz(path: Path) -> Path | None:
+  """`path`, or `path.gz` when only the gzipped copy exists; None when neither does."""
+  for candidate in (path, path.with_name(path.name + ".gz")):
+    if candidate.exists():
+      return candidate
+  return None
 
 
 def read_annotations(
@@ -73,7 +67,7 @@ def read_annotations(
   The file is tab-separated with every field in double quotes and CRLF line ends; the csv
   module handles quoted and unquoted variants alike.
   """
-  with _open_maybe_gz(path) as f:
+  with open_maybe_gz(_plain_or_gz(path) or path) as f:
     reader = csv.reader(f, delimiter="\t")
     header = next(reader, [])
     if len(header) < 3 or header[0] != "clip_id" or header[-1] != "mp3_path":
@@ -110,12 +104,13 @@ def read_split_lists(folder: Path) -> dict[str, str]:
   """
   split_of = {}
   for split, name in SPLIT_LIST_FILES.items():
-    if not _exists_maybe_gz(folder / name):
+    path = _plain_or_gz(folder / name)
+    if path is None:
       raise LayoutError(
           f"--split-lists {folder}: missing {name} (expected {', '.join(SPLIT_LIST_FILES.values())}"
           " from github.com/jongpillee/music_dataset_split, folder MTAT_split)."
       )
-    with _open_maybe_gz(folder / name, binary=True) as f:
+    with open_maybe_gz(path, binary=True) as f:
       entries = pickle.load(f, encoding="latin1")
     for entry in entries:
       split_of.setdefault(str(entry).removesuffix(".npy") + ".mp3", split)
@@ -152,7 +147,7 @@ def list_clips(
   src = Path(src).absolute()
   if num_tags < 1:
     raise ValueError(f"--num-tags must be >= 1, got {num_tags}.")
-  if not _exists_maybe_gz(src / ANNOTATIONS):
+  if _plain_or_gz(src / ANNOTATIONS) is None:
     raise LayoutError(
         f"Expected {src / ANNOTATIONS} (from the MagnaTagATune download page) next to the mp3 "
         "folders 0..f."
