@@ -36,6 +36,9 @@ INITIALIZERS = {
     "lecun_normal": nn.initializers.lecun_normal,
 }
 NUM_MULTI_LEVELS = 3  # The Multi head concatenates the global max pools of the last 3 blocks.
+# Name under which every layer sows its output before the final ReLU (pooled like the output,
+# shortcut included, SE gate of `se` blocks excluded) into the "intermediates" collection.
+PRE_RELU = "pre_relu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +157,11 @@ class SampleBlock(nn.Module):
     pool = lambda y: layers.max_pool(y, 3)
 
     if self.kind in ("basic", "se"):
-      y = pool(nn.relu(norm()(conv(self.features)(x))))
+      # Pooling before the ReLU gives the same values (both are monotone) and lets the block
+      # expose its pre-activation for tools such as filter visualisation.
+      y = pool(norm()(conv(self.features)(x)))
+      self.sow("intermediates", PRE_RELU, y)
+      y = nn.relu(y)
       return SqueezeExcitation(self.se_ratio, self.dtype)(y) if self.kind == "se" else y
 
     num_convs = int(self.kind[-1])
@@ -168,7 +175,9 @@ class SampleBlock(nn.Module):
         y = layers.Dropout(self.dropout, deterministic=not train)(nn.relu(y))
     if self.kind.startswith("rese"):
       y = SqueezeExcitation(self.se_ratio, self.dtype)(y)
-    return pool(nn.relu(y + shortcut))
+    y = pool(y + shortcut)
+    self.sow("intermediates", PRE_RELU, y)
+    return nn.relu(y)
 
 
 class SampleLevelCNN(nn.Module):
@@ -219,6 +228,7 @@ class SampleLevelCNN(nn.Module):
         dtype=self.dtype,
         name="front_bn",
     )(x)
+    self.sow("intermediates", f"front_{PRE_RELU}", x)
     x = nn.relu(x)
     block_cls = nn.remat(SampleBlock, static_argnums=(2,)) if self.remat else SampleBlock
     outputs = [x]
@@ -345,6 +355,20 @@ def abstract_variables(
   """Shapes of `model`'s variables without allocating or compiling anything."""
   shape = jax.ShapeDtypeStruct((batch_size, input_size), jnp.float32)
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), shape)
+
+
+def pre_relu(intermediates: dict[str, Any], layer: int) -> jax.Array:
+  """Layer `layer`'s output before its final ReLU, `(batch, length, channels)`.
+
+  Reads what the layers sow when applied with `mutable=["intermediates"]` (1 = front conv,
+  i + 1 = block i): the batch-normalised front conv, the pooled BN output of basic/SE
+  blocks (the SE gate, a positive per-channel scale after the ReLU, left out), and the
+  pooled sum of main path and shortcut of Res/ReSE blocks. ReLU of it is the layer output
+  (for `se`, before the gate).
+  """
+  if layer == 1:
+    return intermediates[f"front_{PRE_RELU}"][0]
+  return intermediates[f"block{layer - 1}"][PRE_RELU][0]
 
 
 def layer_names(model: SampleLevelCNN) -> Sequence[str]:

@@ -40,7 +40,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from samplecnn_jax import models, store
-from samplecnn_jax.layers import max_pool
 
 TARGETS = ("pre_relu", "output")
 NORMALISATIONS = ("gradient_rms", "none")
@@ -106,35 +105,19 @@ def layer_activation(
   """The maximised quantity of every filter of `layer`: `(batch, length, filters)`.
 
   `target='output'` is the layer output (`model.apply(..., num_layers=layer)[-1]`);
-  `'pre_relu'` is the same before the layer's final ReLU, read from the captured
-  intermediates: front BN for layer 1; for basic/SE blocks the block's BN, pooled (the SE
-  gate, a positive per-channel scale applied after the pool, is left out); for Res/ReSE
-  blocks the main path (after SE for ReSE) plus the shortcut, pooled. BN uses its running
-  statistics.
+  `'pre_relu'` is the same before the layer's final ReLU, as the layer itself sows it
+  (`models.pre_relu`: front BN for layer 1; for basic/SE blocks the block's BN, pooled,
+  without the SE gate; for Res/ReSE blocks main path plus shortcut, pooled), so a change to
+  a block cannot silently change what is visualised. BN uses its running statistics.
   """
   outputs, state = model.apply(
-      variables, waveforms, train=False, num_layers=layer,
-      capture_intermediates=True, mutable=["intermediates"],
+      variables, waveforms, train=False, num_layers=layer, mutable=["intermediates"]
   )
   if target == "output":
     return outputs[-1]
   if target != "pre_relu":
     raise ValueError(f"Unknown target {target!r}; choose one of {', '.join(TARGETS)}.")
-  captured = state["intermediates"]
-  if layer == 1:
-    return captured["front_bn"]["__call__"][0]
-  block = captured[f"block{layer - 1}"]
-  value = lambda name: block[name]["__call__"][0]
-  if model.block in ("basic", "se"):
-    return max_pool(value("BatchNorm_0"))
-  norms = sorted(int(key.split("_")[1]) for key in block if key.startswith("BatchNorm_"))
-  num_convs = int(model.block[-1])
-  main = value("SqueezeExcitation_0") if model.block.startswith("rese") else value(
-      f"BatchNorm_{norms[-1]}"
-  )
-  has_projection = len(norms) > num_convs  # The 1x1-conv shortcut's BN is BatchNorm_0.
-  shortcut = value("BatchNorm_0") if has_projection else outputs[-2]
-  return max_pool(main + shortcut)  # The model's pool: same values and gradients.
+  return models.pre_relu(state["intermediates"], layer)
 
 
 # --- Gradient ascent ----------------------------------------------------------------------

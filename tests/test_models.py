@@ -159,3 +159,20 @@ def test_unknown_names_list_valid_choices():
   config.model.multi = True
   with pytest.raises(ValueError, match="multi=True needs head='gmp'"):
     models.create_model(config.model, 50)
+
+
+@pytest.mark.parametrize("variant", ["samplecnn", "se", "res1", "rese2_multi"])
+def test_layers_sow_their_pre_activation(variant):
+  """ReLU of what each layer sows is the layer output (for `se`, before the channel gate)."""
+  model, variables, x = tiny_model(variant)
+  outputs, state = model.apply(
+      variables, x, train=False, num_layers=model.num_blocks + 1, mutable=["intermediates"]
+  )
+  for layer, output in enumerate(outputs, start=1):
+    pre = models.pre_relu(state["intermediates"], layer)
+    assert pre.shape == output.shape
+    if variant == "se" and layer > 1:  # The SE gate scales the ReLU output by (0, 1) per channel.
+      np.testing.assert_array_equal(np.asarray(output) > 0, np.asarray(pre) > 0)
+      assert np.all(np.asarray(output) <= np.maximum(np.asarray(pre), 0) + 1e-6)
+    else:
+      np.testing.assert_allclose(jax.nn.relu(pre), output, rtol=1e-6, atol=1e-6)
