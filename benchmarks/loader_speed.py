@@ -164,8 +164,8 @@ def main() -> None:
         config.train_segments = mode
         for num_workers in workers:
           config.num_workers = num_workers
-          iterator = ip.create_train_iterator(config, data_dir, seed=0, process_index=0,
-                                              process_count=1)
+          iterator = ip.create_train_iterator(config, store.Store.open(data_dir), seed=0,
+                                              process=ip.ProcessSlice(0, 1))
           try:
             rate, busy, per_core = measure(iterator, seconds, warmup=max(3, 2 * num_workers))
           finally:
@@ -174,8 +174,8 @@ def main() -> None:
                        busy, per_core))
           print(common.format_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
       config.num_workers = 0
-      batches = ip.create_eval_iterator(config, data_dir, config.eval_split, process_index=0,
-                                        process_count=1)
+      batches = ip.create_eval_iterator(config, store.Store.open(data_dir), config.eval_split,
+                                        ip.ProcessSlice(0, 1))
       rate, busy, per_core = measure(batches, seconds, warmup=2)
       rows.append((name, count, config.input_size, "eval", 0, rate, busy, per_core))
       print(common.format_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)

@@ -140,14 +140,15 @@ class JaxStep:
     self.mesh = one_device_mesh()
     model = models.create_model(config.model, config.num_classes)
     state = train.create_train_state(config, model, jax.random.key_data(jax.random.key(0)))
+    self.model = model
     self.state = sharding.replicate(state, self.mesh)
     self.batch = sharding.global_batch(batch, self.mesh)
     self.num_params = models.count_params(state.params)
     self.config = config
 
   def compile(self) -> None:
-    p_train_step, _ = train.compile_steps(self.config, self.mesh)
-    self.compiled = p_train_step.lower(self.state, self.batch).compile()
+    steps = train.compile_steps(self.config, self.mesh, self.model)
+    self.compiled = steps.train_step.lower(self.state, self.batch).compile()
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     self.flops = float(cost["flops"])

@@ -9,14 +9,14 @@ the staged schedule can reload it at once). Orbax writes each checkpoint under a
 name and renames it when complete, so a run killed during a save resumes from the last
 complete one.
 
-This module does not decide when to save or what is best: `train.py` does.
+This module does not decide when to save or what is best (`train.py` does), and reads the
+workdir's other files (config.json, labels, metrics) through `workdir.py`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,8 @@ import grain
 import orbax.checkpoint as ocp
 
 from samplecnn_jax import sharding
+from samplecnn_jax import workdir as workdir_files
 
-CONFIG_FILE = "config.json"
-LABELS_FILE = "labels.json"  # Label vocabulary of a run (for prediction without the store).
 # Config fields that change the shapes or meaning of what a checkpoint holds.
 ARCHITECTURE_FIELDS = ("num_classes", "label_type", "input_size", "dataset")
 
@@ -120,25 +119,11 @@ class Checkpointer:
     self.best.close()
 
 
-def write_config(workdir: str | Path, config: Any) -> None:
-  """Records the run's config beside its checkpoints (for mismatch checks and reuse).
-
-  Written under a temporary name and renamed, so other processes of a multi-host job that
-  check it at the same moment never read half a file.
-  """
-  path = Path(workdir) / CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f"{CONFIG_FILE}.tmp{os.getpid()}")
-  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-
-
 def check_config_matches(workdir: str | Path, config: Any) -> None:
   """Raises CheckpointMismatchError when `config` cannot load this workdir's checkpoints."""
-  path = Path(workdir) / CONFIG_FILE
-  if not path.exists():
+  saved = workdir_files.saved_config(workdir)
+  if saved is None:
     return
-  saved = json.loads(path.read_text())
   differences = []
   for field in ARCHITECTURE_FIELDS:
     if field in saved and saved[field] != config[field]:
@@ -153,7 +138,8 @@ def check_config_matches(workdir: str | Path, config: Any) -> None:
     raise CheckpointMismatchError(
         f"The checkpoints in {workdir} were written with a different configuration:\n  "
         + "\n  ".join(differences)
-        + f"\nUse a new --workdir, or the config that wrote them ({path})."
+        + f"\nUse a new --workdir, or the config that wrote them "
+        f"({Path(workdir) / workdir_files.CONFIG_FILE})."
     )
 
 

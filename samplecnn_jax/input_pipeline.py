@@ -1,5 +1,8 @@
 """Grain input pipelines: training segments and evaluation batches from a prepared store.
 
+Both take an opened `store.Store` (manifest read once per run) and, optionally, the
+`ProcessSlice` of this process (default: this JAX process).
+
 Training (`create_train_iterator`) yields fixed-length segments of `config.input_size` samples
 with their clip's labels, globally shuffled with a seed (reshuffled every epoch), repeated
 forever, optionally augmented (time shift, background noise), and batched to this process's
@@ -8,7 +11,7 @@ share of `config.batch_size`. The iterator is a Grain `DatasetIterator`: its `ge
 
 Evaluation (`create_eval_iterator`) yields every clip of a split as `config.eval_segments`
 evenly spaced segments, each tagged with its clip's index in the split, in fixed-shape batches
-with a `mask` for padding rows; `clip_labels` gives the per-clip labels for scoring.
+with a `mask` for padding rows; `Store.clip_labels` gives the per-clip labels for scoring.
 
 See docs/input_pipeline.md. This module reads the store format of `samplecnn_jax.store`; it
 does not decode audio files, compute metrics or place arrays on devices.
@@ -20,23 +23,22 @@ import dataclasses
 import math
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 
-from samplecnn_jax import store
+from samplecnn_jax.store import CLIP_LENGTHS as CLIP_LENGTHS  # Re-exported for tests.
+from samplecnn_jax.store import READ_THREADS, Store
 
-CLIP_LENGTHS = store.CLIP_LENGTHS  # Re-exported for tests and benchmarks.
 BACKGROUND_NOISE_SPLIT = "background_noise"  # Long noise recordings mixed in by augmentation.
 TRAIN_SEGMENT_MODES = ("random", "all")
 INT16_SCALE = np.float32(1.0 / 32768.0)  # int16 PCM -> float32 in [-1, 1).
-EVAL_READ_THREADS = 4  # Threads reading clips for evaluation (I/O and decoding overlap).
+EVAL_READ_THREADS = READ_THREADS  # Threads reading clips for evaluation.
 
 
-# --- Store access ---------------------------------------------------------------------------
+# --- Store and process --------------------------------------------------------------------
 
 
 def data_dir_for(config: ml_collections.ConfigDict) -> str:
@@ -44,79 +46,29 @@ def data_dir_for(config: ml_collections.ConfigDict) -> str:
   return config.data_dir or os.path.join("prepared", config.dataset)
 
 
-def check_store(config: ml_collections.ConfigDict, data_dir: str | os.PathLike) -> dict[str, Any]:
-  """Returns the store's manifest after checking it matches the config.
+@dataclasses.dataclass(frozen=True)
+class ProcessSlice:
+  """Which process of how many reads: each takes its share of every global batch."""
 
-  A model trained with the wrong number of outputs or the wrong loss would fail late or
-  silently, so mismatches are reported up front with the flag that fixes them.
-  """
-  manifest = store.read_manifest(data_dir)
-  num_classes = len(manifest["vocabulary"])
-  checks = (
-      ("num_classes", num_classes, f"{num_classes} classes in its vocabulary"),
-      ("label_type", manifest["label_type"], f"label_type {manifest['label_type']!r}"),
-      ("sample_rate", manifest["sample_rate"], f"audio at {manifest['sample_rate']} Hz"),
-  )
-  for field, value, what in checks:
-    if config[field] != value:
+  index: int
+  count: int
+
+  @classmethod
+  def current(cls) -> ProcessSlice:
+    import jax  # Imported here: spawned Grain workers never need it.
+
+    return cls(jax.process_index(), jax.process_count())
+
+  def local_batch(self, global_batch: int, what: str) -> int:
+    """This process's rows of a global batch of `global_batch` (config field `what`)."""
+    if not 0 <= self.index < self.count:
+      raise ValueError(f"process_index {self.index} is not in [0, {self.count}).")
+    if global_batch % self.count or global_batch < self.count:
       raise ValueError(
-          f"The store {data_dir} has {what} but config.{field} is {config[field]!r}. Set "
-          f"--config.{field}={value} (or point --config.data_dir at the store prepared for "
-          f"this config)."
+          f"config.{what}={global_batch} must be a positive multiple of the process count "
+          f"{self.count}: each process reads {what} // process_count examples."
       )
-  return manifest
-
-
-def num_clips(data_dir: str | os.PathLike, split: str) -> int:
-  """Number of clips in `split`, from the manifest."""
-  return int(store.split_info(data_dir, split)["num_clips"])
-
-
-def clip_lengths(data_dir: str | os.PathLike, split: str) -> np.ndarray:
-  """Samples per clip of `split` (int64, record order).
-
-  Reads `<split>/clip_lengths.npy` written by `prepare`; stores without it are measured by
-  decoding every record (slow, but correct).
-  """
-  info = store.split_info(data_dir, split)
-  path = Path(data_dir) / info.get("clip_lengths", f"{split}/{CLIP_LENGTHS}")
-  expected = int(info["num_clips"])
-  if path.exists():
-    lengths = np.load(path).astype(np.int64)
-    if lengths.shape != (expected,):
-      raise ValueError(
-          f"{path} has {lengths.shape[0]} entries but the manifest lists {expected} clips in "
-          f"{split!r}: the store is inconsistent, prepare it again."
-      )
-    return lengths
-  records = store.ClipSource(data_dir, split)
-  return np.asarray([len(records[i]["audio"]) for i in range(len(records))], np.int64)
-
-
-def clip_labels(
-    data_dir: str | os.PathLike, split: str, num_classes: int
-) -> tuple[list[str], np.ndarray]:
-  """The clip ids and float32 multi-hot labels `(num_clips, num_classes)` of `split`.
-
-  Row i belongs to the clip with `clip_index == i` in `create_eval_iterator` batches. This
-  reads every record once (audio is discarded): call it once per split, not per evaluation.
-  """
-  ds = grain.MapDataset.range(num_clips(data_dir, split)).map(_ClipMetadata(data_dir, split))
-  read = grain.ReadOptions(num_threads=EVAL_READ_THREADS, prefetch_buffer_size=64)
-  clip_ids, labels = [], np.zeros((len(ds), num_classes), np.float32)
-  for index, (clip_id, label_indices) in enumerate(ds.to_iter_dataset(read)):
-    clip_ids.append(clip_id)
-    labels[index, label_indices] = 1.0
-  return clip_ids, labels
-
-
-class _ClipMetadata:
-  def __init__(self, data_dir, split):
-    self.records = store.ClipSource(data_dir, split)
-
-  def __call__(self, index: int) -> tuple[str, np.ndarray]:
-    record = self.records[index]
-    return record["clip_id"], record["labels"]
+    return global_batch // self.count
 
 
 # --- Segments -------------------------------------------------------------------------------
@@ -189,20 +141,24 @@ class Standardize:
 # --- Training -------------------------------------------------------------------------------
 
 
-def _segment_plan(config, data_dir) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+def check_train_segments(mode: str) -> None:
+  """The one check of `config.train_segments` (train.validate_config calls it too)."""
+  if mode not in TRAIN_SEGMENT_MODES:
+    raise ValueError(
+        f"config.train_segments must be one of {TRAIN_SEGMENT_MODES}, got {mode!r}."
+    )
+
+
+def _segment_plan(config, store: Store) -> tuple[np.ndarray | None, np.ndarray | None, int]:
   """For 'all' mode: the clip and start of every non-overlapping segment; else clip count.
 
   A clip yields `max(1, length // input_size)` segments (the remainder is dropped; a clip
   shorter than one segment gives one zero-padded segment).
   """
-  if config.train_segments not in TRAIN_SEGMENT_MODES:
-    raise ValueError(
-        f"config.train_segments must be one of {TRAIN_SEGMENT_MODES}, "
-        f"got {config.train_segments!r}."
-    )
+  check_train_segments(config.train_segments)
   if config.train_segments == "random":
-    return None, None, num_clips(data_dir, config.train_split)
-  counts = np.maximum(clip_lengths(data_dir, config.train_split) // config.input_size, 1)
+    return None, None, store.num_clips(config.train_split)
+  counts = np.maximum(store.clip_lengths(config.train_split) // config.input_size, 1)
   clips = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
   first = np.cumsum(counts) - counts
   starts = (np.arange(len(clips)) - np.repeat(first, counts)) * config.input_size
@@ -238,8 +194,8 @@ class _EpochShuffle:
 class _BackgroundNoise:
   """The `background_noise` recordings, loaded on first use in whichever process mixes them."""
 
-  def __init__(self, data_dir):
-    self.records = store.ClipSource(data_dir, BACKGROUND_NOISE_SPLIT)
+  def __init__(self, store: Store):
+    self.records = store.clips(BACKGROUND_NOISE_SPLIT)
     self._audio = None
 
   def __getstate__(self):
@@ -259,14 +215,14 @@ class _TrainExample:
   whole batch at once, which is cheaper than converting per example.
   """
 
-  def __init__(self, config, data_dir, clips: np.ndarray | None, starts: np.ndarray | None):
-    self.records = store.ClipSource(data_dir, config.train_split)
+  def __init__(self, config, store: Store, clips: np.ndarray | None, starts: np.ndarray | None):
+    self.records = store.clips(config.train_split)
     self.clips, self.starts = clips, starts
     self.input_size = int(config.input_size)
     self.shift = int(round(config.augment.time_shift_ms * config.sample_rate / 1000.0))
     self.noise_prob = float(config.augment.noise_prob)
     self.noise_volume = float(config.augment.noise_volume)
-    self.noise = _BackgroundNoise(data_dir) if self.noise_prob > 0 else None
+    self.noise = _BackgroundNoise(store) if self.noise_prob > 0 else None
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     clip, start = index, None
@@ -312,55 +268,35 @@ class _TrainBatch:
     return {"audio": self.standardize(audio), "label": label}
 
 
-def _process_slice(global_batch: int, process_index, process_count, what: str):
-  if process_index is None or process_count is None:
-    import jax  # Imported here: spawned Grain workers never need it.
-
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
-  if global_batch % process_count or global_batch < process_count:
-    raise ValueError(
-        f"config.{what}={global_batch} must be a positive multiple of the process count "
-        f"{process_count}: each process reads {what} // process_count examples."
-    )
-  return process_index, process_count, global_batch // process_count
-
-
 def train_batches(
-    config: ml_collections.ConfigDict,
-    data_dir: str | os.PathLike,
-    *,
-    seed: int,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    config: ml_collections.ConfigDict, store: Store, *, seed: int,
+    process: ProcessSlice | None = None,
 ) -> grain.MapDataset:
   """The endless training batches of one process as a random-access Grain `MapDataset`.
 
   Batch k is a pure function of (seed, k, process slice): `create_train_iterator` reads it
-  with prefetching; tests and benchmarks may index it directly.
+  with prefetching; tests and benchmarks may index it directly. `process` defaults to this
+  JAX process.
   """
-  check_store(config, data_dir)
-  process_index, process_count, local_batch = _process_slice(
-      config.batch_size, process_index, process_count, "batch_size"
-  )
-  clips, starts, num_examples = _segment_plan(config, data_dir)
-  if num_examples < process_count:
+  store.check_matches(config)
+  process = process or ProcessSlice.current()
+  local_batch = process.local_batch(config.batch_size, "batch_size")
+  clips, starts, num_examples = _segment_plan(config, store)
+  if num_examples < process.count:
     raise ValueError(
-        f"Split {config.train_split!r} of {data_dir} has {num_examples} training examples, "
-        f"fewer than the {process_count} processes."
+        f"Split {config.train_split!r} of {store.path} has {num_examples} training examples, "
+        f"fewer than the {process.count} processes."
     )
   if config.augment.noise_prob > 0:
-    store.split_info(data_dir, BACKGROUND_NOISE_SPLIT)  # Fails early, naming the splits there.
+    store.split_info(BACKGROUND_NOISE_SPLIT)  # Fails early, naming the splits there.
   ds = grain.MapDataset.range(num_examples).repeat(None).seed(seed)
   ds = ds.map_with_index(_EpochShuffle(num_examples, seed))
-  ds = ds.random_map(_TrainExample(config, data_dir, clips, starts))
+  ds = ds.random_map(_TrainExample(config, store, clips, starts))
   # Chunk c of the stream is rows [c*b, (c+1)*b); process p keeps chunks p, p + P, ..., so
   # its batch k is its contiguous block of global batch k, and the global batch assembled
   # over the processes is the 1-process batch row for row (same dropout rows, same result).
   ds = ds.batch(local_batch, drop_remainder=True, batch_fn=_TrainBatch(config))
-  return ds[process_index::process_count]
+  return ds[process.index::process.count]
 
 
 class TrainIterator(grain.DatasetIterator):
@@ -383,12 +319,8 @@ class TrainIterator(grain.DatasetIterator):
 
 
 def create_train_iterator(
-    config: ml_collections.ConfigDict,
-    data_dir: str | os.PathLike,
-    *,
-    seed: int,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    config: ml_collections.ConfigDict, store: Store, *, seed: int,
+    process: ProcessSlice | None = None,
 ) -> TrainIterator:
   """An endless, checkpointable iterator of this process's training batches.
 
@@ -399,8 +331,7 @@ def create_train_iterator(
   `B` rows of every global batch, so the processes together read each epoch exactly once and
   their local batches k, concatenated in process order, are the 1-process batch k.
   """
-  ds = train_batches(config, data_dir, seed=seed, process_index=process_index,
-                     process_count=process_count)
+  ds = train_batches(config, store, seed=seed, process=process)
   buffer = max(int(config.prefetch_buffer_size), 1)
   ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=buffer, prefetch_buffer_size=buffer))
   if config.num_workers > 0:
@@ -427,8 +358,8 @@ def _mark_absl_flags_parsed() -> None:
 class _EvalClip:
   """Grain map: clip index -> (clip index, its (eval_segments, input_size) int16 segments)."""
 
-  def __init__(self, config, data_dir, split):
-    self.records = store.ClipSource(data_dir, split)
+  def __init__(self, config, store: Store, split: str):
+    self.records = store.clips(split)
     self.input_size, self.num_segments = int(config.input_size), int(config.eval_segments)
 
   def __call__(self, clip: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -443,17 +374,13 @@ def _eval_clip_range(total: int, process_index: int, process_count: int) -> tupl
 
 
 def num_eval_batches(
-    config: ml_collections.ConfigDict,
-    data_dir: str | os.PathLike,
-    split: str,
-    *,
-    process_count: int | None = None,
+    config: ml_collections.ConfigDict, store: Store, split: str,
+    process: ProcessSlice | None = None,
 ) -> int:
   """Batches every process yields for `split` (the same on all processes)."""
-  _, process_count, local_batch = _process_slice(
-      config.eval_batch_size, 0, process_count, "eval_batch_size"
-  )
-  most_clips = math.ceil(num_clips(data_dir, split) / process_count)
+  process = process or ProcessSlice.current()
+  local_batch = process.local_batch(config.eval_batch_size, "eval_batch_size")
+  most_clips = math.ceil(store.num_clips(split) / process.count)
   return math.ceil(most_clips * config.eval_segments / local_batch)
 
 
@@ -465,17 +392,13 @@ class EvalBatches:
   Padding rows have mask False, zero audio and labels, and clip_index -1.
   """
 
-  def __init__(self, config, data_dir, split, process_index, process_count):
-    check_store(config, data_dir)
-    process_index, process_count, self.batch_size = _process_slice(
-        config.eval_batch_size, process_index, process_count, "eval_batch_size"
-    )
-    self.first, self.stop = _eval_clip_range(
-        num_clips(data_dir, split), process_index, process_count
-    )
-    self.num_batches = num_eval_batches(config, data_dir, split, process_count=process_count)
+  def __init__(self, config, store: Store, split: str, process: ProcessSlice):
+    store.check_matches(config)
+    self.batch_size = process.local_batch(config.eval_batch_size, "eval_batch_size")
+    self.first, self.stop = _eval_clip_range(store.num_clips(split), process.index, process.count)
+    self.num_batches = num_eval_batches(config, store, split, process)
     self.input_size, self.num_classes = int(config.input_size), int(config.num_classes)
-    self.reader = _EvalClip(config, data_dir, split)
+    self.reader = _EvalClip(config, store, split)
     self.standardize = Standardize.from_config(config)
 
   def __len__(self) -> int:
@@ -520,12 +443,8 @@ class EvalBatches:
 
 
 def create_eval_iterator(
-    config: ml_collections.ConfigDict,
-    data_dir: str | os.PathLike,
-    split: str,
-    *,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    config: ml_collections.ConfigDict, store: Store, split: str,
+    process: ProcessSlice | None = None,
 ) -> EvalBatches:
   """Fixed-shape evaluation batches of `split` for this process (see `EvalBatches`).
 
@@ -533,4 +452,4 @@ def create_eval_iterator(
   p covers a contiguous block of clips. All processes yield `len(...)` batches, padding
   with masked rows, so one jitted step over a global batch works on every host.
   """
-  return EvalBatches(config, data_dir, split, process_index, process_count)
+  return EvalBatches(config, store, split, process or ProcessSlice.current())

@@ -3,8 +3,8 @@
   python -m samplecnn_jax.main --config=configs/dcase.py --workdir=DIR
   python -m samplecnn_jax.main --config=configs/mtat.py:samplecnn --workdir=DIR \
       --config.batch_size=32
-  python -m samplecnn_jax.main --config=configs/dcase.py --workdir=DIR --mode=eval \
-      --split=test --checkpoint=best
+  python -m samplecnn_jax.main --workdir=DIR --mode=eval --split=test --checkpoint=best
+  # (--mode=eval reads the config the run recorded in DIR/config.json unless --config is given.)
   # One of several processes (each host runs it with its own --process_id; see
   # docs/multihost.md). On TPU VMs, Slurm and Open MPI, --distributed alone is enough.
   python -m samplecnn_jax.main --config=configs/demo.py --workdir=SHARED_DIR --distributed \
@@ -20,8 +20,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from samplecnn_jax import train
+from samplecnn_jax import workdir as workdir_files
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Run config file (required to train; --mode=eval defaults to the workdir's "
+    "config.json).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (resuming) or evaluate only.")
 _SPLIT = flags.DEFINE_string("split", "test", "Split scored in --mode=eval.")
@@ -41,7 +44,7 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's index in [0, num_processes) (--distributed); "
     "default: detected.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -54,6 +57,8 @@ class _QuietLibraries(std_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None and _MODE.value == "train":
+    raise app.UsageError("Training needs --config=configs/NAME.py[:ARG].")
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
@@ -65,7 +70,8 @@ def main(argv):
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   if _MODE.value == "eval":
-    train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+    config = _CONFIG.value or workdir_files.read_config(_WORKDIR.value)
+    train.evaluate_checkpoint(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
   else:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -26,7 +26,6 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
-import importlib.util
 import io
 import json
 import logging
@@ -41,9 +40,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from samplecnn_jax import audio, checkpointing, config_base, input_pipeline, models, store, train
+from samplecnn_jax import audio, checkpointing, input_pipeline, models, store, train
+from samplecnn_jax import workdir as workdir_files
 
-LABELS_FILE = checkpointing.LABELS_FILE  # Label vocabulary of a run, beside its config.json.
+LABELS_FILE = workdir_files.LABELS_FILE  # Label vocabulary of a run, beside its config.json.
 DEFAULT_TOP_K = 5
 DEFAULT_THREADS = 4  # Files decoded (and resampled) in parallel with the forward pass.
 PROGRESS_MIN_FILES = 10  # A progress bar appears from this many files on (when not disabled).
@@ -105,22 +105,15 @@ def load_labels(
   `labels.json` beside the checkpoints; older workdirs fall back to the manifest at
   `config.data_dir`, and, when that is absent too, to numbered names (with a warning).
   """
-  candidates = [Path(path)] if path else [
-      Path(workdir) / LABELS_FILE,
-      Path(input_pipeline.data_dir_for(config)) / store.MANIFEST,
-  ]
-  for candidate in candidates:
-    if candidate.is_file():
-      labels = LabelInfo.from_dict(json.loads(candidate.read_text()), str(candidate))
-      break
-  else:
-    if path:
-      raise FileNotFoundError(f"--labels {path} does not exist.")
+  data_dir = input_pipeline.data_dir_for(config)
+  found = workdir_files.read_labels(workdir, data_dir, path)
+  if found is None:
     logging.warning(
         "No %s in %s and no store manifest at %s: classes are named class_0..class_%d.",
-        LABELS_FILE, workdir, candidates[1], config.num_classes - 1,
+        LABELS_FILE, workdir, Path(data_dir) / store.MANIFEST, config.num_classes - 1,
     )
     return LabelInfo.numbered(config.num_classes, config.label_type)
+  labels = LabelInfo.from_dict(*found)
   if len(labels.vocabulary) != config.num_classes:
     raise ValueError(
         f"{labels.source} names {len(labels.vocabulary)} classes but the model has "
@@ -130,35 +123,9 @@ def load_labels(
 
 
 def load_config(workdir: str | os.PathLike, config_file: str | None = None):
-  """The run config: `config_file` (`file.py[:arg]` or a config.json) or `workdir/config.json`.
-
-  `config.json` is what training recorded (`checkpointing.write_config`). It is laid over
-  today's `config_base.base_config()`, so a workdir written before a field existed gets that
-  field's default (new fields default to the old behaviour).
-  """
-  if config_file is None:
-    path = Path(workdir) / checkpointing.CONFIG_FILE
-    if not path.is_file():
-      raise FileNotFoundError(
-          f"{workdir} has no {checkpointing.CONFIG_FILE}: is it a training workdir? Pass the "
-          f"config that trained it with --config=configs/NAME.py[:ARG]."
-      )
-    return _config_from_json(path)
-  file, _, arg = config_file.partition(":")
-  if file.endswith(".json"):
-    return _config_from_json(Path(file))
-  if not Path(file).is_file():
-    raise FileNotFoundError(f"Config file {file} does not exist.")
-  spec = importlib.util.spec_from_file_location("_predict_config", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def _config_from_json(path: Path) -> ml_collections.ConfigDict:
-  config = config_base.base_config()
-  config.update(json.loads(path.read_text()))
-  return config
+  """The run config: `config_file` (`file.py[:arg]` or a config.json) or `workdir/config.json`
+  (see `workdir.read_config`)."""
+  return workdir_files.read_config(workdir, config_file)
 
 
 # --- Waveforms and segments -----------------------------------------------------------------

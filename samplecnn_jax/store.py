@@ -12,11 +12,14 @@ data) and `source` (the file it came from, relative to the raw dataset folder).
 
 Shards are written to a temporary name and renamed when complete, so a shard that exists
 under its final name is whole; the manifest is written last, so a folder with a manifest
-is a finished store. This module does no decoding or resampling: that is `prepare`'s job.
+is a finished store. Readers open it once with `Store.open(OUT)` (manifest read and checked
+once, then passed around; `Store.check_matches(config)` checks a run config against it).
+This module does no decoding or resampling: that is `prepare`'s job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -31,6 +34,7 @@ MANIFEST = "manifest.json"
 REPORT = "report.json"
 SHARD_SUFFIX = ".array_record"
 CLIP_LENGTHS = "clip_lengths.npy"  # Per split: int64 samples of every clip, in record order.
+READ_THREADS = 4  # Threads reading records where a whole split is read (I/O and decoding overlap).
 
 
 def encode_clip(clip_id: str, audio: np.ndarray, labels: Sequence[int], source: str = "") -> bytes:
@@ -119,21 +123,6 @@ def read_manifest(prepared_dir: str | os.PathLike) -> dict[str, Any]:
   return manifest
 
 
-def split_info(prepared_dir: str | os.PathLike, split: str) -> dict[str, Any]:
-  """The manifest entry of `split`, with a clear error for unknown splits."""
-  splits = read_manifest(prepared_dir)["splits"]
-  if split not in splits:
-    raise ValueError(
-        f"Split {split!r} is not in {prepared_dir}; it has: {', '.join(sorted(splits))}."
-    )
-  return splits[split]
-
-
-def shard_paths(prepared_dir: str | os.PathLike, split: str) -> list[str]:
-  """The shard files of `split`, from the manifest."""
-  return [str(Path(prepared_dir) / shard) for shard in split_info(prepared_dir, split)["shards"]]
-
-
 class ClipSource:
   """Random access to the decoded clips of one split (a Grain `RandomAccessDataSource`).
 
@@ -141,10 +130,13 @@ class ClipSource:
   that hold one to spawned worker processes) carries only the shard paths.
   """
 
-  def __init__(self, prepared_dir: str | os.PathLike, split: str):
+  def __init__(
+      self, prepared_dir: str | os.PathLike, split: str, paths: Sequence[str] | None = None
+  ):
     self.prepared_dir = str(prepared_dir)
     self.split = split
-    self.paths = shard_paths(prepared_dir, split)
+    # `Store.clips` passes the paths it already knows; otherwise the manifest is read here.
+    self.paths = list(paths) if paths is not None else Store.open(prepared_dir).shard_paths(split)
     self._source = None
 
   def __getstate__(self) -> dict[str, Any]:
@@ -167,8 +159,117 @@ class ClipSource:
     return f"ClipSource({self.prepared_dir!r}, split={self.split!r}, clips={len(self)})"
 
 
-def multi_hot(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
-  """Float32 multi-hot (or one-hot) vector of `labels`."""
-  vector = np.zeros((num_classes,), np.float32)
-  vector[np.asarray(labels, dtype=np.int64)] = 1.0
-  return vector
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Store:
+  """A prepared store, opened once: its manifest is read and checked when it is opened.
+
+  Picklable (a path and a dict), so it travels to Grain worker processes with the
+  transforms that hold it. Everything here reads the in-memory manifest; only `clips`,
+  `clip_lengths` and `clip_labels` touch the split's files.
+  """
+
+  path: str
+  manifest: dict[str, Any]
+
+  @classmethod
+  def open(cls, prepared_dir: str | os.PathLike) -> Store:
+    return cls(str(prepared_dir), read_manifest(prepared_dir))
+
+  @property
+  def vocabulary(self) -> list[str]:
+    return list(self.manifest["vocabulary"])
+
+  def label_record(self) -> dict[str, Any]:
+    """What a run needs to name its classes without the store (written as labels.json)."""
+    keys = ("vocabulary", "label_type", "eval_vocabulary", "eval_label_map")
+    return {k: self.manifest[k] for k in keys if k in self.manifest}
+
+  def check_matches(self, config: Any) -> None:
+    """Raises ValueError when `config` does not fit this store's classes, labels or rate.
+
+    A model trained with the wrong number of outputs or the wrong loss would fail late or
+    silently, so mismatches are reported up front with the flag that fixes them. This reads
+    only the in-memory manifest.
+    """
+    num_classes = len(self.manifest["vocabulary"])
+    label_type, sample_rate = self.manifest["label_type"], self.manifest["sample_rate"]
+    checks = (
+        ("num_classes", num_classes, f"{num_classes} classes in its vocabulary"),
+        ("label_type", label_type, f"label_type {label_type!r}"),
+        ("sample_rate", sample_rate, f"audio at {sample_rate} Hz"),
+    )
+    for field, value, what in checks:
+      if config[field] != value:
+        raise ValueError(
+            f"The store {self.path} has {what} but config.{field} is {config[field]!r}. Set "
+            f"--config.{field}={value} (or point --config.data_dir at the store prepared for "
+            f"this config)."
+        )
+
+  def split_info(self, split: str) -> dict[str, Any]:
+    """The manifest entry of `split`, with a clear error for unknown splits."""
+    splits = self.manifest["splits"]
+    if split not in splits:
+      raise ValueError(
+          f"Split {split!r} is not in {self.path}; it has: {', '.join(sorted(splits))}."
+      )
+    return splits[split]
+
+  def num_clips(self, split: str) -> int:
+    return int(self.split_info(split)["num_clips"])
+
+  def shard_paths(self, split: str) -> list[str]:
+    return [str(Path(self.path) / shard) for shard in self.split_info(split)["shards"]]
+
+  def clips(self, split: str) -> ClipSource:
+    """Random access to the decoded clips of `split` (opened on first read)."""
+    return ClipSource(self.path, split, self.shard_paths(split))
+
+  def clip_lengths(self, split: str) -> np.ndarray:
+    """Samples per clip of `split` (int64, record order).
+
+    Reads `<split>/clip_lengths.npy` written by `prepare`; stores without it are measured by
+    decoding every record (slow, but correct).
+    """
+    info = self.split_info(split)
+    path = Path(self.path) / info.get("clip_lengths", f"{split}/{CLIP_LENGTHS}")
+    expected = int(info["num_clips"])
+    if path.exists():
+      lengths = np.load(path).astype(np.int64)
+      if lengths.shape != (expected,):
+        raise ValueError(
+            f"{path} has {lengths.shape[0]} entries but the manifest lists {expected} clips in "
+            f"{split!r}: the store is inconsistent, prepare it again."
+        )
+      return lengths
+    records = self.clips(split)
+    return np.asarray([len(records[i]["audio"]) for i in range(len(records))], np.int64)
+
+  def clip_labels(self, split: str, num_classes: int) -> tuple[list[str], np.ndarray]:
+    """The clip ids and float32 multi-hot labels `(num_clips, num_classes)` of `split`.
+
+    Row i belongs to the clip with `clip_index == i` in evaluation batches. This reads every
+    record once (audio is discarded): callers keep the result (`train.Evaluator` does).
+    """
+    import grain
+
+    ds = grain.MapDataset.range(self.num_clips(split)).map(_ClipMetadata(self.clips(split)))
+    read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=64)
+    clip_ids, labels = [], np.zeros((len(ds), num_classes), np.float32)
+    for index, (clip_id, label_indices) in enumerate(ds.to_iter_dataset(read)):
+      clip_ids.append(clip_id)
+      labels[index, label_indices] = 1.0
+    return clip_ids, labels
+
+  def __repr__(self) -> str:
+    return f"Store({self.path!r}, splits={sorted(self.manifest['splits'])})"
+
+
+class _ClipMetadata:
+  def __init__(self, records: ClipSource):
+    self.records = records
+
+  def __call__(self, index: int) -> tuple[str, np.ndarray]:
+    record = self.records[index]
+    return record["clip_id"], record["labels"]

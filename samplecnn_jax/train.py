@@ -1,22 +1,25 @@
 """Training and evaluation: the jitted data-parallel train step and the loop around it.
 
-Reads top to bottom: losses and learning rates, the train state, `train_step`,
-`eval_step`, evaluation of a split, then `train_and_evaluate(config, workdir)`, which
-trains, validates as it goes, keeps the latest and best checkpoints, follows the paper's
-staged schedule, and finally scores the best checkpoint on the test split.
+Reads top to bottom: losses and learning rates, the train state and the schedule's
+bookkeeping, `train_step` and `eval_step`, the `Run` that `setup` builds once (config,
+workdir, opened store, mesh, model, compiled steps), the `Evaluator` that scores a split,
+then `train_and_evaluate(config, workdir)`, which trains, validates as it goes, keeps the
+latest and best checkpoints, follows the paper's staged schedule, and finally scores the
+best checkpoint on the test split; `evaluate_checkpoint` is the eval-only mode.
 
-Resume precedence: a workdir with checkpoints resumes from its latest one (exactly: state,
-data iterator, schedule bookkeeping); otherwise training starts from scratch.
+Where training starts is decided in one place, `restore_state`: resume (the workdir's
+latest checkpoint, exactly: state, data iterator, bookkeeping) > from scratch (config.seed).
 """
 
 
+import dataclasses
 import functools
 import logging
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -31,6 +34,7 @@ from flax import struct
 
 from samplecnn_jax import checkpointing, input_pipeline, models, sharding, store
 from samplecnn_jax import metrics as task_metrics
+from samplecnn_jax import workdir as workdir_files
 from samplecnn_jax.config_base import LABEL_TYPES, METRICS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -48,13 +52,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "label_type": LABEL_TYPES,
       "metric": tuple(m for m in METRICS if m != "loss"),
       "best_metric": METRICS,
-      "train_segments": ("random", "all"),
   }
   for field, valid in choices.items():
     if config[field] not in valid:
       raise ValueError(
           f"config.{field}={config[field]!r} is not valid; choose one of: {', '.join(valid)}."
       )
+  input_pipeline.check_train_segments(config.train_segments)
   for field in ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval"):
     if config[field] < 1:
       raise ValueError(f"config.{field} must be >= 1, got {config[field]}.")
@@ -160,6 +164,11 @@ def create_train_state(
   return jax.jit(init)(rng)
 
 
+def model_variables(state: TrainState) -> dict[str, Any]:
+  """What evaluation and inference read: {'params', 'batch_stats'}."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def restart_stage(state: TrainState, best: TrainState) -> TrainState:
   """Next stage of the staged schedule: the best weights, a fresh optimizer state."""
   return state.replace(
@@ -169,6 +178,45 @@ def restart_stage(state: TrainState, best: TrainState) -> TrainState:
       stage=state.stage + 1,
       stage_step=jnp.zeros((), jnp.int32),
   )
+
+
+@dataclasses.dataclass
+class Schedule:
+  """The host-side bookkeeping of the staged schedule, checkpointed as JSON (`to_json`).
+
+  The JSON keys are those of checkpoints written before this class existed, so they load.
+  """
+
+  best_value: float | None = None  # Best validation value of config.best_metric so far.
+  best_step: int | None = None  # The step that reached it (the best checkpoint).
+  evals_without_improvement: int = 0  # Since the best, within the current stage.
+  stage_history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  done: bool = False  # The last stage ended: training stops early.
+
+  @classmethod
+  def from_json(cls, meta: dict[str, Any]) -> "Schedule":
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in meta.items() if k in names})
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def record(self, value: float, step: int, metric: str) -> bool:
+    """Counts one validation result; True when it is the new best."""
+    if self.best_value is None or math.isnan(self.best_value) or (
+        value < self.best_value if metric == "loss" else value > self.best_value):
+      self.best_value, self.best_step, self.evals_without_improvement = value, step, 0
+      return True
+    self.evals_without_improvement += 1
+    return False
+
+  def end_stage(self, stage: int, step: int, last: bool) -> None:
+    """Records the end of `stage` at `step`; the last stage ends training."""
+    self.stage_history.append({"stage": stage, "end_step": step, "best_step": self.best_step})
+    if last:
+      self.done = True
+    else:
+      self.evals_without_improvement = 0
 
 
 # --- Steps ------------------------------------------------------------------------------------
@@ -218,87 +266,130 @@ def train_step(
 
 
 def eval_step(
-    state: TrainState, batch: dict[str, jax.Array], label_type: str
+    variables: dict[str, Any], batch: dict[str, jax.Array], model: nn.Module, label_type: str
 ) -> tuple[jax.Array, jax.Array]:
   """Per-segment class probabilities and losses in inference mode (running BN statistics)."""
-  logits = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats}, batch["audio"], train=False
-  )
+  logits = model.apply(variables, batch["audio"], train=False)
   return probabilities(logits, label_type), loss_per_example(logits, batch["label"], label_type)
 
 
-def compile_steps(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+class CompiledSteps(NamedTuple):
+  train_step: Callable  # (state, batch) -> (state, TrainMetrics); donates the state.
+  eval_step: Callable  # (variables, batch) -> (probabilities, losses), sharded over `data`.
+
+
+def compile_steps(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, model: nn.Module
+) -> CompiledSteps:
   """The jitted train and eval steps: state replicated, batches split over `data`."""
-  state_sharding = sharding.replicated(mesh)
+  replicated = sharding.replicated(mesh)
   data_sharding = sharding.batch_sharded(mesh)
-  p_train_step = jax.jit(
+  train_step_fn = jax.jit(
       functools.partial(train_step, config=config),
-      in_shardings=(state_sharding, data_sharding),
-      out_shardings=(state_sharding, state_sharding),
+      in_shardings=(replicated, data_sharding),
+      out_shardings=(replicated, replicated),
       donate_argnums=(0,),
   )
-  p_eval_step = jax.jit(
-      functools.partial(eval_step, label_type=config.label_type),
-      in_shardings=(state_sharding, data_sharding),
+  eval_step_fn = jax.jit(
+      functools.partial(eval_step, model=model, label_type=config.label_type),
+      in_shardings=(replicated, data_sharding),
       out_shardings=(data_sharding, data_sharding),
   )
-  return p_train_step, p_eval_step
+  return CompiledSteps(train_step_fn, eval_step_fn)
+
+
+# --- The run ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What training and evaluation share, built and checked once by `setup`."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  store: store.Store
+  mesh: jax.sharding.Mesh
+  model: nn.Module
+  steps: CompiledSteps
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Checks the config against itself, the store, the devices and the workdir; compiles."""
+  validate_config(config)
+  data = store.Store.open(input_pipeline.data_dir_for(config))
+  data.check_matches(config)
+  mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  checkpointing.check_config_matches(workdir, config)
+  model = models.create_model(config.model, config.num_classes)
+  return Run(config, str(workdir), data, mesh, model, compile_steps(config, mesh, model))
 
 
 # --- Evaluation -------------------------------------------------------------------------------
 
 
-def evaluate(
-    config: ml_collections.ConfigDict,
-    state: TrainState,
-    p_eval_step: Callable,
-    mesh: jax.sharding.Mesh,
-    data_dir: str,
-    split: str,
-    manifest: dict[str, Any],
-    max_batches: int = 0,
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """Scores `split`: segment-level loss and the task metric on clip-averaged predictions.
+class Evaluator:
+  """Scores splits of a run's store; reads each split's clip labels once and keeps them."""
 
-  Returns (metrics, arrays) where arrays holds the clip scores and labels (for threshold
-  tuning and for writing predictions).
-  """
-  clip_ids, clip_labels = _clip_labels(data_dir, split, config.num_classes)
-  outputs, masks, indices = [], [], []
-  for i, batch in enumerate(input_pipeline.create_eval_iterator(config, data_dir, split)):
-    if max_batches and i >= max_batches:
-      break
-    masks.append(_gather_local(batch.pop("mask"), mesh))
-    indices.append(_gather_local(batch.pop("clip_index"), mesh))
-    # Results stay on device until the loop ends, so steps are dispatched ahead of reading.
-    outputs.append(p_eval_step(state, sharding.global_batch(batch, mesh)))
-  # Every process sees the whole split's predictions (small: segments x classes).
-  mask = np.concatenate(masks)
-  probs = np.concatenate([sharding.to_host(p) for p, _ in outputs])[mask]
-  losses = np.concatenate([sharding.to_host(loss) for _, loss in outputs])[mask]
-  clip_index = np.concatenate(indices)[mask]
-  seen = np.unique(clip_index)
-  if max_batches:  # A partial pass scores only the clips it saw in full or in part.
-    remap = np.searchsorted(seen, clip_index)
-    clip_scores = task_metrics.clip_level_scores(probs, remap, len(seen))
-    labels = clip_labels[seen]
-  else:
-    clip_scores = task_metrics.clip_level_scores(probs, clip_index, len(clip_ids))
-    labels = clip_labels
-  options = _metric_options(config, manifest)
-  result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
-            "num_segments": int(len(losses))}
-  result.update(task_metrics.compute_metrics(config.metric, labels, clip_scores, **options))
-  if config.metric == "accuracy":  # Rows: true class, columns: predicted (eval classes).
-    result["confusion_matrix"] = task_metrics.confusion_matrix(
-        labels, clip_scores, **options).tolist()
-  return result, {"scores": clip_scores, "labels": labels}
+  def __init__(self, run: Run):
+    self.run = run
+    self._clip_labels: dict[str, tuple[list[str], np.ndarray]] = {}
 
+  def clip_labels(self, split: str) -> tuple[list[str], np.ndarray]:
+    if split not in self._clip_labels:
+      self._clip_labels[split] = self.run.store.clip_labels(split, self.run.config.num_classes)
+    return self._clip_labels[split]
 
-@functools.lru_cache(maxsize=8)
-def _clip_labels(data_dir: str, split: str, num_classes: int) -> tuple[list[str], np.ndarray]:
-  """Clip ids and labels of a split, read once per process (they do not change)."""
-  return input_pipeline.clip_labels(data_dir, split, num_classes)
+  def evaluate(
+      self, variables: dict[str, Any], split: str, max_batches: int = 0
+  ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Scores `split`: segment-level loss and the task metric on clip-averaged predictions.
+
+    `variables` ({'params', 'batch_stats'}) must be replicated over the run's mesh. Returns
+    (metrics, arrays) where arrays holds the clip scores and labels (for threshold tuning
+    and for writing predictions).
+    """
+    config, mesh = self.run.config, self.run.mesh
+    clip_ids, clip_labels = self.clip_labels(split)
+    outputs, masks, indices = [], [], []
+    batches = input_pipeline.create_eval_iterator(config, self.run.store, split)
+    for i, batch in enumerate(batches):
+      if max_batches and i >= max_batches:
+        break
+      masks.append(_gather_local(batch.pop("mask"), mesh))
+      indices.append(_gather_local(batch.pop("clip_index"), mesh))
+      # Results stay on device until the loop ends, so steps are dispatched ahead of reading.
+      outputs.append(self.run.steps.eval_step(variables, sharding.global_batch(batch, mesh)))
+    # Every process sees the whole split's predictions (small: segments x classes).
+    mask = np.concatenate(masks)
+    probs = np.concatenate([sharding.to_host(p) for p, _ in outputs])[mask]
+    losses = np.concatenate([sharding.to_host(loss) for _, loss in outputs])[mask]
+    clip_index = np.concatenate(indices)[mask]
+    seen = np.unique(clip_index)
+    if max_batches:  # A partial pass scores only the clips it saw in full or in part.
+      remap = np.searchsorted(seen, clip_index)
+      clip_scores = task_metrics.clip_level_scores(probs, remap, len(seen))
+      labels = clip_labels[seen]
+    else:
+      clip_scores = task_metrics.clip_level_scores(probs, clip_index, len(clip_ids))
+      labels = clip_labels
+    options = self._metric_options()
+    result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
+              "num_segments": int(len(losses))}
+    result.update(task_metrics.compute_metrics(config.metric, labels, clip_scores, **options))
+    if config.metric == "accuracy":  # Rows: true class, columns: predicted (eval classes).
+      result["confusion_matrix"] = task_metrics.confusion_matrix(
+          labels, clip_scores, **options).tolist()
+    return result, {"scores": clip_scores, "labels": labels}
+
+  def _metric_options(self) -> dict[str, Any]:
+    config = self.run.config
+    if config.metric == "accuracy":
+      return {"eval_label_map": self.run.store.manifest.get("eval_label_map")}
+    if config.metric == "f_score":
+      return {"threshold": config.f_score_threshold}
+    return {}
 
 
 def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
@@ -306,20 +397,6 @@ def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(local)
   return sharding.to_host(sharding.global_batch({"x": local}, mesh)["x"])
-
-
-def _metric_options(config, manifest) -> dict[str, Any]:
-  if config.metric == "accuracy":
-    return {"eval_label_map": manifest.get("eval_label_map")}
-  if config.metric == "f_score":
-    return {"threshold": config.f_score_threshold}
-  return {}
-
-
-def _is_better(value: float, best: float | None, metric: str) -> bool:
-  if best is None or math.isnan(best):
-    return True
-  return value < best if metric == "loss" else value > best
 
 
 # --- Logging ----------------------------------------------------------------------------------
@@ -369,28 +446,37 @@ def _format_seconds(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def write_metrics(workdir: str, split: str, step: int, values: dict[str, Any]) -> Path:
-  """Writes `DIR/metrics_<split>.json` (process 0 only) and returns its path."""
-  path = Path(workdir) / f"metrics_{split}.json"
+def _summary(result: dict[str, Any]) -> str:
+  return ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+
+
+def write_metrics(run: Run, split: str, step: int, values: dict[str, Any]) -> Path:
+  """Writes `WORKDIR/metrics_<split>.json` (process 0 only) and returns its path."""
   if jax.process_index() == 0:
-    store.write_json(path, {"split": split, "step": int(step), **values})
-  return path
+    return workdir_files.write_metrics(run.workdir, split, step, values)
+  return workdir_files.metrics_path(run.workdir, split)
 
 
 # --- The loop ---------------------------------------------------------------------------------
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str):
-  """What both training and evaluation need: data, mesh, model, abstract state, steps."""
-  validate_config(config)
-  data_dir = input_pipeline.data_dir_for(config)
-  manifest = input_pipeline.check_store(config, data_dir)
-  mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
-  sharding.check_batch_size(config.batch_size, mesh)
-  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  checkpointing.check_config_matches(workdir, config)
-  model = models.create_model(config.model, config.num_classes)
-  return data_dir, manifest, mesh, model
+def restore_state(
+    run: Run, ckpt: checkpointing.Checkpointer, train_iter: input_pipeline.TrainIterator
+) -> tuple[TrainState, Schedule]:
+  """The replicated state and bookkeeping training continues from (sets `train_iter` too).
+
+  Precedence: resume from the workdir's latest checkpoint > from scratch with config.seed.
+  """
+  config = run.config
+  state = create_train_state(config, run.model, jax.random.key_data(jax.random.key(config.seed)))
+  restored = ckpt.restore_latest(sharding.replicate(state, run.mesh), train_iter)
+  if restored is not None:
+    state, meta = restored
+    logging.info("Resumed from step %d (stage %d) in %s", int(state.step), int(state.stage),
+                 run.workdir)
+    return sharding.replicate(state, run.mesh), Schedule.from_json(meta)
+  logging.info("Starting from scratch in %s", run.workdir)
+  return sharding.replicate(state, run.mesh), Schedule()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -403,80 +489,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The test-split metrics of the best checkpoint (also in `workdir/metrics_test.json`).
   """
-  data_dir, manifest, mesh, model = _setup(config, workdir)
+  run = setup(config, workdir)
   Path(workdir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    checkpointing.write_config(workdir, config)
-    labels = {k: manifest[k] for k in ("vocabulary", "label_type", "eval_vocabulary",
-                                       "eval_label_map") if k in manifest}
-    store.write_json(Path(workdir) / checkpointing.LABELS_FILE, labels)
-  p_train_step, p_eval_step = compile_steps(config, mesh)
-  train_iter = input_pipeline.create_train_iterator(config, data_dir, seed=config.seed)
+    workdir_files.write_config(workdir, config)
+    workdir_files.write_labels(workdir, run.store.label_record())
+  train_iter = input_pipeline.create_train_iterator(config, run.store, seed=config.seed)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
-
-  state = create_train_state(config, model, jax.random.key_data(jax.random.key(config.seed)))
-  meta = {"best_value": None, "best_step": None, "evals_without_improvement": 0,
-          "stage_history": [], "done": False}
-  restored = ckpt.restore_latest(sharding.replicate(state, mesh), train_iter)
-  if restored is not None:
-    state, meta = restored
-    logging.info("Resumed from step %d (stage %d) in %s", int(state.step), int(state.stage),
-                 workdir)
-  else:
-    logging.info("Starting from scratch in %s", workdir)
-  state = sharding.replicate(state, mesh)
+  evaluator = Evaluator(run)
+  state, schedule = restore_state(run, ckpt, train_iter)
   if jax.process_index() == 0:
     parameter_overview.log_parameter_overview(state.params)
   logging.info("Mesh %s over %d devices, %d processes; global batch %d",
-               dict(mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)
+               dict(run.mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)
 
   progress = Progress(config, workdir, int(state.step))
   try:
     train_metrics = None
     step = int(state.step)
-    while step < config.num_train_steps and not meta["done"]:
-      # --- one step ---
-      batch = sharding.global_batch(next(train_iter), mesh)
-      state, step_metrics = p_train_step(state, batch)
+    while step < config.num_train_steps and not schedule.done:
+      batch = sharding.global_batch(next(train_iter), run.mesh)
+      state, step_metrics = run.steps.train_step(state, batch)
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
       step += 1
       at_eval = step % config.steps_per_eval == 0 or step == config.num_train_steps
-      at_log = step % config.log_every_steps == 0 or at_eval
-      # --- logging and the NaN guard ---
-      if at_log:
+      if at_eval or step % config.log_every_steps == 0:
         values = {k: float(v) for k, v in train_metrics.compute().items()}
         train_metrics = None
-        if not math.isfinite(values["loss"]):
-          ckpt.wait()
-          raise FloatingPointError(
-              f"Training loss became {values['loss']} by step {step}. The last good checkpoint "
-              f"(step {ckpt.latest_step()}) is kept in {workdir}; lower the learning rate "
-              f"(--config.learning_rate), enable clipping (--config.grad_clip_norm=1.0) or use "
-              f"float32 (--config.model.dtype=float32), then re-run to resume."
-          )
+        _stop_unless_finite(values["loss"], step, ckpt, workdir)
         progress.report(step, values)
-      # --- validation, best checkpoint, staged schedule ---
       if at_eval:
-        result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, config.eval_split,
-                             manifest, config.max_eval_batches)
-        logging.info("step %d | %s: %s", step, config.eval_split, _summary(result))
-        progress.scalars(step, result, config.eval_split)
-        write_metrics(workdir, config.eval_split, step, result)
-        value = result[config.best_metric]
-        if _is_better(value, meta["best_value"], config.best_metric):
-          meta.update(best_value=value, best_step=step, evals_without_improvement=0)
-          ckpt.save_best(state, meta)
-        else:
-          meta["evals_without_improvement"] += 1
-        if config.schedule == "staged" and meta["evals_without_improvement"] >= config.patience:
-          state, meta = _next_stage(config, state, meta, ckpt, mesh)
+        state = _validate(evaluator, ckpt, progress, state, schedule)
       if at_eval or step % config.checkpoint_every_steps == 0:
-        ckpt.save(state, train_iter, meta)
+        ckpt.save(state, train_iter, schedule.to_json())
     ckpt.wait()
 
-    # --- final score of the best checkpoint ---
-    result = _evaluate_best_on_test(config, workdir, state, ckpt, p_eval_step, mesh, data_dir,
-                                    manifest)
+    result = _evaluate_best_on_test(evaluator, ckpt, state)
     progress.scalars(result["step"], {k: v for k, v in result.items() if k != "step"},
                      config.test_split)
   finally:  # Also on errors (NaN, interrupts): flush TensorBoard, finish async saves.
@@ -485,68 +533,91 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return result
 
 
-def _next_stage(config, state, meta, ckpt, mesh):
+def _stop_unless_finite(loss: float, step: int, ckpt: checkpointing.Checkpointer,
+                        workdir: str) -> None:
+  """The NaN guard: stops with the last good checkpoint kept and what to change."""
+  if math.isfinite(loss):
+    return
+  ckpt.wait()
+  raise FloatingPointError(
+      f"Training loss became {loss} by step {step}. The last good checkpoint "
+      f"(step {ckpt.latest_step()}) is kept in {workdir}; lower the learning rate "
+      f"(--config.learning_rate), enable clipping (--config.grad_clip_norm=1.0) or use "
+      f"float32 (--config.model.dtype=float32), then re-run to resume."
+  )
+
+
+def _validate(evaluator: Evaluator, ckpt: checkpointing.Checkpointer, progress: Progress,
+              state: TrainState, schedule: Schedule) -> TrainState:
+  """Scores the validation split, keeps the best checkpoint, and ends a stage on patience."""
+  run = evaluator.run
+  config, step = run.config, int(state.step)
+  result, _ = evaluator.evaluate(model_variables(state), config.eval_split,
+                                 config.max_eval_batches)
+  logging.info("step %d | %s: %s", step, config.eval_split, _summary(result))
+  progress.scalars(step, result, config.eval_split)
+  write_metrics(run, config.eval_split, step, result)
+  if schedule.record(result[config.best_metric], step, config.best_metric):
+    ckpt.save_best(state, schedule.to_json())
+  if config.schedule == "staged" and schedule.evals_without_improvement >= config.patience:
+    state = _next_stage(run, ckpt, state, schedule)
+  return state
+
+
+def _next_stage(run: Run, ckpt: checkpointing.Checkpointer, state: TrainState,
+                schedule: Schedule) -> TrainState:
   """Ends a stage: reload the best checkpoint, lr x factor, fresh optimizer; or stop."""
-  stage = int(state.stage)
-  meta["stage_history"].append({"stage": stage, "end_step": int(state.step),
-                                "best_step": meta["best_step"]})
-  if stage + 1 >= config.num_stages:
+  config, stage = run.config, int(state.stage)
+  last = stage + 1 >= config.num_stages
+  schedule.end_stage(stage, int(state.step), last)
+  if last:
     logging.info("Stage %d/%d ended without improvement: training is done.", stage + 1,
                  config.num_stages)
-    meta["done"] = True
-    return state, meta
-  best, _ = ckpt.restore_best(sharding.replicate(state, mesh))
-  state = sharding.replicate(restart_stage(state, best), mesh)
-  meta["evals_without_improvement"] = 0
+    return state
+  best, _ = ckpt.restore_best(sharding.replicate(state, run.mesh))
+  state = sharding.replicate(restart_stage(state, best), run.mesh)
   logging.info("Stage %d begins at step %d from the best checkpoint (step %s), lr %.3g",
-               stage + 2, int(state.step), meta["best_step"],
+               stage + 2, int(state.step), schedule.best_step,
                config.learning_rate * config.stage_lr_factor ** (stage + 1))
-  return state, meta
+  return state
 
 
-def _evaluate_best_on_test(config, workdir, state, ckpt, p_eval_step, mesh, data_dir, manifest):
+def _evaluate_best_on_test(evaluator: Evaluator, ckpt: checkpointing.Checkpointer,
+                           state: TrainState) -> dict[str, Any]:
+  """Scores the best checkpoint (else `state`) on the test split; F1 thresholds tuned on valid."""
+  run = evaluator.run
+  config = run.config
   if ckpt.best.latest_step() is not None:
-    state, _ = ckpt.restore_best(sharding.replicate(state, mesh))
-    state = sharding.replicate(state, mesh)
+    state, _ = ckpt.restore_best(sharding.replicate(state, run.mesh))
+    state = sharding.replicate(state, run.mesh)
+  variables = model_variables(state)
   thresholds = None
   if config.tune_thresholds and config.metric == "f_score":
-    _, valid = evaluate(config, state, p_eval_step, mesh, data_dir, config.eval_split, manifest)
+    _, valid = evaluator.evaluate(variables, config.eval_split)
     thresholds = task_metrics.tune_thresholds(valid["labels"], valid["scores"])
-  result, test = evaluate(config, state, p_eval_step, mesh, data_dir, config.test_split,
-                          manifest)
+  result, test = evaluator.evaluate(variables, config.test_split)
   if thresholds is not None:
     tuned = task_metrics.compute_metrics("f_score", test["labels"], test["scores"],
                                          threshold=thresholds)
     result.update({f"tuned_{k}": v for k, v in tuned.items()})
     result["tuned_thresholds"] = [float(t) for t in thresholds]
   result["step"] = int(state.step)
-  path = write_metrics(workdir, config.test_split, int(state.step), result)
+  path = write_metrics(run, config.test_split, int(state.step), result)
   logging.info("Best checkpoint (step %d) on %s: %s -> %s", int(state.step), config.test_split,
                _summary(result), path)
   return result
-
-
-def _summary(result: dict[str, Any]) -> str:
-  return ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
 
 
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, split: str, which: str = "best"
 ) -> dict[str, Any]:
   """Eval-only mode: scores a workdir's best or latest checkpoint on `split`."""
-  data_dir, manifest, mesh, model = _setup(config, workdir)
-  variables = checkpointing.load_variables(workdir, config, which)
+  run = setup(config, workdir)
   # Evaluation reads only the model's variables: no optimizer state is built.
-  zero = jnp.zeros((), jnp.int32)
-  state = TrainState(step=zero, params=variables["params"], batch_stats=variables["batch_stats"],
-                     opt_state=None, stage=zero, stage_step=zero, rng=None,
-                     apply_fn=model.apply, tx=None)
-  state = sharding.replicate(state, mesh)
-  _, p_eval_step = compile_steps(config, mesh)
-  result, _ = evaluate(config, state, p_eval_step, mesh, data_dir, split, manifest)
+  variables = sharding.replicate(checkpointing.load_variables(workdir, config, which), run.mesh)
+  result, _ = Evaluator(run).evaluate(variables, split)
   step = checkpointing.checkpoint_step(workdir, which)
   result["checkpoint"] = which
-  write_metrics(workdir, split, step, result)
+  write_metrics(run, split, step, result)
   logging.info("%s checkpoint (step %d) on %s: %s", which, step, split, _summary(result))
   return result
-

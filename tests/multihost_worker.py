@@ -59,15 +59,15 @@ def main(argv=None) -> None:
   final = {}
   compile_steps = train.compile_steps
 
-  def observed_compile_steps(config, mesh):
-    p_train_step, p_eval_step = compile_steps(config, mesh)
+  def observed_compile_steps(config, mesh, model):
+    steps = compile_steps(config, mesh, model)
 
-    def p_train_step_observed(state, batch):
-      new_state, metrics = p_train_step(state, batch)
+    def train_step_observed(state, batch):
+      new_state, metrics = steps.train_step(state, batch)
       final["state"] = new_state
       return new_state, metrics
 
-    return p_train_step_observed, p_eval_step
+    return steps._replace(train_step=train_step_observed)
 
   train.compile_steps = observed_compile_steps
   result = train.train_and_evaluate(config, args.workdir)

@@ -7,6 +7,7 @@ it holds, and labels, crops, segments and padding can be checked exactly.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import grain
@@ -22,6 +23,7 @@ NUM_CLASSES = 5
 TRAIN_LENGTHS = [5, 16, 17, 100, 33, 48, 9, 64, 31, 127, 20, 16, 80, 47, 12, 95, 50, 18, 70, 40]
 VALID_LENGTHS = [8, 16, 30, 100, 47, 3, 127]  # 7 clips: uneven over 3 processes.
 NOISE_VALUE = 16384  # Background noise recordings are constant 0.5.
+ALONE = ip.ProcessSlice(0, 1)  # Process 0 of 1.
 
 
 def _clip_audio(index: int, length: int) -> np.ndarray:
@@ -70,8 +72,15 @@ def write_tiny_store(root: Path, *, sample_rate: int = 16000, label_type: str = 
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-  return write_tiny_store(tmp_path_factory.mktemp("store"))
+def tiny_store(tmp_path_factory) -> store.Store:
+  return store.Store.open(write_tiny_store(tmp_path_factory.mktemp("store")))
+
+
+def multi_hot(labels, num_classes: int) -> np.ndarray:
+  """Float32 multi-hot (or one-hot) vector of `labels`."""
+  vector = np.zeros((num_classes,), np.float32)
+  vector[np.asarray(labels, dtype=np.int64)] = 1.0
+  return vector
 
 
 def tiny_config(**overrides):
@@ -146,9 +155,9 @@ def test_segment_clip_slices_and_zero_pads():
 # --- Training -------------------------------------------------------------------------------
 
 
-def test_train_batches_are_crops_of_one_clip_with_its_labels(data_dir):
+def test_train_batches_are_crops_of_one_clip_with_its_labels(tiny_store):
   config = tiny_config()
-  iterator = ip.create_train_iterator(config, data_dir, seed=0, process_index=0, process_count=1)
+  iterator = ip.create_train_iterator(config, tiny_store, seed=0, process=ALONE)
   for _ in range(12):
     batch = next(iterator)
     assert set(batch) == {"audio", "label"}
@@ -158,7 +167,7 @@ def test_train_batches_are_crops_of_one_clip_with_its_labels(data_dir):
     for row, label in zip(batch["audio"], batch["label"], strict=True):
       clip, positions, where = row_clip_and_positions(row)
       length = TRAIN_LENGTHS[clip]
-      np.testing.assert_array_equal(label, store.multi_hot(_clip_labels(clip), NUM_CLASSES))
+      np.testing.assert_array_equal(label, multi_hot(_clip_labels(clip), NUM_CLASSES))
       assert np.all(np.diff(positions) == 1) and np.all(np.diff(where) == 1)  # Contiguous.
       if length >= INPUT_SIZE:
         assert len(positions) == INPUT_SIZE and positions[-1] < length
@@ -166,9 +175,8 @@ def test_train_batches_are_crops_of_one_clip_with_its_labels(data_dir):
         np.testing.assert_array_equal(positions, np.arange(length))
 
 
-def test_random_crops_vary_between_visits(data_dir):
-  iterator = ip.create_train_iterator(tiny_config(), data_dir, seed=0, process_count=1,
-                                      process_index=0)
+def test_random_crops_vary_between_visits(tiny_store):
+  iterator = ip.create_train_iterator(tiny_config(), tiny_store, seed=0, process=ALONE)
   starts = {}
   for row in take_rows(iterator, 10 * len(TRAIN_LENGTHS)):
     clip, positions, where = row_clip_and_positions(row)
@@ -179,11 +187,11 @@ def test_random_crops_vary_between_visits(data_dir):
   assert len(starts[short_clip]) > 3  # ... and different padding offsets.
 
 
-def test_all_mode_covers_every_segment_exactly_once_per_epoch(data_dir):
+def test_all_mode_covers_every_segment_exactly_once_per_epoch(tiny_store):
   config = tiny_config(train_segments="all")
   expected = [(c, s) for c, n in enumerate(TRAIN_LENGTHS) for s in range(max(n // 16, 1))]
   assert len(expected) % config.batch_size == 0  # So take_rows drops no row between epochs.
-  iterator = ip.create_train_iterator(config, data_dir, seed=3, process_index=0, process_count=1)
+  iterator = ip.create_train_iterator(config, tiny_store, seed=3, process=ALONE)
   for _ in range(2):  # Two epochs, each a permutation of all segments.
     seen = []
     for row in take_rows(iterator, len(expected)):
@@ -196,18 +204,18 @@ def test_all_mode_covers_every_segment_exactly_once_per_epoch(data_dir):
 
 def test_all_mode_plan_without_clip_lengths_file(tmp_path):
   root = write_tiny_store(tmp_path)
-  with_file = ip.clip_lengths(root, "train")
+  with_file = store.Store.open(root).clip_lengths("train")
   (root / "train" / ip.CLIP_LENGTHS).unlink()
-  np.testing.assert_array_equal(ip.clip_lengths(root, "train"), with_file)
+  np.testing.assert_array_equal(store.Store.open(root).clip_lengths("train"), with_file)
   np.testing.assert_array_equal(with_file, TRAIN_LENGTHS)
 
 
-def test_shuffle_is_seeded_and_reshuffles_every_epoch(data_dir):
+def test_shuffle_is_seeded_and_reshuffles_every_epoch(tiny_store):
   config = tiny_config()
   n = len(TRAIN_LENGTHS)
 
   def first_epochs(seed):
-    it = ip.create_train_iterator(config, data_dir, seed=seed, process_index=0, process_count=1)
+    it = ip.create_train_iterator(config, tiny_store, seed=seed, process=ALONE)
     return stream_clips(it, 2 * n)
 
   a, b, c = first_epochs(0), first_epochs(0), first_epochs(1)
@@ -218,16 +226,16 @@ def test_shuffle_is_seeded_and_reshuffles_every_epoch(data_dir):
   assert a[:n] != list(range(n))
 
 
-def test_processes_read_disjoint_slices_of_the_global_stream(data_dir):
+def test_processes_read_disjoint_slices_of_the_global_stream(tiny_store):
   n = len(TRAIN_LENGTHS)
   single = take_rows(
-      ip.create_train_iterator(tiny_config(), data_dir, seed=5, process_index=0, process_count=1),
+      ip.create_train_iterator(tiny_config(), tiny_store, seed=5, process=ALONE),
       2 * n,
   )
   first_epoch = []
   for index in range(2):
-    it = ip.create_train_iterator(tiny_config(), data_dir, seed=5, process_index=index,
-                                  process_count=2)
+    it = ip.create_train_iterator(tiny_config(), tiny_store, seed=5,
+                                  process=ip.ProcessSlice(index, 2))
     first = next(it)
     assert first["audio"].shape == (2, INPUT_SIZE)  # Local batch = 4 // 2.
     rows = np.concatenate([first["audio"], take_rows(it, n - 2)])
@@ -240,41 +248,34 @@ def test_processes_read_disjoint_slices_of_the_global_stream(data_dir):
   assert first_epoch[0] | first_epoch[1] == set(range(n))
 
 
-def test_global_batch_must_split_evenly_over_processes(data_dir):
+def test_global_batch_must_split_evenly_over_processes(tiny_store):
   with pytest.raises(ValueError, match="batch_size=4 must be a positive multiple .* 3"):
-    ip.create_train_iterator(tiny_config(), data_dir, seed=0, process_index=0, process_count=3)
+    ip.create_train_iterator(tiny_config(), tiny_store, seed=0, process=ip.ProcessSlice(0, 3))
   with pytest.raises(ValueError, match="eval_batch_size=6 must be .* 4"):
-    ip.create_eval_iterator(tiny_config(), data_dir, "valid", process_index=0, process_count=4)
+    ip.create_eval_iterator(tiny_config(), tiny_store, "valid", process=ip.ProcessSlice(0, 4))
 
 
-def test_standardisation_applies_mean_and_std(data_dir):
+def test_standardisation_applies_mean_and_std(tiny_store):
   raw_config, std_config = tiny_config(), tiny_config(standardize=True, audio_mean=0.01,
                                                       audio_std=0.5)
-  raw = next(ip.create_train_iterator(raw_config, data_dir, seed=0, process_index=0,
-                                      process_count=1))
-  std = next(ip.create_train_iterator(std_config, data_dir, seed=0, process_index=0,
-                                      process_count=1))
+  raw = next(ip.create_train_iterator(raw_config, tiny_store, seed=0, process=ALONE))
+  std = next(ip.create_train_iterator(std_config, tiny_store, seed=0, process=ALONE))
   np.testing.assert_allclose(std["audio"], (raw["audio"] - 0.01) / 0.5, rtol=1e-6, atol=1e-7)
-  raw_eval = next(iter(ip.create_eval_iterator(raw_config, data_dir, "valid", process_index=0,
-                                               process_count=1)))
-  std_eval = next(iter(ip.create_eval_iterator(std_config, data_dir, "valid", process_index=0,
-                                               process_count=1)))
+  raw_eval = next(iter(ip.create_eval_iterator(raw_config, tiny_store, "valid", process=ALONE)))
+  std_eval = next(iter(ip.create_eval_iterator(std_config, tiny_store, "valid", process=ALONE)))
   np.testing.assert_allclose(std_eval["audio"], (raw_eval["audio"] - 0.01) / 0.5, rtol=1e-6,
                              atol=1e-7)
   with pytest.raises(ValueError, match="audio_std must be > 0"):
-    ip.create_train_iterator(tiny_config(standardize=True, audio_std=0.0), data_dir, seed=0,
-                             process_index=0, process_count=1)
+    ip.create_train_iterator(tiny_config(standardize=True, audio_std=0.0), tiny_store, seed=0,
+                             process=ALONE)
 
 
-def test_time_shift_moves_the_crop_with_zero_fill_deterministically(data_dir):
+def test_time_shift_moves_the_crop_with_zero_fill_deterministically(tiny_store):
   shift_ms = 8 * 1000 / 16000  # 8 samples.
-  clean = take_rows(ip.create_train_iterator(tiny_config(), data_dir, seed=2, process_index=0,
-                                             process_count=1), 40)
+  clean = take_rows(ip.create_train_iterator(tiny_config(), tiny_store, seed=2, process=ALONE), 40)
   config = tiny_config(**{"augment.time_shift_ms": shift_ms})
-  shifted = take_rows(ip.create_train_iterator(config, data_dir, seed=2, process_index=0,
-                                               process_count=1), 40)
-  again = take_rows(ip.create_train_iterator(config, data_dir, seed=2, process_index=0,
-                                             process_count=1), 40)
+  shifted = take_rows(ip.create_train_iterator(config, tiny_store, seed=2, process=ALONE), 40)
+  again = take_rows(ip.create_train_iterator(config, tiny_store, seed=2, process=ALONE), 40)
   np.testing.assert_array_equal(shifted, again)
   shifts = []
   for before, after in zip(clean, shifted, strict=True):
@@ -284,12 +285,11 @@ def test_time_shift_moves_the_crop_with_zero_fill_deterministically(data_dir):
   assert len(set(shifts)) > 5
 
 
-def test_time_shift_longer_than_the_segment_gives_zero_fill_not_an_error(data_dir):
+def test_time_shift_longer_than_the_segment_gives_zero_fill_not_an_error(tiny_store):
   """Speech Commands' 100-ms shift is 1,600 samples: more than a short segment holds."""
   shift_ms = 4 * INPUT_SIZE * 1000 / 16000
   config = tiny_config(**{"augment.time_shift_ms": shift_ms})
-  rows = take_rows(ip.create_train_iterator(config, data_dir, seed=2, process_index=0,
-                                            process_count=1), 40)
+  rows = take_rows(ip.create_train_iterator(config, tiny_store, seed=2, process=ALONE), 40)
   assert rows.shape == (40, INPUT_SIZE)
   assert (np.abs(rows).sum(axis=1) == 0).sum() > 10, "most shifts push the whole crop out"
 
@@ -303,14 +303,11 @@ def _shift(row: np.ndarray, k: int) -> np.ndarray:
   return out
 
 
-def test_background_noise_is_mixed_at_random_volume_and_clipped(data_dir):
-  clean = take_rows(ip.create_train_iterator(tiny_config(), data_dir, seed=4, process_index=0,
-                                             process_count=1), 40)
+def test_background_noise_is_mixed_at_random_volume_and_clipped(tiny_store):
+  clean = take_rows(ip.create_train_iterator(tiny_config(), tiny_store, seed=4, process=ALONE), 40)
   config = tiny_config(**{"augment.noise_prob": 0.5, "augment.noise_volume": 0.1})
-  noisy = take_rows(ip.create_train_iterator(config, data_dir, seed=4, process_index=0,
-                                             process_count=1), 40)
-  again = take_rows(ip.create_train_iterator(config, data_dir, seed=4, process_index=0,
-                                             process_count=1), 40)
+  noisy = take_rows(ip.create_train_iterator(config, tiny_store, seed=4, process=ALONE), 40)
+  again = take_rows(ip.create_train_iterator(config, tiny_store, seed=4, process=ALONE), 40)
   np.testing.assert_array_equal(noisy, again)
   added = (noisy - clean).astype(np.float64)
   # Constant 0.5 noise at volume U(0, 0.1): every row gains one constant in [0, 0.05].
@@ -319,8 +316,7 @@ def test_background_noise_is_mixed_at_random_volume_and_clipped(data_dir):
   mixed = np.mean(added[:, 0] > 1e-4)
   assert 0.2 < mixed < 0.8  # About noise_prob of the rows.
   loud = tiny_config(**{"augment.noise_prob": 1.0, "augment.noise_volume": 40.0})
-  rows = take_rows(ip.create_train_iterator(loud, data_dir, seed=4, process_index=0,
-                                            process_count=1), 40)
+  rows = take_rows(ip.create_train_iterator(loud, tiny_store, seed=4, process=ALONE), 40)
   assert rows.max() == 1.0 and rows.min() >= -1.0
 
 
@@ -331,34 +327,33 @@ def test_noise_augmentation_needs_a_background_noise_split(tmp_path):
   store.write_json(root / store.MANIFEST, manifest)
   config = tiny_config(**{"augment.noise_prob": 0.8})
   with pytest.raises(ValueError, match="'background_noise' is not in"):
-    ip.create_train_iterator(config, root, seed=0, process_index=0, process_count=1)
+    ip.create_train_iterator(config, store.Store.open(root), seed=0, process=ALONE)
 
 
-def test_iterator_state_resumes_the_same_batches(data_dir):
+def test_iterator_state_resumes_the_same_batches(tiny_store):
   for mode in ("random", "all"):
     config = tiny_config(train_segments=mode, **{"augment.time_shift_ms": 0.5})
-    iterator = ip.create_train_iterator(config, data_dir, seed=7, process_index=0,
-                                        process_count=1)
+    iterator = ip.create_train_iterator(config, tiny_store, seed=7, process=ALONE)
     for _ in range(3):
       next(iterator)
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(5)]
-    restored = ip.create_train_iterator(config, data_dir, seed=7, process_index=0,
-                                        process_count=1)
+    restored = ip.create_train_iterator(config, tiny_store, seed=7, process=ALONE)
     restored.set_state(state)
     for want, got in zip(expected, (next(restored) for _ in range(5)), strict=True):
       np.testing.assert_array_equal(want["audio"], got["audio"])
       np.testing.assert_array_equal(want["label"], got["label"])
     # The iterator reads the random-access batches in order.
-    batches = ip.train_batches(config, data_dir, seed=7, process_index=0, process_count=1)
+    batches = ip.train_batches(config, tiny_store, seed=7, process=ALONE)
     np.testing.assert_array_equal(batches[3]["audio"], expected[0]["audio"])
 
 
-def test_worker_iterator_state_round_trips_through_orbax_into_any_worker_count(data_dir, tmp_path):
+def test_worker_iterator_state_round_trips_through_orbax_into_any_worker_count(tiny_store,
+                                                                              tmp_path):
   import orbax.checkpoint as ocp
 
   config = tiny_config(num_workers=1)
-  iterator = ip.create_train_iterator(config, data_dir, seed=9, process_index=0, process_count=1)
+  iterator = ip.create_train_iterator(config, tiny_store, seed=9, process=ALONE)
   try:
     for _ in range(4):
       next(iterator)
@@ -372,8 +367,7 @@ def test_worker_iterator_state_round_trips_through_orbax_into_any_worker_count(d
       for want in expected:
         np.testing.assert_array_equal(next(iterator)["audio"], want)
       # ... and in a new in-process iterator restored by Orbax.
-      restored = ip.create_train_iterator(tiny_config(), data_dir, seed=9, process_index=0,
-                                          process_count=1)
+      restored = ip.create_train_iterator(tiny_config(), tiny_store, seed=9, process=ALONE)
       manager.restore(0, args=ocp.args.Composite(
           data=grain.checkpoint.CheckpointRestore(restored)))
   finally:
@@ -385,17 +379,16 @@ def test_worker_iterator_state_round_trips_through_orbax_into_any_worker_count(d
 # --- Evaluation -----------------------------------------------------------------------------
 
 
-def test_eval_batches_hold_every_segment_once_with_masks_on_every_process(data_dir):
+def test_eval_batches_hold_every_segment_once_with_masks_on_every_process(tiny_store):
   config = tiny_config()
   seen = {}
   counts = []
   for index in range(3):
-    batches = ip.create_eval_iterator(config, data_dir, "valid", process_index=index,
-                                      process_count=3)
+    batches = ip.create_eval_iterator(config, tiny_store, "valid", ip.ProcessSlice(index, 3))
     listed = list(batches)
     counts.append(len(listed))
-    assert len(listed) == len(batches) == ip.num_eval_batches(config, data_dir, "valid",
-                                                              process_count=3)
+    assert len(listed) == len(batches) == ip.num_eval_batches(config, tiny_store, "valid",
+                                                              ip.ProcessSlice(0, 3))
     for batch in listed:
       assert batch["audio"].shape == (2, INPUT_SIZE) and batch["audio"].dtype == np.float32
       assert batch["label"].shape == (2, NUM_CLASSES)
@@ -405,7 +398,7 @@ def test_eval_batches_hold_every_segment_once_with_masks_on_every_process(data_d
         if not valid:
           assert clip == -1 and not row.any() and not label.any()
           continue
-        np.testing.assert_array_equal(label, store.multi_hot(_clip_labels(clip), NUM_CLASSES))
+        np.testing.assert_array_equal(label, multi_hot(_clip_labels(clip), NUM_CLASSES))
         seen.setdefault(int(clip), []).append(decode_rows(row))
   assert len(set(counts)) == 1  # Same number of batches everywhere.
   # Clips 0-1, 2-3 and 4-6: 6, 6 and 9 segments in batches of 2 -> 5 batches each.
@@ -416,9 +409,9 @@ def test_eval_batches_hold_every_segment_once_with_masks_on_every_process(data_d
     np.testing.assert_array_equal(np.stack(rows), expected)
 
 
-def test_eval_batches_are_reiterable_and_single_process_is_complete(data_dir):
-  batches = ip.create_eval_iterator(tiny_config(eval_batch_size=4), data_dir, "valid",
-                                    process_index=0, process_count=1)
+def test_eval_batches_are_reiterable_and_single_process_is_complete(tiny_store):
+  batches = ip.create_eval_iterator(tiny_config(eval_batch_size=4), tiny_store, "valid",
+                                    process=ALONE)
   first, second = list(batches), list(batches)
   assert len(first) == len(batches) == 6  # 7 clips * 3 segments = 21 rows -> 6 batches of 4.
   for a, b in zip(first, second, strict=True):
@@ -429,10 +422,10 @@ def test_eval_batches_are_reiterable_and_single_process_is_complete(data_dir):
   assert mask.sum() == 21 and not mask[21:].any()
 
 
-def test_eval_with_more_processes_than_clips_pads_whole_batches(data_dir):
+def test_eval_with_more_processes_than_clips_pads_whole_batches(tiny_store):
   config = tiny_config(eval_batch_size=8)  # Local batch 1 on 8 processes; 7 clips.
   per_process = [
-      list(ip.create_eval_iterator(config, data_dir, "valid", process_index=p, process_count=8))
+      list(ip.create_eval_iterator(config, tiny_store, "valid", process=ip.ProcessSlice(p, 8)))
       for p in range(8)
   ]
   assert {len(batches) for batches in per_process} == {3}  # At most 1 clip * 3 segments.
@@ -441,12 +434,12 @@ def test_eval_with_more_processes_than_clips_pads_whole_batches(data_dir):
   assert sorted(indices) == sorted(np.repeat(np.arange(7), 3).tolist())
 
 
-def test_clip_labels_match_the_records(data_dir):
-  clip_ids, labels = ip.clip_labels(data_dir, "valid", NUM_CLASSES)
+def test_clip_labels_match_the_records(tiny_store):
+  clip_ids, labels = tiny_store.clip_labels("valid", NUM_CLASSES)
   assert clip_ids == [f"valid_{i}" for i in range(len(VALID_LENGTHS))]
   assert labels.shape == (len(VALID_LENGTHS), NUM_CLASSES) and labels.dtype == np.float32
   for i, row in enumerate(labels):
-    np.testing.assert_array_equal(row, store.multi_hot(_clip_labels(i), NUM_CLASSES))
+    np.testing.assert_array_equal(row, multi_hot(_clip_labels(i), NUM_CLASSES))
 
 
 # --- Store checks ---------------------------------------------------------------------------
@@ -460,23 +453,22 @@ def test_clip_labels_match_the_records(data_dir):
     ("sample_rate", 22050, "audio at 16000 Hz but config.sample_rate is 22050. "
                            "Set --config.sample_rate=16000"),
 ])
-def test_store_config_mismatch_is_explained(data_dir, field, value, message):
+def test_store_config_mismatch_is_explained(tiny_store, field, value, message):
   config = tiny_config(**{field: value})
   for create in (
-      lambda: ip.create_train_iterator(config, data_dir, seed=0, process_index=0, process_count=1),
-      lambda: ip.create_eval_iterator(config, data_dir, "valid", process_index=0,
-                                      process_count=1),
+      lambda: ip.create_train_iterator(config, tiny_store, seed=0, process=ALONE),
+      lambda: ip.create_eval_iterator(config, tiny_store, "valid", process=ALONE),
   ):
     with pytest.raises(ValueError, match=message):
       create()
 
 
-def test_unknown_train_segment_mode_and_split_are_explained(data_dir):
+def test_unknown_train_segment_mode_and_split_are_explained(tiny_store):
   with pytest.raises(ValueError, match="train_segments must be one of"):
-    ip.create_train_iterator(tiny_config(train_segments="every"), data_dir, seed=0,
-                             process_index=0, process_count=1)
+    ip.create_train_iterator(tiny_config(train_segments="every"), tiny_store, seed=0,
+                             process=ALONE)
   with pytest.raises(ValueError, match="Split 'test' is not in .* background_noise, train, valid"):
-    ip.create_eval_iterator(tiny_config(), data_dir, "test", process_index=0, process_count=1)
+    ip.create_eval_iterator(tiny_config(), tiny_store, "test", process=ALONE)
 
 
 def test_data_dir_defaults_to_prepared_dataset():
@@ -486,6 +478,28 @@ def test_data_dir_defaults_to_prepared_dataset():
   assert ip.data_dir_for(config) == "/data/mtat16k"
 
 
-def test_default_process_slice_comes_from_jax(data_dir):
-  batch = next(ip.create_train_iterator(tiny_config(), data_dir, seed=0))
+def test_default_process_slice_comes_from_jax(tiny_store):
+  batch = next(ip.create_train_iterator(tiny_config(), tiny_store, seed=0))
   assert batch["audio"].shape == (4, INPUT_SIZE)  # One process in tests: the whole batch.
+
+
+def test_an_open_store_pickles_and_never_rereads_its_manifest(tiny_store, monkeypatch):
+  clone = pickle.loads(pickle.dumps(tiny_store))
+  assert clone.path == tiny_store.path and clone.manifest == tiny_store.manifest
+  reads = []
+  real = store.read_manifest
+  monkeypatch.setattr(store, "read_manifest", lambda path: reads.append(path) or real(path))
+  config = tiny_config(train_segments="all")
+  next(ip.create_train_iterator(config, clone, seed=0, process=ALONE))
+  list(ip.create_eval_iterator(config, clone, "valid", process=ALONE))
+  clone.clip_labels("valid", NUM_CLASSES)
+  pickle.loads(pickle.dumps(clone.clips("train")))[0]
+  assert reads == []
+  store.ClipSource(tiny_store.path, "valid")  # Opened from a path, it reads the manifest.
+  assert reads == [tiny_store.path]
+
+
+def test_store_checks_a_config_without_reading_files(tiny_store):
+  tiny_store.check_matches(tiny_config())
+  with pytest.raises(ValueError, match="config.num_classes is 7"):
+    tiny_store.check_matches(tiny_config(num_classes=7))

@@ -16,6 +16,7 @@ import soundfile as sf
 from conftest import REPO, load_config
 
 from samplecnn_jax import checkpointing, models, predict, prepare, sharding, store, train
+from samplecnn_jax import workdir as workdir_files
 
 RATE = 16000
 BROKEN = ("g_corrupt.wav", "h_empty.flac")
@@ -47,7 +48,7 @@ def run(tmp_path_factory):
   ckpt = checkpointing.Checkpointer(workdir)
   ckpt.save_best(state, {"best_value": 0.5, "best_step": 0})
   ckpt.close()
-  checkpointing.write_config(workdir, config)
+  workdir_files.write_config(workdir, config)
   labels = {"vocabulary": manifest["vocabulary"], "label_type": manifest["label_type"]}
   store.write_json(workdir / predict.LABELS_FILE, labels)
   return {"workdir": workdir, "config": config, "state": state, "data_dir": data_dir,
@@ -153,12 +154,9 @@ def test_batching_across_files_matches_one_file_at_a_time(run, predictor, audio_
 
 def test_scores_match_evaluation_of_the_prepared_store(run, predictor, tmp_path):
   """Clips written from the store as wav get exactly the clip scores `train.evaluate` gives."""
-  config = run["config"]
-  mesh = sharding.create_mesh()
-  _, p_eval_step = train.compile_steps(config, mesh)
-  manifest = store.read_manifest(run["data_dir"])
-  _, arrays = train.evaluate(config, sharding.replicate(run["state"], mesh), p_eval_step, mesh,
-                             str(run["data_dir"]), "test", manifest)
+  setup = train.setup(run["config"], str(run["workdir"]))
+  variables = sharding.replicate(train.model_variables(run["state"]), setup.mesh)
+  _, arrays = train.Evaluator(setup).evaluate(variables, "test")
   clips = store.ClipSource(run["data_dir"], "test")
   paths = []
   for i in range(len(clips)):
@@ -218,7 +216,7 @@ def test_cli_exit_codes(run, audio_dir, tmp_path, capsys):
   assert "no audio files" in capsys.readouterr().err
   # A workdir without checkpoints: exit 2 with the fix.
   bare = tmp_path / "bare"
-  checkpointing.write_config(bare, run["config"])
+  workdir_files.write_config(bare, run["config"])
   assert predict.main([f"--workdir={bare}", str(audio_dir)]) == 2
   assert "No best checkpoint" in capsys.readouterr().err
   assert predict.main([f"--workdir={run['workdir']}", "--output=x.txt", str(audio_dir)]) == 2
@@ -255,7 +253,7 @@ def test_multi_class_with_eval_label_map(run, audio_dir, tmp_path):
   shutil.copytree(run["workdir"] / "best", workdir / "best")
   config = run["config"].copy_and_resolve_references()
   config.label_type = "multi_class"
-  checkpointing.write_config(workdir, config)
+  workdir_files.write_config(workdir, config)
   eval_vocabulary = ["tonal", "noisy", "other"]
   eval_label_map = [0, 0, 0, 2, 1, 2]
   store.write_json(workdir / predict.LABELS_FILE, {

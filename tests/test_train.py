@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import REPO, load_config
 
-from samplecnn_jax import checkpointing, prepare, train
+from samplecnn_jax import checkpointing, prepare, store, train, workdir
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +154,38 @@ def test_eval_only_mode_scores_a_chosen_split(demo_store, tmp_path):
   saved = json.loads((tmp_path / "metrics_valid.json").read_text())
   assert saved["checkpoint"] == "latest" and saved["step"] == 3
   assert saved["f_score"] == pytest.approx(result["f_score"])
+  # The CLI with --workdir alone scores it with the config the run recorded.
+  (tmp_path / "metrics_valid.json").unlink()
+  cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--workdir={tmp_path}", "--mode=eval",
+         "--split=valid", "--checkpoint=latest"]
+  subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+  again = workdir.read_metrics(tmp_path, "valid")
+  assert again["f_score"] == pytest.approx(result["f_score"]) and again["step"] == 3
+
+
+def test_training_needs_a_config(tmp_path):
+  cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--workdir={tmp_path}"]
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode != 0 and "Training needs --config" in done.stderr
+
+
+def test_setup_reads_the_store_manifest_once_per_run(demo_store, tmp_path, monkeypatch):
+  reads = []
+  real = store.read_manifest
+  monkeypatch.setattr(store, "read_manifest", lambda path: reads.append(path) or real(path))
+  train.train_and_evaluate(tiny_config(demo_store, num_train_steps=3), str(tmp_path))
+  assert reads == [demo_store]
+
+
+def test_schedule_bookkeeping_round_trips_the_checkpoint_json():
+  meta = {"best_value": 0.25, "best_step": 4, "evals_without_improvement": 1,
+          "stage_history": [{"stage": 0, "end_step": 6, "best_step": 4}], "done": False}
+  schedule = train.Schedule.from_json(meta)
+  assert schedule.to_json() == meta  # Same keys as checkpoints written before the class.
+  assert not schedule.record(0.5, 8, "loss") and schedule.evals_without_improvement == 2
+  assert schedule.record(0.125, 10, "loss") and (schedule.best_step, schedule.best_value) == (
+      10, 0.125)
+  assert train.Schedule.from_json({"best_value": 0.5, "best_step": 0}).stage_history == []
 
 
 def test_bad_config_values_name_valid_choices(demo_store, tmp_path):
@@ -173,12 +205,12 @@ mesh = sharding.create_mesh()
 model = models.create_model(config.model, config.num_classes)
 state = train.create_train_state(config, model, jax.random.key_data(jax.random.key(0)))
 state = sharding.replicate(state, mesh)
-p_train_step, _ = train.compile_steps(config, mesh)
+steps = train.compile_steps(config, mesh, model)
 rng = np.random.default_rng(0)
 for _ in range(3):
   batch = {{"audio": rng.normal(size=(8, 729)).astype(np.float32),
            "label": (rng.random((8, 6)) > 0.5).astype(np.float32)}}
-  state, _ = p_train_step(state, sharding.global_batch(batch, mesh))
+  state, _ = steps.train_step(state, sharding.global_batch(batch, mesh))
 leaves = [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]
 np.savez({out!r}, *leaves, devices=jax.device_count())
 """

@@ -1,0 +1,127 @@
+"""The files of a training workdir, read and written in one place.
+
+  WORKDIR/config.json          the run's config (written at the start of training)
+  WORKDIR/labels.json          class names of the run (prediction without the store)
+  WORKDIR/metrics_<split>.json the latest scores of a split (validation, test, eval-only)
+  WORKDIR/checkpoints/, best/  Orbax checkpoints (`checkpointing.py`)
+  WORKDIR/tensorboard/         TensorBoard events (`train.Progress`)
+
+Training, prediction and visualisation read a workdir through these functions, so a CLI
+given `--workdir` alone finds the config and labels the run recorded. (A lock file that
+keeps two jobs out of one workdir belongs here too.) This module does not touch
+checkpoints: `checkpointing.py` does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from samplecnn_jax import config_base, store
+
+CONFIG_FILE = "config.json"
+LABELS_FILE = "labels.json"  # Label vocabulary of a run (for prediction without the store).
+
+
+def metrics_path(workdir: str | os.PathLike, split: str) -> Path:
+  return Path(workdir) / f"metrics_{split}.json"
+
+
+def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """Records the run's config beside its checkpoints (for mismatch checks and reuse).
+
+  Written under a temporary name and renamed, so other processes of a multi-host job that
+  check it at the same moment never read half a file.
+  """
+  path = Path(workdir) / CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f"{CONFIG_FILE}.tmp{os.getpid()}")
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+def saved_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The raw `config.json` of a workdir as a dict, or None when training never wrote one."""
+  path = Path(workdir) / CONFIG_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_config(
+    workdir: str | os.PathLike, config_file: str | None = None
+) -> ml_collections.ConfigDict:
+  """The run config: `config_file` (`file.py[:arg]` or a config.json) or `workdir/config.json`.
+
+  `config.json` is what training recorded (`write_config`). It is laid over today's
+  `config_base.base_config()`, so a workdir written before a field existed gets that field's
+  default (new fields default to the old behaviour).
+  """
+  if config_file is None:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"{workdir} has no {CONFIG_FILE}: is it a training workdir? Pass the "
+          f"config that trained it with --config=configs/NAME.py[:ARG]."
+      )
+    return _config_from_json(path)
+  file, _, arg = config_file.partition(":")
+  if file.endswith(".json"):
+    return _config_from_json(Path(file))
+  if not Path(file).is_file():
+    raise FileNotFoundError(f"Config file {file} does not exist.")
+  spec = importlib.util.spec_from_file_location("_workdir_config", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _config_from_json(path: Path) -> ml_collections.ConfigDict:
+  config = config_base.base_config()
+  config.update(json.loads(path.read_text()))
+  return config
+
+
+def write_labels(workdir: str | os.PathLike, labels: dict[str, Any]) -> None:
+  """Writes `labels.json` (vocabulary, label_type, eval vocabulary and map when present)."""
+  store.write_json(Path(workdir) / LABELS_FILE, labels)
+
+
+def read_labels(
+    workdir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+) -> tuple[dict[str, Any], str] | None:
+  """The label record of a run and the file it came from, or None when there is none.
+
+  `path` when given (it must exist), else `workdir/labels.json`, else the store manifest at
+  `data_dir` (workdirs written before labels.json existed).
+  """
+  if path:
+    if not Path(path).is_file():
+      raise FileNotFoundError(f"--labels {path} does not exist.")
+    candidates = [Path(path)]
+  else:
+    candidates = [Path(workdir) / LABELS_FILE]
+    if data_dir is not None:
+      candidates.append(Path(data_dir) / store.MANIFEST)
+  for candidate in candidates:
+    if candidate.is_file():
+      return json.loads(candidate.read_text()), str(candidate)
+  return None
+
+
+def write_metrics(
+    workdir: str | os.PathLike, split: str, step: int, values: dict[str, Any]
+) -> Path:
+  """Writes `metrics_<split>.json` and returns its path (the caller picks the process)."""
+  path = metrics_path(workdir, split)
+  store.write_json(path, {"split": split, "step": int(step), **values})
+  return path
+
+
+def read_metrics(workdir: str | os.PathLike, split: str) -> dict[str, Any]:
+  """The last scores written for `split` (`write_metrics`)."""
+  return json.loads(metrics_path(workdir, split).read_text())
