@@ -119,7 +119,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
 
 
-# --- Train state ------------------------------------------------------------------------------
+# --- Train state and schedule bookkeeping ----------------------------------------------------
 
 
 class TrainState(struct.PyTreeNode):
@@ -201,10 +201,14 @@ class Schedule:
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
+  def improves(self, value: float, metric: str) -> bool:
+    if self.best_value is None or math.isnan(self.best_value):
+      return True
+    return value < self.best_value if metric == "loss" else value > self.best_value
+
   def record(self, value: float, step: int, metric: str) -> bool:
     """Counts one validation result; True when it is the new best."""
-    if self.best_value is None or math.isnan(self.best_value) or (
-        value < self.best_value if metric == "loss" else value > self.best_value):
+    if self.improves(value, metric):
       self.best_value, self.best_step, self.evals_without_improvement = value, step, 0
       return True
     self.evals_without_improvement += 1
