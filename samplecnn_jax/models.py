@@ -1,8 +1,9 @@
 """Sample-level CNNs for raw waveforms: SampleCNN and the SE / Res-n / ReSE-n (+Multi) family.
 
 The models are pure Flax Linen modules: they take a batch of waveforms `(batch, samples)`
-and return logits `(batch, num_classes)` in float32. Losses, sigmoid/softmax and anything
-that touches data or devices live elsewhere.
+and return logits `(batch, num_classes)` in float32; `probabilities` turns those into the
+scores that evaluation and prediction read. Losses and anything that touches data or
+devices live elsewhere.
 
 Architecture facts (layer order, initialisers, Keras BatchNorm defaults, channel rule)
 follow `shared/reference/MODELS.md` sections 1 and 8; where the published code bases
@@ -312,6 +313,11 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> S
     raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
   check_input_size(model_config.input_size, cfg["num_blocks"], cfg["front_padding"])
   return SampleLevelCNN(num_classes=num_classes, **{**cfg, "dtype": DTYPES[cfg["dtype"]]})
+
+
+def probabilities(logits: jax.Array, label_type: str) -> jax.Array:
+  """Class scores from logits: sigmoid for multi_label, softmax for multi_class."""
+  return nn.sigmoid(logits) if label_type == "multi_label" else nn.softmax(logits)
 
 
 def count_params(params: Any) -> int:
