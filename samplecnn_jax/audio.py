@@ -27,6 +27,7 @@ AUDIO_EXTENSIONS = frozenset(
     }
 )  # fmt: skip
 
+INT16_SCALE = np.float32(1.0 / 32768.0)  # int16 PCM -> float32 in [-1, 1).
 RESAMPLE_TYPE = "soxr_hq"  # librosa's default: soxr high quality.
 
 # AudioError kinds, as counted in report.json.
@@ -57,9 +58,27 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
   return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
-def to_float32(audio: np.ndarray) -> np.ndarray:
-  """int16 PCM to float32 in [-1, 1), the inverse of `to_int16`."""
-  return np.asarray(audio, dtype=np.float32) / 32768.0
+def to_float32(pcm: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+  """PCM samples as float32 in [-1, 1): the inverse of `to_int16`, and the one conversion.
+
+  Integers of any width are scaled by their full range (unsigned ones centred first); float
+  input is copied as float32. int16, the store's format, takes one vectorised pass, written
+  into `out` when given (the input pipeline fills its batches in place).
+  """
+  pcm = np.asarray(pcm)
+  if pcm.dtype == np.int16:
+    return np.multiply(pcm, INT16_SCALE, out=out, dtype=np.float32)
+  if np.issubdtype(pcm.dtype, np.unsignedinteger):
+    half = 2.0 ** (8 * pcm.dtype.itemsize - 1)
+    pcm = (pcm.astype(np.float64) - half) / half
+  elif np.issubdtype(pcm.dtype, np.integer):
+    pcm = pcm / np.float64(2.0 ** (8 * pcm.dtype.itemsize - 1))
+  elif not np.issubdtype(pcm.dtype, np.floating):
+    raise ValueError(f"Expected integer or float audio samples, got dtype {pcm.dtype}.")
+  if out is None:
+    return pcm.astype(np.float32)
+  out[...] = pcm
+  return out
 
 
 def mix_to_mono(frames: np.ndarray) -> np.ndarray:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ml_collections
 
 from samplecnn_jax import models
+from samplecnn_jax.datasets.common import LABEL_TYPES as LABEL_TYPES  # Re-exported for train.
 
-LABEL_TYPES = ("multi_label", "multi_class")
 METRICS = ("roc_auc", "pr_auc", "accuracy", "f_score", "loss")
 
 

@@ -29,12 +29,12 @@ import grain
 import ml_collections
 import numpy as np
 
+from samplecnn_jax import audio as audio_lib
 from samplecnn_jax.store import CLIP_LENGTHS as CLIP_LENGTHS  # Re-exported for tests.
 from samplecnn_jax.store import READ_THREADS, Store
 
 BACKGROUND_NOISE_SPLIT = "background_noise"  # Long noise recordings mixed in by augmentation.
 TRAIN_SEGMENT_MODES = ("random", "all")
-INT16_SCALE = np.float32(1.0 / 32768.0)  # int16 PCM -> float32 in [-1, 1).
 EVAL_READ_THREADS = READ_THREADS  # Threads reading clips for evaluation.
 
 
@@ -107,14 +107,7 @@ def _crop(audio: np.ndarray, start: int | None, input_size: int, rng) -> np.ndar
   return audio[start : start + input_size].copy()
 
 
-def to_float(audio: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-  """int16 PCM -> float32 in [-1, 1) in one vectorised pass (float input is copied as is)."""
-  if audio.dtype == np.int16:
-    return np.multiply(audio, INT16_SCALE, out=out, dtype=np.float32)
-  if out is None:
-    return audio.astype(np.float32)
-  out[...] = audio
-  return out
+to_float = audio_lib.to_float32  # int16 PCM -> float32 in [-1, 1), into `out` when given.
 
 
 @dataclasses.dataclass(frozen=True)

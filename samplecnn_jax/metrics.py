@@ -110,22 +110,6 @@ def clip_level_scores(
   return sums / counts[:, None]
 
 
-def clip_level_labels(
-    segment_labels: np.ndarray, clip_index: np.ndarray, num_clips: int
-) -> np.ndarray:
-  """The label row (or class index) of each clip, checking that its segments all agree.
-
-  Segments inherit their clip's labels, so disagreement means the gathered arrays are
-  misaligned; that is an error rather than something to average away.
-  """
-  segment_labels = np.asarray(segment_labels)
-  flat = segment_labels.reshape(len(segment_labels), -1)
-  per_clip = clip_level_scores(flat, clip_index, num_clips)
-  if not np.array_equal(per_clip[np.asarray(clip_index)], flat):
-    raise ValueError("Segments of the same clip carry different labels; check clip_index.")
-  return per_clip.reshape((num_clips,) + segment_labels.shape[1:]).astype(segment_labels.dtype)
-
-
 # --- Tagging (MagnaTagATune): macro ROC-AUC and PR-AUC ------------------------------------
 
 

@@ -1,8 +1,9 @@
 """Sample-level CNNs for raw waveforms: SampleCNN and the SE / Res-n / ReSE-n (+Multi) family.
 
 The models are pure Flax Linen modules: they take a batch of waveforms `(batch, samples)`
-and return logits `(batch, num_classes)` in float32. Losses, sigmoid/softmax and anything
-that touches data or devices live elsewhere.
+and return logits `(batch, num_classes)` in float32; `probabilities` turns those into the
+scores that evaluation and prediction read. Losses and anything that touches data or
+devices live elsewhere.
 
 Architecture facts (layer order, initialisers, Keras BatchNorm defaults, channel rule)
 follow `shared/reference/MODELS.md` sections 1 and 8; where the published code bases
@@ -16,8 +17,9 @@ cheaper on XLA:CPU; see docs/benchmarks.md for what each one buys.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +37,7 @@ INITIALIZERS = {
     "glorot_uniform": nn.initializers.xavier_uniform,
     "lecun_normal": nn.initializers.lecun_normal,
 }
+ModuleDef = Callable[..., nn.Module]  # A module class with some fields bound (a partial).
 NUM_MULTI_LEVELS = 3  # The Multi head concatenates the global max pools of the last 3 blocks.
 # Name under which every layer sows its output before the final ReLU (pooled like the output,
 # shortcut included, SE gate of `se` blocks excluded) into the "intermediates" collection.
@@ -130,52 +133,44 @@ class SqueezeExcitation(nn.Module):
 
 
 class SampleBlock(nn.Module):
-  """One pooled block: basic/SE (conv-BN-ReLU-pool[-SE]) or Res-n/ReSE-n (residual, pool after add)."""
+  """One pooled block: basic/SE (conv-BN-ReLU-pool[-SE]) or Res-n/ReSE-n (residual, pool after add).
+
+  `conv` and `norm` are the network's conv and BatchNorm with its settings bound
+  (`SampleLevelCNN.layer_factories`), so a block holds only what is its own.
+  """
 
   kind: str
   features: int
   se_ratio: float
   dropout: float
-  bn_momentum: float
-  bn_epsilon: float
-  conv_init: str
-  dtype: Any = jnp.float32
-  conv_impl: str = "xla"
+  conv: ModuleDef
+  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda n, k=3, init=self.conv_init: nn.Conv(
-        n, kernel_size=(k,), padding="SAME", kernel_init=INITIALIZERS[init](), dtype=self.dtype,
-        conv_general_dilated=layers.CONV_IMPLS[self.conv_impl],
-    )
-    norm = lambda: layers.BatchNorm(
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-    )
-    pool = lambda y: layers.max_pool(y, 3)
+    conv_bn = lambda y, k=3, **kw: self.norm()(self.conv(self.features, (k,), **kw)(y))
+    se = lambda y: SqueezeExcitation(self.se_ratio, y.dtype)(y)
 
     if self.kind in ("basic", "se"):
       # Pooling before the ReLU gives the same values (both are monotone) and lets the block
       # expose its pre-activation for tools such as filter visualisation.
-      y = pool(norm()(conv(self.features)(x)))
+      y = layers.max_pool(conv_bn(x), 3)
       self.sow("intermediates", PRE_RELU, y)
       y = nn.relu(y)
-      return SqueezeExcitation(self.se_ratio, self.dtype)(y) if self.kind == "se" else y
+      return se(y) if self.kind == "se" else y
 
     num_convs = int(self.kind[-1])
     shortcut = x
     if x.shape[-1] != self.features:
-      shortcut = norm()(conv(self.features, k=1, init="glorot_uniform")(x))
+      shortcut = conv_bn(x, k=1, kernel_init=INITIALIZERS["glorot_uniform"]())
     y = x
     for i in range(num_convs):
-      y = norm()(conv(self.features)(y))
+      y = conv_bn(y)
       if i < num_convs - 1:
         y = layers.Dropout(self.dropout, deterministic=not train)(nn.relu(y))
     if self.kind.startswith("rese"):
-      y = SqueezeExcitation(self.se_ratio, self.dtype)(y)
-    y = pool(y + shortcut)
+      y = se(y)
+    y = layers.max_pool(y + shortcut, 3)
     self.sow("intermediates", PRE_RELU, y)
     return nn.relu(y)
 
@@ -204,30 +199,39 @@ class SampleLevelCNN(nn.Module):
   remat: bool = False
   conv_impl: str = "xla"
 
+  def layer_factories(self, train: bool) -> tuple[ModuleDef, ModuleDef]:
+    """The network's conv and BatchNorm with every setting but the per-layer ones bound.
+
+    `conv(features, kernel_size, ...)` and `norm(...)`, as flax's imagenet example: the one
+    place the initialiser, dtype, conv kernels and BatchNorm statistics are chosen.
+    """
+    conv = functools.partial(
+        nn.Conv,
+        kernel_init=INITIALIZERS[self.conv_init](),
+        dtype=self.dtype,
+        conv_general_dilated=layers.CONV_IMPLS[self.conv_impl],
+    )
+    norm = functools.partial(
+        layers.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+    )
+    return conv, norm
+
   def trunk(self, waveform: jax.Array, train: bool, num_layers: int | None = None) -> list[jax.Array]:
     """Outputs of the front conv and of each pooled block, `(batch, length, channels)` each.
 
     `num_layers` stops after that many layers (front conv = layer 1), for callers such as
     filter visualisation that probe shallow layers with short inputs.
     """
+    conv, norm = self.layer_factories(train)
     x = waveform.astype(self.dtype)[..., None]
-    x = nn.Conv(
-        self.base_width,
-        kernel_size=(3,),
-        strides=(3,),
-        padding=self.front_padding.upper(),
-        kernel_init=INITIALIZERS[self.conv_init](),
-        dtype=self.dtype,
-        conv_general_dilated=layers.CONV_IMPLS[self.conv_impl],
-        name="front_conv",
+    x = conv(
+        self.base_width, (3,), strides=(3,), padding=self.front_padding.upper(), name="front_conv"
     )(x)
-    x = layers.BatchNorm(
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        name="front_bn",
-    )(x)
+    x = norm(name="front_bn")(x)
     self.sow("intermediates", f"front_{PRE_RELU}", x)
     x = nn.relu(x)
     block_cls = nn.remat(SampleBlock, static_argnums=(2,)) if self.remat else SampleBlock
@@ -235,16 +239,7 @@ class SampleLevelCNN(nn.Module):
     widths = block_widths(self.num_blocks, self.base_width)
     for i, width in enumerate(widths[: None if num_layers is None else num_layers - 1]):
       x = block_cls(
-          kind=self.block,
-          features=width,
-          se_ratio=self.se_ratio,
-          dropout=self.block_dropout,
-          bn_momentum=self.bn_momentum,
-          bn_epsilon=self.bn_epsilon,
-          conv_init=self.conv_init,
-          dtype=self.dtype,
-          conv_impl=self.conv_impl,
-          name=f"block{i + 1}",
+          self.block, width, self.se_ratio, self.block_dropout, conv, norm, name=f"block{i + 1}"
       )(x, train)
       outputs.append(x)
     return outputs
@@ -267,81 +262,62 @@ class SampleLevelCNN(nn.Module):
       return self.trunk(waveform, train, num_layers)
     check_input_size(waveform.shape[1], self.num_blocks, self.front_padding)
     outputs = self.trunk(waveform, train)[1:]
-    norm = layers.BatchNorm(
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        name="head_bn",
-    )
+    conv, norm = self.layer_factories(train)
     dense = lambda n, name: nn.Dense(
         n, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype, name=name
+    )
+    head_activation = lambda y: layers.Dropout(self.head_dropout, deterministic=not train)(
+        nn.relu(norm(name="head_bn")(y))
     )
     if self.head == "samplecnn":
       # SMC 2017 head: 1x1 conv on the last block, then a global max over what length remains
       # (exactly 1 for the 3^9 model, where this is the published head).
       width = self.head_width or outputs[-1].shape[-1]
-      x = nn.Conv(
-          width, kernel_size=(1,), kernel_init=INITIALIZERS[self.conv_init](),
-          dtype=self.dtype, conv_general_dilated=layers.CONV_IMPLS[self.conv_impl], name="head_conv",
-      )(outputs[-1])
-      x = layers.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
-      x = jnp.max(x, axis=1)
+      x = jnp.max(head_activation(conv(width, (1,), name="head_conv")(outputs[-1])), axis=1)
     else:
       levels = outputs[-NUM_MULTI_LEVELS:] if self.multi else outputs[-1:]
       x = jnp.concatenate([jnp.max(level, axis=1) for level in levels], axis=-1)
-      x = dense(self.head_width or x.shape[-1], "head_dense")(x)
-      x = layers.Dropout(self.head_dropout, deterministic=not train)(nn.relu(norm(x)))
+      x = head_activation(dense(self.head_width or x.shape[-1], "head_dense")(x))
     return dense(self.num_classes, "logits")(x).astype(jnp.float32)
+
+
+# config.model field -> (what its values are called in error messages, the valid values).
+CHOICES: dict[str, tuple[str, Collection[str]]] = {
+    "block": ("Valid blocks", BLOCK_TYPES),
+    "head": ("Valid heads", HEAD_TYPES),
+    "dtype": ("Valid dtypes", DTYPES),
+    "conv_init": ("Valid", INITIALIZERS),
+    "conv_impl": ("Valid", layers.CONV_IMPLS),
+    "front_padding": ("Valid", ("valid", "same")),
+}
+# Fields a config saved before they existed may lack, with the behaviour it was trained with.
+OPTIONAL_FIELDS = {"conv_impl": "xla"}
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> SampleLevelCNN:
   """Builds the model that `config.model` describes, checking every choice up front."""
-  cfg = model_config
-  if cfg.block not in BLOCK_TYPES:
-    raise ValueError(f"Unknown block {cfg.block!r}. Valid blocks: {', '.join(BLOCK_TYPES)}.")
-  if cfg.head not in HEAD_TYPES:
-    raise ValueError(f"Unknown head {cfg.head!r}. Valid heads: {', '.join(HEAD_TYPES)}.")
-  if cfg.dtype not in DTYPES:
-    raise ValueError(f"Unknown dtype {cfg.dtype!r}. Valid dtypes: {', '.join(DTYPES)}.")
-  if cfg.conv_init not in INITIALIZERS:
-    raise ValueError(
-        f"Unknown conv_init {cfg.conv_init!r}. Valid: {', '.join(INITIALIZERS)}."
-    )
-  conv_impl = cfg.get("conv_impl", "xla")  # Configs saved before the field existed: xla.
-  if conv_impl not in layers.CONV_IMPLS:
-    raise ValueError(f"Unknown conv_impl {conv_impl!r}. Valid: {', '.join(layers.CONV_IMPLS)}.")
-  if cfg.front_padding not in ("valid", "same"):
-    raise ValueError(f"front_padding must be 'valid' or 'same', got {cfg.front_padding!r}.")
-  if cfg.num_blocks < 1:
-    raise ValueError(f"num_blocks must be >= 1, got {cfg.num_blocks}.")
-  if cfg.multi and (cfg.head != "gmp" or cfg.num_blocks < NUM_MULTI_LEVELS):
+  fields = [f.name for f in dataclasses.fields(SampleLevelCNN)]
+  fields = [f for f in fields if f not in ("num_classes", "parent", "name")]  # From config.model.
+  cfg = {f: model_config.get(f, OPTIONAL_FIELDS.get(f)) for f in fields}
+  for field, (valid, choices) in CHOICES.items():
+    if cfg[field] not in choices:
+      raise ValueError(f"Unknown {field} {cfg[field]!r}. {valid}: {', '.join(choices)}.")
+  if cfg["num_blocks"] < 1:
+    raise ValueError(f"num_blocks must be >= 1, got {cfg['num_blocks']}.")
+  if cfg["multi"] and (cfg["head"] != "gmp" or cfg["num_blocks"] < NUM_MULTI_LEVELS):
     raise ValueError(
         f"multi=True needs head='gmp' and num_blocks >= {NUM_MULTI_LEVELS} "
-        f"(got head={cfg.head!r}, num_blocks={cfg.num_blocks})."
+        f"(got head={cfg['head']!r}, num_blocks={cfg['num_blocks']})."
     )
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-  check_input_size(cfg.input_size, cfg.num_blocks, cfg.front_padding)
-  return SampleLevelCNN(
-      num_classes=num_classes,
-      block=cfg.block,
-      head=cfg.head,
-      multi=cfg.multi,
-      num_blocks=cfg.num_blocks,
-      base_width=cfg.base_width,
-      head_width=cfg.head_width,
-      se_ratio=cfg.se_ratio,
-      block_dropout=cfg.block_dropout,
-      head_dropout=cfg.head_dropout,
-      front_padding=cfg.front_padding,
-      bn_momentum=cfg.bn_momentum,
-      bn_epsilon=cfg.bn_epsilon,
-      conv_init=cfg.conv_init,
-      dtype=DTYPES[cfg.dtype],
-      remat=cfg.remat,
-      conv_impl=conv_impl,
-  )
+  check_input_size(model_config.input_size, cfg["num_blocks"], cfg["front_padding"])
+  return SampleLevelCNN(num_classes=num_classes, **{**cfg, "dtype": DTYPES[cfg["dtype"]]})
+
+
+def probabilities(logits: jax.Array, label_type: str) -> jax.Array:
+  """Class scores from logits: sigmoid for multi_label, softmax for multi_class."""
+  return nn.sigmoid(logits) if label_type == "multi_label" else nn.softmax(logits)
 
 
 def count_params(params: Any) -> int:

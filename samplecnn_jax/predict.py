@@ -40,7 +40,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from samplecnn_jax import audio, checkpointing, input_pipeline, models, store, train
+from samplecnn_jax import audio, checkpointing, cli, input_pipeline, models, store
 from samplecnn_jax import workdir as workdir_files
 
 LABELS_FILE = workdir_files.LABELS_FILE  # Label vocabulary of a run, beside its config.json.
@@ -140,16 +140,10 @@ def to_mono_float(waveform: np.ndarray) -> np.ndarray:
   array = np.asarray(waveform)
   if array.ndim not in (1, 2) or array.size == 0:
     raise ValueError(f"Expected a non-empty 1-D or 2-D waveform, got shape {array.shape}.")
-  if np.issubdtype(array.dtype, np.unsignedinteger):
-    half = 2.0 ** (8 * array.dtype.itemsize - 1)
-    array = (array.astype(np.float64) - half) / half
-  elif np.issubdtype(array.dtype, np.integer):
-    array = array / np.float64(2.0 ** (8 * array.dtype.itemsize - 1))
-  elif not np.issubdtype(array.dtype, np.floating):
-    raise ValueError(f"Expected integer or float audio samples, got dtype {array.dtype}.")
+  array = audio.to_float32(array)
   if array.ndim == 2 and array.shape[0] < array.shape[1]:
     array = array.T
-  mono = audio.mix_to_mono(array.astype(np.float32, copy=False))
+  mono = audio.mix_to_mono(array)
   if not np.isfinite(mono).all():
     raise ValueError("The waveform contains NaN or infinite samples.")
   return mono
@@ -163,6 +157,52 @@ class _OpenClip:
   remaining: int
   rows: list = dataclasses.field(default_factory=list)
   result: Any = None
+
+
+def score_segment_stream(
+    items: Iterable[tuple[Any, np.ndarray | None]],
+    score_batch: Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+    input_size: int,
+) -> Iterator[tuple[Any, np.ndarray | None]]:
+  """(key, segments or None) in -> (key, clip scores or None) out, in input order.
+
+  Segments are packed into fixed `(batch_size, input_size)` batches regardless of which
+  clip they come from (one compile for any mix of clips); the last batch is zero-padded.
+  `score_batch` maps a batch to segment probabilities; a clip's scores are the mean of its
+  segments', as in evaluation (`metrics.clip_level_scores`).
+  """
+  batch = np.zeros((batch_size, input_size), np.float32)
+  owners: list[_OpenClip] = []
+  queue: collections.deque[_OpenClip] = collections.deque()
+
+  def run_batch():
+    probs = score_batch(batch)
+    for row, clip in enumerate(owners):
+      clip.rows.append(probs[row])
+      clip.remaining -= 1
+      if clip.remaining == 0:
+        clip.result = np.mean(clip.rows, axis=0, dtype=np.float64).astype(np.float32)
+    owners.clear()
+    batch[:] = 0.0
+
+  def finished():
+    while queue and queue[0].remaining == 0:
+      clip = queue.popleft()
+      yield clip.key, clip.result
+
+  for key, segments in items:
+    clip = _OpenClip(key, 0 if segments is None else len(segments))
+    queue.append(clip)
+    for segment in () if segments is None else segments:
+      batch[len(owners)] = segment
+      owners.append(clip)
+      if len(owners) == batch_size:
+        run_batch()
+    yield from finished()
+  if owners:
+    run_batch()
+  yield from finished()
 
 
 # --- The predictor --------------------------------------------------------------------------
@@ -209,7 +249,7 @@ class Predictor:
 
     def forward(variables, segments):
       logits = model.apply(variables, segments, train=False)
-      return train.probabilities(logits, label_type)
+      return models.probabilities(logits, label_type)
 
     self._forward = jax.jit(forward)
     # One device: checkpoints load replicated over all of them, which would run every
@@ -265,43 +305,9 @@ class Predictor:
     return self.segments(mono)
 
   def _score_stream(self, items: Iterable[tuple[Any, np.ndarray | None]]) -> Iterator[tuple]:
-    """(key, segments or None) in -> (key, clip scores or None) out, in input order.
-
-    Segments are packed into fixed `(batch_size, input_size)` batches regardless of which
-    clip they come from; the last batch is zero-padded. A clip's scores are the mean of its
-    segment probabilities, as in evaluation (`metrics.clip_level_scores`).
-    """
-    batch = np.zeros((self.batch_size, self.input_size), np.float32)
-    owners: list[_OpenClip] = []
-    queue: collections.deque[_OpenClip] = collections.deque()
-
-    def run_batch():
-      probs = np.asarray(self._forward(self._variables, batch))
-      for row, clip in enumerate(owners):
-        clip.rows.append(probs[row])
-        clip.remaining -= 1
-        if clip.remaining == 0:
-          clip.result = np.mean(clip.rows, axis=0, dtype=np.float64).astype(np.float32)
-      owners.clear()
-      batch[:] = 0.0
-
-    def finished():
-      while queue and queue[0].remaining == 0:
-        clip = queue.popleft()
-        yield clip.key, clip.result
-
-    for key, segments in items:
-      clip = _OpenClip(key, 0 if segments is None else len(segments))
-      queue.append(clip)
-      for segment in () if segments is None else segments:
-        batch[len(owners)] = segment
-        owners.append(clip)
-        if len(owners) == self.batch_size:
-          run_batch()
-      yield from finished()
-    if owners:
-      run_batch()
-    yield from finished()
+    """`score_segment_stream` with this model's forward pass and batch shape."""
+    score_batch = lambda batch: np.asarray(self._forward(self._variables, batch))
+    return score_segment_stream(items, score_batch, self.batch_size, self.input_size)
 
   # --- Arrays ---
 
@@ -337,42 +343,13 @@ class Predictor:
   def describe(
       self, scores: np.ndarray, top_k: int = DEFAULT_TOP_K, threshold: float | None = None
   ) -> dict[str, Any]:
-    """Readable view of clip scores: per-class scores, the top k, and classes >= threshold.
-
-    `threshold` defaults to config.f_score_threshold. With an eval label map (Speech
-    Commands) `eval_label` is the scoring class of the best output, as the accuracy metric
-    counts it.
-    """
+    """`describe_scores` with this run's labels; `threshold` defaults to f_score_threshold."""
     threshold = self.config.f_score_threshold if threshold is None else threshold
-    names = self.labels.vocabulary
-    order = np.argsort(-scores, kind="stable")
-    result = {
-        "scores": {name: float(score) for name, score in zip(names, scores, strict=True)},
-        "top_k": [{"label": names[i], "score": float(scores[i])} for i in order[:top_k]],
-        "above_threshold": [names[i] for i in order if scores[i] >= threshold],
-    }
-    if self.labels.eval_label_map is not None:
-      result["eval_label"] = self.labels.eval_vocabulary[self.labels.eval_label_map[order[0]]]
-    return result
+    return describe_scores(scores, self.labels, top_k, threshold)
 
-  def predict_files(
-      self,
-      paths: Sequence[str | os.PathLike],
-      *,
-      top_k: int = DEFAULT_TOP_K,
-      threshold: float | None = None,
-      progress: bool | None = None,
-      num_threads: int = DEFAULT_THREADS,
-  ) -> list[dict[str, Any]]:
-    """One result dict per path, in order (see `describe` and docs/predict.md for fields).
-
-    Files are decoded by `num_threads` threads while the model runs. A file that cannot be
-    read gets `error` ("kind: reason") and empty scores; the others go on. `progress`
-    shows a bar on stderr (default: from PROGRESS_MIN_FILES files on).
-    """
-    return list(self.iter_predict_files(
-        paths, top_k=top_k, threshold=threshold, progress=progress, num_threads=num_threads
-    ))
+  def predict_files(self, paths: Sequence[str | os.PathLike], **options: Any) -> list[dict]:
+    """One result dict per path, in order; takes `iter_predict_files`'s options."""
+    return list(self.iter_predict_files(paths, **options))
 
   def iter_predict_files(
       self,
@@ -383,27 +360,24 @@ class Predictor:
       progress: bool | None = None,
       num_threads: int = DEFAULT_THREADS,
   ) -> Iterator[dict[str, Any]]:
-    """`predict_files` as a generator: results arrive in order as they are ready."""
+    """One result dict per path, yielded in order as each is ready (see `file_record`).
+
+    Files are decoded by `num_threads` threads while the model runs. A file that cannot be
+    read gets `error` ("kind: reason") and empty scores; the others go on. `progress`
+    shows a bar on stderr (default: from PROGRESS_MIN_FILES files on); `top_k` and
+    `threshold` as in `describe`.
+    """
     from tqdm import tqdm
 
+    threshold = self.config.f_score_threshold if threshold is None else threshold
     show = len(paths) >= PROGRESS_MIN_FILES if progress is None else progress
     decoded = _map_ahead(self._decode, paths, num_threads)
     with tqdm(total=len(paths), unit="file", desc="predict", disable=not show) as bar:
       for (path, info), scores in self._score_stream(
-          ((path, info), info.get("segments")) for path, info in decoded
+          ((path, info), info.pop("segments", None)) for path, info in decoded
       ):
-        record = {"file": str(path), "error": info.get("error"),
-                  "duration_s": info.get("duration_s"),
-                  "num_segments": 0 if scores is None else len(info["segments"])}
-        if scores is None:
-          record.update(scores={}, top_k=[], above_threshold=[])
-          if self.labels.eval_label_map is not None:
-            record["eval_label"] = None
-        else:
-          record.update(self.describe(scores, top_k, threshold))
-        info.pop("segments", None)
         bar.update(1)
-        yield record
+        yield file_record(path, info, scores, self.labels, top_k, threshold)
 
   def _decode(self, path) -> dict[str, Any]:
     """Runs in a worker thread; never raises (an unreadable file becomes an error record)."""
@@ -413,7 +387,47 @@ class Predictor:
       return {"error": f"{e.kind}: {e.reason}"}
     except Exception as e:  # A file must not stop the run, whatever the decoder raises.
       return {"error": f"failed: {type(e).__name__}: {e}"}
-    return {"segments": segments, "duration_s": round(seconds, 3)}
+    return {"segments": segments, "duration_s": round(seconds, 3), "num_segments": len(segments)}
+
+
+# --- Result records -------------------------------------------------------------------------
+
+
+def describe_scores(
+    scores: np.ndarray, labels: LabelInfo, top_k: int, threshold: float
+) -> dict[str, Any]:
+  """Readable view of clip scores: per-class scores, the top k, and classes >= threshold.
+
+  With an eval label map (Speech Commands) `eval_label` is the scoring class of the best
+  output, as the accuracy metric counts it.
+  """
+  names = labels.vocabulary
+  order = np.argsort(-scores, kind="stable")
+  result = {
+      "scores": {name: float(score) for name, score in zip(names, scores, strict=True)},
+      "top_k": [{"label": names[i], "score": float(scores[i])} for i in order[:top_k]],
+      "above_threshold": [names[i] for i in order if scores[i] >= threshold],
+  }
+  if labels.eval_label_map is not None:
+    result["eval_label"] = labels.eval_vocabulary[labels.eval_label_map[order[0]]]
+  return result
+
+
+def file_record(
+    path: str | os.PathLike, decoded: dict[str, Any], scores: np.ndarray | None,
+    labels: LabelInfo, top_k: int, threshold: float,
+) -> dict[str, Any]:
+  """The result of one file: file, error, duration_s, num_segments, then `describe_scores`'s
+  fields (empty when the file could not be decoded). See docs/predict.md."""
+  record = {"file": str(path), "error": decoded.get("error"),
+            "duration_s": decoded.get("duration_s"),
+            "num_segments": 0 if scores is None else decoded["num_segments"]}
+  if scores is not None:
+    return record | describe_scores(scores, labels, top_k, threshold)
+  record.update(scores={}, top_k=[], above_threshold=[])
+  if labels.eval_label_map is not None:
+    record["eval_label"] = None
+  return record
 
 
 def _map_ahead(fn: Callable, items: Sequence, num_threads: int) -> Iterator[tuple[Any, Any]]:
@@ -520,7 +534,7 @@ def _segments_arg(value: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = cli.FlagParser(
       prog="python -m samplecnn_jax.predict",
       description="Score audio files with a trained workdir (see docs/predict.md).",
   )
@@ -538,18 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--output", default=None, help="write results to FILE.json or FILE.csv")
   p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
                  help="output format (default: from --output's extension; table on stdout)")
-  p.add_argument("--top_k", "--top-k", type=int, default=DEFAULT_TOP_K,
+  p.add_argument("--top_k", type=int, default=DEFAULT_TOP_K,
                  help=f"labels listed per file (default {DEFAULT_TOP_K})")
   p.add_argument("--threshold", type=float, default=None,
                  help="list labels scoring at least this (default: config.f_score_threshold)")
   p.add_argument("--segments", type=_segments_arg, default=None,
                  help=f"segments per file: an integer, or {COVER!r} for the whole file "
                  "(default: config.eval_segments, as in evaluation)")
-  p.add_argument("--batch_size", "--batch-size", type=int, default=None,
+  p.add_argument("--batch_size", type=int, default=None,
                  help="segments per forward pass (default: config.eval_batch_size)")
   p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                  help=f"decoding threads (default {DEFAULT_THREADS})")
-  p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+  p.add_argument("--no_progress", action="store_true", help="no progress bar")
   return p
 
 

@@ -5,7 +5,7 @@
   python -m samplecnn_jax.prepare DATASET --src RAW_DIR --out PREPARED_DIR [--workers N]
 
 Each dataset module lists its clips (`datasets.get_lister`); this module decodes them in
-parallel (one process per core), writes int16 clips at `--sample-rate` to fixed-size
+parallel (one process per core), writes int16 clips at `--sample_rate` to fixed-size
 ArrayRecord shards in a deterministic order, and writes `clip_lengths.npy` per split,
 `report.json` and, last, `manifest.json` (layout in `samplecnn_jax/store.py`).
 
@@ -34,14 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from samplecnn_jax import __version__, audio, datasets, store
-from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
+from samplecnn_jax import __version__, audio, cli, datasets, store
+from samplecnn_jax.datasets.common import LABEL_TYPES, ClipSpec, LayoutError, Listing
 
 DEFAULT_SHARD_SIZE = 512  # Clips per shard (about 16 MB of 1-s clips, 470 MB of 29-s clips).
 CLIP_LENGTHS = store.CLIP_LENGTHS  # Written per split (format in `store`).
 PROGRESS_DIR = ".prepare"  # Per-shard sidecars that make a run resumable.
 PREPARE_VERSION = 1  # Bump when the bytes of a prepared clip change, to void old sidecars.
-LABEL_TYPES = ("multi_label", "multi_class")
 SPLIT_ORDER = ("train", "valid", "test")  # Manifest order; other splits follow as listed.
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _COMMON_FLAGS = ("dataset", "src", "out", "workers", "sample_rate", "shard_size", "quiet")
@@ -420,7 +419,7 @@ def _add_dataset_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
   """The CLI; only `dataset`'s module is imported, to add its own flags."""
-  parser = argparse.ArgumentParser(
+  parser = cli.FlagParser(
       prog="python -m samplecnn_jax.prepare",
       description="Decode a raw dataset into the prepared store (see docs/data.md).",
   )
@@ -430,8 +429,8 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--src", type=Path, default=None, help="raw dataset folder (not for demo)")
     p.add_argument("--out", type=Path, required=True, help="prepared folder to write")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
-    p.add_argument("--sample-rate", type=int, default=16000, help="stored sample rate, Hz")
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="clips per shard")
+    p.add_argument("--sample_rate", type=int, default=16000, help="stored sample rate, Hz")
+    p.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_SIZE, help="clips per shard")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     if name == dataset:
       _add_dataset_arguments(p, name)

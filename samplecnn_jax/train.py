@@ -36,6 +36,7 @@ from samplecnn_jax import checkpointing, input_pipeline, models, sharding, store
 from samplecnn_jax import metrics as task_metrics
 from samplecnn_jax import workdir as workdir_files
 from samplecnn_jax.config_base import LABEL_TYPES, METRICS
+from samplecnn_jax.models import probabilities
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("staged", "cosine", "constant")
@@ -72,10 +73,6 @@ def loss_per_example(logits: jax.Array, labels: jax.Array, label_type: str) -> j
   if label_type == "multi_label":
     return optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
   return optax.softmax_cross_entropy(logits, labels)
-
-
-def probabilities(logits: jax.Array, label_type: str) -> jax.Array:
-  return nn.sigmoid(logits) if label_type == "multi_label" else nn.softmax(logits)
 
 
 def learning_rate(

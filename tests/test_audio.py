@@ -32,6 +32,22 @@ def test_to_int16_scales_and_clips():
   np.testing.assert_array_equal(audio.to_int16(audio.to_float32(pcm)), pcm)
 
 
+def test_to_float32_scales_every_integer_width_and_fills_out():
+  pcm = np.array([-32768, -16384, 0, 16384, 32767], np.int16)
+  expected = np.array([-1.0, -0.5, 0.0, 0.5, 32767 / 32768], np.float32)
+  np.testing.assert_array_equal(audio.to_float32(pcm), expected)
+  out = np.full(5, 7.0, np.float32)
+  assert audio.to_float32(pcm, out=out) is out
+  np.testing.assert_array_equal(out, expected)
+  # 8-bit WAV is unsigned, centred on 128; int32 spans +-2^31.
+  np.testing.assert_array_equal(audio.to_float32(np.array([0, 128, 192], np.uint8)), [-1, 0, 0.5])
+  np.testing.assert_array_equal(audio.to_float32(np.array([-2**31, 2**30], np.int32)), [-1, 0.5])
+  floats = np.array([0.25, -2.0], np.float64)
+  assert audio.to_float32(floats).dtype == np.float32
+  with pytest.raises(ValueError, match="integer or float audio samples"):
+    audio.to_float32(np.array([True, False]))
+
+
 def test_int16_wav_at_target_rate_round_trips_exactly(tmp_path):
   pcm = np.random.default_rng(0).integers(-32768, 32767, 16000, dtype=np.int16)
   sf.write(tmp_path / "a.wav", pcm, 16000, subtype="PCM_16")

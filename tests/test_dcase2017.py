@@ -175,7 +175,7 @@ def test_missing_ground_truth_is_a_layout_error(raw: Path):
     dcase2017.list_clips(raw, split_rule="saudio")
   with pytest.raises(LayoutError, match="groundtruth_weak_label_training_set.csv"):
     dcase2017.list_clips(raw, metadata_dir=str(raw / "metadata"))
-  with pytest.raises(ValueError, match="--valid-fraction"):
+  with pytest.raises(ValueError, match="--valid_fraction"):
     dcase2017.list_clips(raw, valid_fraction=1.5)
 
 

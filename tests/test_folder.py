@@ -156,13 +156,13 @@ def test_prepare_cli_flags_for_folder_and_csv():
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {opt for action in sub.choices[name]._actions for opt in action.option_strings}
 
-  assert {"--valid-fraction", "--test-fraction"} <= flags("folder")
-  assert "--label-type" not in flags("folder")
-  assert {"--valid-fraction", "--test-fraction", "--label-type"} <= flags("csv")
+  assert {"--valid_fraction", "--test_fraction"} <= flags("folder")
+  assert "--label_type" not in flags("folder")
+  assert {"--valid_fraction", "--test_fraction", "--label_type"} <= flags("csv")
   args = prepare.build_parser("csv").parse_args(
-      ["csv", "--src", "x.csv", "--out", "o", "--label-type", "multi_label",
-       "--test-fraction", "0.3"]  # fmt: skip
+      ["csv", "--src", "x.csv", "--out", "o", "--label_type", "multi_label",
+       "--test_fraction", "0.3"]  # fmt: skip
   )
   assert (args.label_type, args.test_fraction, args.valid_fraction) == ("multi_label", 0.3, 0.1)
   with pytest.raises(SystemExit):
-    prepare.build_parser("folder").parse_args(["folder", "--out", "o", "--valid-fraction", "1.5"])
+    prepare.build_parser("folder").parse_args(["folder", "--out", "o", "--valid_fraction", "1.5"])

@@ -176,3 +176,11 @@ def test_layers_sow_their_pre_activation(variant):
       assert np.all(np.asarray(output) <= np.maximum(np.asarray(pre), 0) + 1e-6)
     else:
       np.testing.assert_allclose(jax.nn.relu(pre), output, rtol=1e-6, atol=1e-6)
+
+
+def test_probabilities_are_sigmoid_or_softmax():
+  logits = jnp.array([[0.0, 2.0, -1.0]])
+  sigmoid = 1 / (1 + np.exp(-np.array([0.0, 2.0, -1.0])))
+  np.testing.assert_allclose(models.probabilities(logits, "multi_label")[0], sigmoid, rtol=1e-6)
+  softmax = np.exp([0.0, 2.0, -1.0]) / np.exp([0.0, 2.0, -1.0]).sum()
+  np.testing.assert_allclose(models.probabilities(logits, "multi_class")[0], softmax, rtol=1e-6)

@@ -246,7 +246,7 @@ def test_listing_mistakes_are_caught_before_decoding(tmp_path, monkeypatch):
 
 
 def test_cli_demo_passes_dataset_flags(tmp_path, capsys):
-  argv = ["demo", "--out", str(tmp_path), "--num-train", "5", "--num-valid", "1", "--num-test", "1",
+  argv = ["demo", "--out", str(tmp_path), "--num_train", "5", "--num_valid", "1", "--num_test", "1",
           "--seed", "7", "--workers", "1", "--quiet"]  # fmt: skip
   assert prepare.main(argv) == 0
   manifest = store.read_manifest(tmp_path)

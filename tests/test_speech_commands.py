@@ -123,7 +123,7 @@ def test_official_test_archive_replaces_the_test_split(subset: Path, tmp_path: P
 
 
 def test_test_archive_as_src_points_to_test_src(tmp_path: Path):
-  with pytest.raises(LayoutError, match="--test-src"):
+  with pytest.raises(LayoutError, match="--test_src"):
     sc.list_clips(make_test_archive(tmp_path / "test_archive"))
   root = make_training_archive(tmp_path / "train_archive")
   with pytest.raises(LayoutError, match="_unknown_"):
@@ -158,14 +158,14 @@ def test_fixture_archive_reports_missing_files_and_folders(tmp_path: Path):
 def test_layout_errors_name_what_is_missing(tmp_path: Path):
   root = make_training_archive(tmp_path)
   shutil.rmtree(root / "_background_noise_")
-  with pytest.raises(LayoutError, match="--silence-percentage 0"):
+  with pytest.raises(LayoutError, match="--silence_percentage 0"):
     sc.list_clips(root)
   assert "background_noise" not in split_counts(sc.list_clips(root, silence_percentage=0))
   shutil.rmtree(root / "wow")
   (root / "testing_list.txt").unlink()
   with pytest.raises(LayoutError, match="missing testing_list.txt, wow/"):
     sc.list_clips(root)
-  with pytest.raises(ValueError, match="--split-rule"):
+  with pytest.raises(ValueError, match="--split_rule"):
     sc.list_clips(root, split_rule="kaggle")
 
 

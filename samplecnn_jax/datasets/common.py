@@ -16,6 +16,9 @@ from typing import IO, Any
 
 import numpy as np
 
+# How a clip's labels are read: several tags each (sigmoid) or exactly one class (softmax).
+LABEL_TYPES = ("multi_label", "multi_class")
+
 
 class LayoutError(ValueError):
   """The raw dataset folder does not have the expected files or layout."""

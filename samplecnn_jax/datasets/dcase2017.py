@@ -57,14 +57,14 @@ SEED = 123  # random_state of the authors' JSTSP 2019 code (sampleaudio lib/data
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The `prepare dcase2017` flags."""
   parser.add_argument(
-      "--split-rule",
+      "--split_rule",
       choices=tuple(SPLIT_RULES),
       default="paper",
       help="paper: train/valid from the training set, test = testing set (488). saudio: "
       "training+testing sets pooled for train/valid, test = evaluation set (1,103).",
   )
   parser.add_argument(
-      "--valid-fraction",
+      "--valid_fraction",
       type=float,
       default=VALID_FRACTION,
       help="Fraction of each class's files drawn into the validation split (default 0.1).",
@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "--seed", type=int, default=SEED, help="Seed of the validation sample (default 123)."
   )
   parser.add_argument(
-      "--metadata-dir",
+      "--metadata_dir",
       default=None,
       help="Folder searched for the ground-truth files (default: anywhere under --src).",
   )
@@ -106,7 +106,7 @@ def validation_files(rows: list[tuple[str, int]], fraction: float, seed: int) ->
 
   Each class draws with a fresh `np.random.RandomState(seed)` over its rows in file order:
   the same draw as pandas `DataFrame.sample(frac, random_state=seed)` in the authors' code,
-  so `--split-rule saudio` reproduces their validation set (5,618 files) exactly.
+  so `--split_rule saudio` reproduces their validation set (5,618 files) exactly.
   """
   chosen = set()
   for label in range(len(VOCABULARY)):
@@ -141,9 +141,9 @@ def list_clips(
   """Lists DCASE 2017 Task 4 clips found under `src`, labelled from the weak ground truth."""
   src = Path(src).absolute()
   if split_rule not in SPLIT_RULES:
-    raise ValueError(f"--split-rule {split_rule!r}: choose one of {', '.join(SPLIT_RULES)}.")
+    raise ValueError(f"--split_rule {split_rule!r}: choose one of {', '.join(SPLIT_RULES)}.")
   if not 0 <= valid_fraction < 1:
-    raise ValueError(f"--valid-fraction must be in [0, 1), got {valid_fraction}.")
+    raise ValueError(f"--valid_fraction must be in [0, 1), got {valid_fraction}.")
   if not src.is_dir():
     raise LayoutError(f"--src {src} is not a folder.")
   pooled, test_set = SPLIT_RULES[split_rule]

@@ -166,11 +166,11 @@ def synthesize_clip(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The demo's own `prepare` flags."""
   parser.add_argument("--seed", type=int, default=0, help="seed the whole dataset is made from")
-  parser.add_argument("--num-train", type=int, default=1200, help="training clips")
-  parser.add_argument("--num-valid", type=int, default=300, help="validation clips")
-  parser.add_argument("--num-test", type=int, default=300, help="test clips")
+  parser.add_argument("--num_train", type=int, default=1200, help="training clips")
+  parser.add_argument("--num_valid", type=int, default=300, help="validation clips")
+  parser.add_argument("--num_test", type=int, default=300, help="test clips")
   parser.add_argument(
-      "--clip-seconds", type=float, default=2.0, help="mean clip length; clips vary x0.75-1.5"
+      "--clip_seconds", type=float, default=2.0, help="mean clip length; clips vary x0.75-1.5"
   )
 
 
@@ -187,9 +187,9 @@ def list_clips(
 ) -> Listing:
   """Lists the demo clips (`src` is ignored); `Listing.synthesize` makes their audio."""
   if min(num_train, num_valid, num_test) < 0 or clip_seconds <= 0:
-    raise ValueError("demo sizes must be >= 0 and --clip-seconds > 0")
+    raise ValueError("demo sizes must be >= 0 and --clip_seconds > 0")
   if sample_rate < 2 * CLASS_BANDS["clicks"][1]:
-    raise ValueError("the demo needs --sample-rate >= 16000 (its bands reach 7.9 kHz)")
+    raise ValueError("the demo needs --sample_rate >= 16000 (its bands reach 7.9 kHz)")
   clips = []
   for split, count in zip(SPLITS, (num_train, num_valid, num_test), strict=True):
     for index in range(count):

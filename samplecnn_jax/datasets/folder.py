@@ -44,20 +44,20 @@ def _fraction(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
   """Flags of `prepare folder` and `prepare csv`."""
   parser.add_argument(
-      "--valid-fraction",
+      "--valid_fraction",
       type=_fraction,
       default=0.1,
       help="share of files hashed into 'valid' when there are no split folders/column",
   )
   parser.add_argument(
-      "--test-fraction",
+      "--test_fraction",
       type=_fraction,
       default=0.1,
       help="share of files hashed into 'test' when there are no split folders/column",
   )
   if dataset == "csv":
     parser.add_argument(
-        "--label-type",
+        "--label_type",
         choices=LABEL_TYPES,
         default="auto",
         help="auto: multi_label if any row has several ';'-separated labels, else multi_class",
@@ -236,7 +236,7 @@ def list_csv(
       if len(labels) > 1:
         raise LayoutError(
             f"{csv_path} line {line} has {len(labels)} labels ({row['label']}) but the label "
-            "type is multi_class; use --label-type multi_label or give one label per row"
+            "type is multi_class; use --label_type multi_label or give one label per row"
         )
 
   skipped, seen, kept = [], {}, []

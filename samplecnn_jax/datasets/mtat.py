@@ -2,7 +2,7 @@
 
 Lists the clips of the standard auto-tagging setup of the sample-level CNN papers: the 50 most
 frequent tags, clips with none of them dropped, split by folder (`0`-`b` train, `c` valid,
-`d`-`f` test), or by the published split lists of Lee et al. 2017 (`--split-lists`, exactly
+`d`-`f` test), or by the published split lists of Lee et al. 2017 (`--split_lists`, exactly
 15,244 / 1,529 / 4,332 clips). It reads metadata and checks that files exist; it does not
 decode audio (unreadable mp3s are reported by `prepare`).
 """
@@ -34,17 +34,17 @@ SPLIT_LIST_FILES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The `prepare mtat` flags."""
   parser.add_argument(
-      "--num-tags", type=int, default=NUM_TAGS, help="Most frequent tags to keep (default 50)."
+      "--num_tags", type=int, default=NUM_TAGS, help="Most frequent tags to keep (default 50)."
   )
   defaults = {"train": TRAIN_FOLDERS, "valid": VALID_FOLDERS, "test": TEST_FOLDERS}
   for split, default in defaults.items():
     parser.add_argument(
-        f"--{split}-folders",
+        f"--{split}_folders",
         default=default,
         help=f"mp3 folders (hex digits) of the {split} split (default {default}).",
     )
   parser.add_argument(
-      "--split-lists",
+      "--split_lists",
       default=None,
       help="Folder with train/valid/test_list_pub.cP of jongpillee/music_dataset_split: use "
       "that exact split (15,244 / 1,529 / 4,332) instead of the folder rule.",
@@ -107,7 +107,7 @@ def read_split_lists(folder: Path) -> dict[str, str]:
     path = _plain_or_gz(folder / name)
     if path is None:
       raise LayoutError(
-          f"--split-lists {folder}: missing {name} (expected {', '.join(SPLIT_LIST_FILES.values())}"
+          f"--split_lists {folder}: missing {name} (expected {', '.join(SPLIT_LIST_FILES.values())}"
           " from github.com/jongpillee/music_dataset_split, folder MTAT_split)."
       )
     with open_maybe_gz(path, binary=True) as f:
@@ -146,7 +146,7 @@ def list_clips(
   """
   src = Path(src).absolute()
   if num_tags < 1:
-    raise ValueError(f"--num-tags must be >= 1, got {num_tags}.")
+    raise ValueError(f"--num_tags must be >= 1, got {num_tags}.")
   if _plain_or_gz(src / ANNOTATIONS) is None:
     raise LayoutError(
         f"Expected {src / ANNOTATIONS} (from the MagnaTagATune download page) next to the mp3 "

@@ -7,7 +7,7 @@ words count as `_unknown_`). Every split keeps 31-class labels; `Listing.extra` 
 are 1-s crops of the `_background_noise_` recordings, and the recordings themselves form the
 `background_noise` split for noise augmentation (labelled `_silence_`, the class they are the
 source of; the input pipeline uses only their audio). The separate official test archive can
-replace the test split (`--test-src`). Nothing is decoded here except wav headers (to know
+replace the test split (`--test_src`). Nothing is decoded here except wav headers (to know
 how long the noise recordings are).
 """
 
@@ -43,21 +43,21 @@ SEED = 59185  # TensorFlow's default random seed for the data partition.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The `prepare speech_commands` flags."""
   parser.add_argument(
-      "--split-rule",
+      "--split_rule",
       choices=SPLIT_RULES,
       default="lists",
       help="lists: train / validation_list / testing_list. paper: the testing_list clips join "
       "train (the paper's 57,929 training files; it tested on Kaggle's leaderboard).",
   )
   parser.add_argument(
-      "--test-src",
+      "--test_src",
       default=None,
       help="The extracted official test archive speech_commands_test_set_v0.01 (folders "
       "_silence_, _unknown_ and the 10 commands): it becomes the test split; with "
-      "--split-rule lists the testing_list clips become split dev_test.",
+      "--split_rule lists the testing_list clips become split dev_test.",
   )
   parser.add_argument(
-      "--silence-percentage",
+      "--silence_percentage",
       type=float,
       default=SILENCE_PERCENTAGE,
       help="Silence crops per split, in percent of the split's word clips (default 10).",
@@ -121,7 +121,7 @@ def list_test_archive(test_src: Path, skipped: list[dict[str, str]]) -> list[Cli
   and one folder per command. Unknown clips keep their original word as label."""
   if not ((test_src / SILENCE).is_dir() and (test_src / UNKNOWN).is_dir()):
     raise LayoutError(
-        f"--test-src {test_src}: expected the folders {SILENCE}/, {UNKNOWN}/ and the 10 command "
+        f"--test_src {test_src}: expected the folders {SILENCE}/, {UNKNOWN}/ and the 10 command "
         "folders of speech_commands_test_set_v0.01.tar.gz."
     )
   clips = []
@@ -149,13 +149,13 @@ def list_clips(
   """Lists Speech Commands v0.01 under `src` (the extracted speech_commands_v0.01.tar.gz)."""
   src = Path(src).absolute()
   if split_rule not in SPLIT_RULES:
-    raise ValueError(f"--split-rule {split_rule!r}: choose one of {', '.join(SPLIT_RULES)}.")
+    raise ValueError(f"--split_rule {split_rule!r}: choose one of {', '.join(SPLIT_RULES)}.")
   if silence_percentage < 0:
-    raise ValueError(f"--silence-percentage must be >= 0, got {silence_percentage}.")
+    raise ValueError(f"--silence_percentage must be >= 0, got {silence_percentage}.")
   if (src / UNKNOWN).is_dir() and not (src / VALIDATION_LIST).exists():
     raise LayoutError(
         f"{src} looks like the separate test archive: pass the training archive as --src and "
-        "this folder as --test-src."
+        "this folder as --test_src."
     )
   missing = [name for name in (VALIDATION_LIST, TESTING_LIST) if not (src / name).is_file()]
   missing += [f"{word}/" for word in WORDS if not (src / word).is_dir()]
@@ -167,7 +167,7 @@ def list_clips(
   if silence_percentage > 0 and not any(noise_dir.glob("*.wav")):
     raise LayoutError(
         f"Expected the noise recordings {noise_dir}/*.wav to crop silence from "
-        "(or pass --silence-percentage 0)."
+        "(or pass --silence_percentage 0)."
     )
   test_archive = Path(test_src).absolute() if test_src else None
   skipped: list[dict[str, str]] = []

@@ -1,0 +1,42 @@
+"""Tests for samplecnn_jax.cli: one flag spelling, with the old dashed one as a hidden alias."""
+
+from __future__ import annotations
+
+import pytest
+
+from samplecnn_jax import cli, predict, prepare
+
+
+def _parser():
+  parser = cli.FlagParser(prog="tool")
+  parser.add_argument("--sample_rate", type=int, default=16000, help="rate")
+  parser.add_argument("--split_rule", choices=("paper", "official"), default="paper", help="rule")
+  parser.add_argument("--no_progress", action="store_true", help="no bar")
+  parser.add_argument("--out", default=None, help="one word: no alias")
+  return parser
+
+
+def test_dashed_spelling_still_works_with_a_note(capsys):
+  args = _parser().parse_args(["--sample-rate", "8000", "--split-rule=official", "--no-progress"])
+  assert (args.sample_rate, args.split_rule, args.no_progress) == (8000, "official", True)
+  assert "--sample-rate is deprecated; use --sample_rate" in capsys.readouterr().err
+  defaults = _parser().parse_args([])
+  assert (defaults.sample_rate, defaults.split_rule, defaults.no_progress) == (16000, "paper", False)
+  with pytest.raises(SystemExit):
+    _parser().parse_args(["--split-rule", "other"])  # The alias checks choices too.
+
+
+def test_help_shows_only_the_underscore_spelling():
+  text = _parser().format_help()
+  assert "--sample_rate" in text and "--split_rule" in text and "--no_progress" in text
+  assert "--sample-rate" not in text and "--no-progress" not in text
+
+
+def test_prepare_and_predict_take_underscores_and_old_dashes():
+  parse = lambda *argv: prepare.build_parser("demo").parse_args(["demo", "--out", "o", *argv])
+  assert parse("--sample_rate", "22050", "--num_train", "3").sample_rate == 22050
+  assert parse("--sample-rate", "22050", "--num-train", "3").num_train == 3
+  help_text = predict.build_parser().format_help()
+  assert "--top_k" in help_text and "--top-k" not in help_text
+  args = predict.build_parser().parse_args(["--workdir", "w", "a.wav", "--top-k", "2"])
+  assert args.top_k == 2
