@@ -165,3 +165,4 @@ def test_speech_commands_excerpt_beats_chance(shared_data: Path, tmp_path):
   assert np.asarray(test["logmel+mlp"]["confusion_matrix"]).shape == (12, 12)
   assert test["logmel+mlp"]["accuracy"] > 0.25
   assert max(entry["accuracy"] for entry in test.values()) > 0.35
+
