@@ -239,6 +239,9 @@ def _check_names(kind: str, names: Sequence[str], valid: Sequence[str]) -> tuple
   return names
 
 
+# One BLAS/OpenMP thread: these matrices are small, and on a busy 2-core machine two spinning
+# BLAS threads made a whole run 3.5x slower (same results).
+@threadpoolctl.threadpool_limits.wrap(limits=1)
 def run(data_dir: str | Path, out_dir: str | Path = ".", *,
         features: Sequence[str] = FEATURES, models: Sequence[str] = MODELS,
         metric: str = "auto", seed: int = 0, train_split: str = "train",
@@ -260,17 +263,6 @@ def run(data_dir: str | Path, out_dir: str | Path = ".", *,
   for split in splits:
     store.split_info(data_dir, split)  # Raises, naming the splits the store has.
   say = progress or (lambda message: None)
-  # One BLAS/OpenMP thread per process: these matrices are small, and on a busy 2-core
-  # machine two spinning BLAS threads made a whole run 3.5x slower (same results).
-  with threadpoolctl.threadpool_limits(limits=1):
-    return _fit_and_score(data_dir, out_dir, manifest, kinds, features, models, seed, splits,
-                          eval_splits, f_score_threshold, say)
-
-
-def _fit_and_score(data_dir, out_dir, manifest, kinds, features, models, seed, splits,
-                   eval_splits, f_score_threshold, say) -> BaselineResult:
-  label_type = manifest["label_type"]
-  train_split = splits[0]
   data = {}
   for split in splits:
     data[split] = split_features(data_dir, split, manifest)
