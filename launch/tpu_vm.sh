@@ -155,7 +155,7 @@ step_copy() {
   # The checkout as git sees it (tracked and untracked files, minus .gitignore'd ones such as
   # prepared/ and workdirs/), or the whole folder without VCS data outside git.
   local tarball="${TMPDIR:-/tmp}/samplecnn_jax-$NAME.tar.gz"
-  if [[ -d "$REPO/.git" ]]; then
+  if [[ -e "$REPO/.git" ]]; then  # A file in git worktrees.
     run_shell "git -C $(quote "$REPO") ls-files -z -co --exclude-standard | tar -czf $(quote "$tarball") -C $(quote "$REPO") --null -T -"
   else
     run tar -czf "$tarball" -C "$REPO" --exclude-vcs --exclude=prepared --exclude=workdirs .

@@ -48,7 +48,7 @@ def test_listing_shape_sizes_and_lengths():
     assert len(wave) == round(clip.duration * RATE)
     assert len(clip.labels) <= 3 and list(clip.labels) == sorted(set(clip.labels))
   assert demo.list_clips(num_train=0, num_valid=0, num_test=1).clips[0].split == "test"
-  with pytest.raises(ValueError, match="sample-rate"):
+  with pytest.raises(ValueError, match="sample_rate"):
     demo.list_clips(sample_rate=8000)
 
 
