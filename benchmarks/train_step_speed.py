@@ -4,18 +4,21 @@ For each dataset config (mtat, speech_commands, dcase) and model variant it meas
 process and alternating round by round so that both see the same machine load:
   * JAX: the real `train.compile_steps` step (jit over a 1-device mesh, donated state),
     compiled ahead of time, blocking on the new state each step;
-  * PyTorch: `benchmarks/torch_reference.py`, the same architecture and optimiser, eager.
+  * PyTorch: `benchmarks/torch_reference.py`, the same architecture and optimiser, eager
+    and `torch.compile`d (inductor; `--torch-modes` picks the modes), compile time apart.
 It reports examples/s (median over rounds), the step's FLOPs from XLA's cost analysis
 divided by its measured time, the FLOP/s of a large matmul measured in the same run, and
 the train step's peak memory at the benchmark batch, measured for each framework in a fresh
 subprocess (peak RSS minus the RSS after imports and model set-up; XLA's own memory
-analysis is shown too). On a GPU backend the JAX model computes in bfloat16 (PyTorch, when
-it has CUDA, under bfloat16 autocast) and the matmul reference is a bfloat16 matmul.
+analysis is shown too). On a GPU backend the JAX model computes in bfloat16 by default
+(`--dtype float32` for float32; PyTorch, when it has CUDA, under bfloat16 autocast) and the
+step's FLOP/s is given as a fraction of both a bfloat16 and a float32 matmul.
 
 It is a measurement script, not a test; the figures it prints go to
 docs/benchmarks.md. PyTorch is the optional `bench` dependency.
 
   python benchmarks/train_step_speed.py --quick
+  python benchmarks/train_step_speed.py --torch-modes eager,default,max-autotune-no-cudagraphs
   python benchmarks/train_step_speed.py                      # all configs, full rounds
   python benchmarks/train_step_speed.py --set model.remat=True --configs mtat
   python benchmarks/train_step_speed.py --plain-flax pool,dropout,batchnorm  # before the fast layers
@@ -29,6 +32,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # Run as a script: make `benchmarks` and the repo importable.
@@ -46,19 +51,21 @@ from samplecnn_jax import layers, models, sharding, train
 
 CONFIGS = ("mtat", "speech_commands", "dcase")
 VARIANTS = ("samplecnn", "rese2_multi")
+TORCH_MODES = ("eager", "default", "max-autotune-no-cudagraphs")  # eager or torch.compile modes.
+COMPILE_WARMUP_STEPS = 3  # torch.compile: the first calls compile, the 2nd recompiles the optimiser.
 MATMUL_SIZE = 4096
 
 
 # --- Set-up --------------------------------------------------------------------------------
 
 
-def build_config(name: str, variant: str, batch: int, overrides, se_ratio: float | None):
+def build_config(name: str, variant: str, batch: int, overrides, se_ratio: float | None,
+                 dtype: str | None = None):
   config = common.load_config(name, variant)
   config.batch_size = batch
   if se_ratio is not None:
     config.model.se_ratio = se_ratio
-  if on_gpu():
-    config.model.dtype = "bfloat16"
+  config.model.dtype = dtype or ("bfloat16" if on_gpu() else "float32")
   common.apply_overrides(config, overrides)
   return config
 
@@ -147,8 +154,10 @@ class JaxStep:
     self.config = config
 
   def compile(self) -> None:
+    start = time.perf_counter()
     steps = train.compile_steps(self.config, self.mesh, self.model)
     self.compiled = steps.train_step.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     self.flops = float(cost["flops"])
@@ -170,9 +179,13 @@ class JaxStep:
 
 
 class TorchStep:
-  """The PyTorch twin: model, SGD-Nesterov optimiser and one batch on the same device kind."""
+  """The PyTorch twin: model, SGD-Nesterov optimiser and one batch on the same device kind.
 
-  def __init__(self, config, batch: dict[str, np.ndarray]):
+  `mode` "eager" runs `torch_reference.train_step`; any other is a `torch.compile` mode for
+  `torch_reference.compiled_train_step`, compiled by `warm_up` (its time in `compile_s`).
+  """
+
+  def __init__(self, config, batch: dict[str, np.ndarray], mode: str = "eager"):
     import torch
 
     from benchmarks import torch_reference
@@ -186,24 +199,43 @@ class TorchStep:
     self.labels = torch.from_numpy(batch["label"]).to(self.device)
     self.num_params = torch_reference.count_params(self.model)
     self.label_type = config.label_type
+    self.mode = mode
+    if mode == "eager":
+      self.step = functools.partial(
+          torch_reference.train_step, self.model, self.optimizer, label_type=self.label_type
+      )
+    else:
+      self.step = torch_reference.compiled_train_step(
+          self.model, self.optimizer, self.label_type, mode
+      )
+    self.compile_s = 0.0
 
   def run(self, steps: int) -> None:
     torch = self.torch
     for _ in range(steps):
       with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
-        loss = self.ref.train_step(
-            self.model, self.optimizer, self.audio, self.labels, self.label_type
-        )
+        loss = self.step(self.audio, self.labels)
     loss.item()  # Waits for the device.
+
+  def warm_up(self) -> None:
+    """Eager: one step. Compiled: the compiling steps; compile_s = their time minus steady steps."""
+    if self.mode == "eager":
+      self.run(1)
+      return
+    start = time.perf_counter()
+    self.run(COMPILE_WARMUP_STEPS)
+    warm = time.perf_counter() - start
+    steady = common.time_per_call(functools.partial(self.run, 1), 1)
+    self.compile_s = max(warm - COMPILE_WARMUP_STEPS * steady, 0.0)
 
 
 class Matmul:
-  """A large jnp.dot (float32 on CPU, bfloat16 on GPU): the machine's practical FLOP/s peak."""
+  """A large jnp.dot in `dtype`: the machine's practical FLOP/s peak for that dtype."""
 
-  def __init__(self, size: int = MATMUL_SIZE):
+  def __init__(self, dtype: str = "float32", size: int = MATMUL_SIZE):
     gpu = on_gpu()
     size = 2 * size if gpu else size
-    self.a = jnp.ones((size, size), jnp.bfloat16 if gpu else jnp.float32)
+    self.a = jnp.ones((size, size), jnp.dtype(dtype))
     self.dot = jax.jit(jnp.dot)
     self.flops = 2 * size**3
     self.calls = 20 if gpu else 1  # A GPU does one in about a millisecond.
@@ -229,7 +261,7 @@ def measure_memory_child(args) -> dict[str, float]:
   temporaries). On GPU: the device allocator's peak instead of the RSS.
   """
   config = build_config(args.child_config, args.child_variant, args.batch, args.set,
-                        args.se_ratio)
+                        args.se_ratio, args.dtype)
   batch = fake_batch(config)
   if args.child == "torch":
     import torch
@@ -289,6 +321,8 @@ def measure_memory(framework: str, name: str, variant: str, args) -> dict[str, f
   ]
   if args.se_ratio is not None:
     command += ["--se-ratio", str(args.se_ratio)]
+  if args.dtype:
+    command += ["--dtype", args.dtype]
   if args.plain_flax:
     command += ["--plain-flax", args.plain_flax]
   for item in args.set:
@@ -304,92 +338,117 @@ def measure_memory(framework: str, name: str, variant: str, args) -> dict[str, f
 
 
 def benchmark_row(name: str, variant: str, args) -> dict[str, object]:
-  config = build_config(name, variant, args.batch, args.set, args.se_ratio)
+  config = build_config(name, variant, args.batch, args.set, args.se_ratio, args.dtype)
   batch = fake_batch(config)
-  row: dict[str, object] = {"config": name, "variant": variant}
+  row: dict[str, object] = {"config": name, "variant": variant, "dtype": config.model.dtype}
   jax_step = JaxStep(config, batch)
   jax_step.compile()
   jax_step.run(1)  # Warm-up.
   row["donated"] = jax_step.donated
   row["params"] = jax_step.num_params
-  torch_step = None
-  if not args.no_torch:
-    torch_step = TorchStep(config, batch)
-    if torch_step.num_params != jax_step.num_params:
+  row["jax_compile_s"] = jax_step.compile_s
+  torch_steps = {}
+  for mode in args.torch_modes:
+    step = TorchStep(config, batch, mode)
+    if step.num_params != jax_step.num_params:
       raise AssertionError(
-          f"{name}/{variant}: PyTorch has {torch_step.num_params} parameters, JAX "
+          f"{name}/{variant}: PyTorch has {step.num_params} parameters, JAX "
           f"{jax_step.num_params}: the two models differ."
       )
-    torch_step.run(1)  # Warm-up.
-  matmul = Matmul()
-  # Alternate JAX, PyTorch and the matmul in each round so that all three see the same machine
-  # load; ratios and fractions are taken within a round, then the median over rounds.
-  jax_times, torch_times, matmul_rates = [], [], []
+    step.warm_up()
+    row[f"torch_{mode}_compile_s"] = step.compile_s
+    torch_steps[mode] = step
+  matmuls = {dtype: Matmul(dtype, args.matmul_size) for dtype in args.matmul}
+  # Alternate JAX, each PyTorch mode and the matmuls in each round so that all see the same
+  # machine load; ratios and fractions are taken within a round, then the median over rounds.
+  jax_times, matmul_rates = [], {dtype: [] for dtype in matmuls}
+  torch_times = {mode: [] for mode in torch_steps}
   for _ in range(args.rounds):
     jax_times.append(common.time_per_call(functools.partial(jax_step.run, 1), args.steps))
-    if torch_step is not None:
-      torch_times.append(common.time_per_call(functools.partial(torch_step.run, 1), args.steps))
-    matmul_rates.append(matmul.flops_per_s())
+    for mode, step in torch_steps.items():
+      torch_times[mode].append(common.time_per_call(functools.partial(step.run, 1), args.steps))
+    for dtype, matmul in matmuls.items():
+      matmul_rates[dtype].append(matmul.flops_per_s())
   jax_time = common.median(jax_times)
   row["jax_ex_s"] = args.batch / jax_time
-  row["torch_ex_s"] = args.batch / common.median(torch_times) if torch_times else None
-  row["speedup"] = (
-      common.median([t / j for t, j in zip(torch_times, jax_times, strict=True)])
-      if torch_times else None
-  )
+  for mode, times in torch_times.items():
+    row[f"torch_{mode}_ex_s"] = args.batch / common.median(times)
+    row[f"speedup_{mode}"] = common.median(
+        [t / j for t, j in zip(times, jax_times, strict=True)]
+    )
   row["jax_gflop_s"] = jax_step.flops / jax_time / 1e9
   row["step_gflop"] = jax_step.flops / 1e9
-  row["matmul_gflop_s"] = common.median(matmul_rates) / 1e9
-  row["matmul_fraction"] = common.median(
-      [jax_step.flops / j / m for j, m in zip(jax_times, matmul_rates, strict=True)]
-  )
   row["model_gflop"] = jax_step.model_flops / 1e9
-  row["model_fraction"] = common.median(
-      [jax_step.model_flops / j / m for j, m in zip(jax_times, matmul_rates, strict=True)]
-  )
+  for dtype, rates in matmul_rates.items():
+    row[f"matmul_{dtype}_gflop_s"] = common.median(rates) / 1e9
+    row[f"matmul_{dtype}_fraction"] = common.median(
+        [jax_step.flops / j / m for j, m in zip(jax_times, rates, strict=True)]
+    )
+    row[f"model_{dtype}_fraction"] = common.median(
+        [jax_step.model_flops / j / m for j, m in zip(jax_times, rates, strict=True)]
+    )
   row["xla_memory_mb"] = jax_step.xla_memory_mb
-  del jax_step, torch_step
+  del jax_step, torch_steps
   if not args.no_memory:
-    for framework in ("jax",) + (() if args.no_torch else ("torch",)):
-      result = measure_memory(framework, name, variant, args)
-      row[f"{framework}_memory"] = result
+    frameworks = ("jax",) + (("torch",) if "eager" in args.torch_modes else ())
+    for framework in frameworks:
+      row[f"{framework}_memory"] = measure_memory(framework, name, variant, args)
   return row
 
 
 def print_table(rows, args) -> None:
-  headers = ["config", "variant", "JAX ex/s", "PyTorch ex/s", "speed-up", "JAX GFLOP/s",
-             "matmul GFLOP/s", "fraction", "conv+dot fraction", "JAX peak MB",
-             "PyTorch peak MB", "memory ratio", "XLA analysis MB"]
+  headers = ["config", "variant", "dtype", "JAX ex/s"]
+  for mode in args.torch_modes:
+    label = "PyTorch" if mode == "eager" else f"compiled ({mode})"
+    headers += [f"{label} ex/s", f"speed-up vs {label}"]
+  headers += ["JAX GFLOP/s"]
+  for dtype in args.matmul:
+    headers += [f"{dtype} matmul GFLOP/s", f"fraction of {dtype}", f"conv+dot fraction of {dtype}"]
+  headers += ["JAX peak MB", "PyTorch peak MB", "memory ratio", "XLA analysis MB"]
   table = []
   for r in rows:
     jm, tm = r.get("jax_memory"), r.get("torch_memory")
     jpeak = jm["step_peak_mb"] if jm else None
     tpeak = tm["step_peak_mb"] if tm else None
-    table.append([
-        r["config"], r["variant"], r["jax_ex_s"], r["torch_ex_s"],
-        r["speedup"], r["jax_gflop_s"], r["matmul_gflop_s"], r["matmul_fraction"],
-        r["model_fraction"],
-        jpeak, tpeak, jpeak / tpeak if jpeak and tpeak else None, r["xla_memory_mb"],
-    ])
+    line = [r["config"], r["variant"], r["dtype"], r["jax_ex_s"]]
+    for mode in args.torch_modes:
+      line += [r[f"torch_{mode}_ex_s"], r[f"speedup_{mode}"]]
+    line += [r["jax_gflop_s"]]
+    for dtype in args.matmul:
+      line += [r[f"matmul_{dtype}_gflop_s"], r[f"matmul_{dtype}_fraction"],
+               r[f"model_{dtype}_fraction"]]
+    line += [jpeak, tpeak, jpeak / tpeak if jpeak and tpeak else None, r["xla_memory_mb"]]
+    table.append(line)
   print(common.format_table(headers, table))
+  compiled = [m for m in args.torch_modes if m != "eager"]
+  print("\nCompile time, s (JAX: lower + compile; torch.compile: its first "
+        f"{COMPILE_WARMUP_STEPS} steps minus {COMPILE_WARMUP_STEPS} steady steps):\n")
+  print(common.format_table(
+      ["config", "variant", "JAX"] + compiled,
+      [[r["config"], r["variant"], r["jax_compile_s"]]
+       + [r[f"torch_{m}_compile_s"] for m in compiled] for r in rows],
+  ))
   print(
       "\nex/s: examples per second, median over rounds. speed-up: PyTorch step time / JAX step\n"
       "time, and fraction: JAX FLOP/s / matmul FLOP/s, each taken within a round (median).\n"
       "JAX GFLOP/s: XLA cost-analysis FLOPs of the step (elementwise ops included) / its median\n"
       "time; conv+dot fraction counts only the convolutions' and matmuls' FLOPs. Peak MB: peak RSS\n"
       "(GPU: device allocator peak) during steps minus the level after imports and set-up, in\n"
-      "a fresh process per framework. XLA analysis MB: argument + output + temp - aliased."
+      "a fresh process per framework (eager PyTorch). XLA analysis MB: argument + output + temp\n"
+      "- aliased."
   )
 
 
 def describe_machine(args) -> str:
   lines = [f"backend {jax.default_backend()}, device {jax.devices()[0].device_kind}, "
            f"{os.cpu_count()} CPUs, jax {jax.__version__}"]
-  if not args.no_torch:
+  if args.torch_modes:
     import torch
 
     lines.append(f"torch {torch.__version__}, torch threads {torch.get_num_threads()}; XLA:CPU "
                  f"intra-op pool: its default, one thread per core ({os.cpu_count()})")
+  lines.append(f"PyTorch modes: {', '.join(args.torch_modes) or 'none'}; matmul reference: "
+               f"{', '.join(args.matmul)}; model dtype: {args.dtype or 'backend default'}")
   lines.append(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps each (median), "
                f"overrides {args.set or 'none'}, se_ratio {args.se_ratio or 'config default'}, "
                f"plain Flax layers: {args.plain_flax or 'none'}")
@@ -413,6 +472,16 @@ def parse_args(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="speech_commands only, 2 rounds x 1 step: a check that it runs.")
   parser.add_argument("--no-torch", action="store_true", help="JAX only.")
+  parser.add_argument("--torch-modes", default="eager,default",
+                      help="Comma-separated PyTorch steps to time: eager and/or torch.compile "
+                      f"modes ({', '.join(TORCH_MODES[1:])}, ...).")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                      help="Model compute dtype (default: bfloat16 on GPU, float32 on CPU).")
+  parser.add_argument("--matmul", default="",
+                      help="Comma-separated matmul reference dtypes (default: float32 on CPU, "
+                      "bfloat16,float32 on GPU).")
+  parser.add_argument("--matmul-size", type=int, default=MATMUL_SIZE,
+                      help="Side of the square reference matmul (doubled on GPU).")
   parser.add_argument("--no-memory", action="store_true", help="Skip the memory subprocesses.")
   parser.add_argument("--json", default="", help="Also write the rows to this JSON file.")
   parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
@@ -421,6 +490,7 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.quick:
     args.configs, args.rounds, args.steps = "speech_commands", 2, 1
+  args.torch_modes = [] if args.no_torch else [m for m in args.torch_modes.split(",") if m]
   return args
 
 
@@ -430,14 +500,18 @@ def main(argv=None) -> None:
   if args.child:
     print(json.dumps(measure_memory_child(args)))
     return
-  if not args.no_torch:
+  args.matmul = [d for d in args.matmul.split(",") if d] or (
+      ["bfloat16", "float32"] if on_gpu() else ["float32"])
+  if args.torch_modes:
+    # A fresh inductor cache, so that the compile times are a cold compile's.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_"))
     try:
       import torch
     except ImportError:
       sys.exit("PyTorch is not installed: pip install -e '.[bench]', or pass --no-torch.")
     torch.set_num_threads(os.cpu_count())
   if on_gpu():
-    print("GPU backend: bfloat16 compute (this path has not been run on a GPU yet).")
+    print(f"GPU backend: {args.dtype or 'bfloat16'} compute.")
   print(describe_machine(args))
   rows = []
   for name in args.configs.split(","):
