@@ -229,13 +229,16 @@ def estimate_layer(
     settings: ml_collections.ConfigDict,
     sample_rate: float,
     seed: int | None = None,
+    compiled: dict | None = None,
 ) -> LayerFilters:
   """Runs the ascent for every filter of `layer` (vmapped in chunks, jitted once).
 
   Stop rule: filter f has converged at step t >= window when its target changed by at most
-  `tolerance` (relative) over the last `window` steps; it is then frozen (`converged_step`
-  records t, -1 if it never met the rule) and the chunk ends when all its filters have
-  converged or after `steps` steps. Freezing while the others go on, keeps each estimate independent of its chunk-mates. `seed` overrides `settings.seed`.
+  `tolerance` times its total gain over the last `window` steps; it is then frozen
+  (`converged_step` records t, -1 if it never met the rule) while the others go on, so its
+  estimate does not depend on its chunk-mates, and a chunk ends when all its filters have
+  converged or after `steps` steps. `seed` overrides `settings.seed`; `compiled`, a dict
+  kept between calls for the same layer and settings, reuses the compiled steps.
   """
   _check_settings(settings)
   _check_layers([layer], model.num_blocks + 1)
@@ -249,19 +252,27 @@ def estimate_layer(
   chunk = settings.chunk_size or max(1, AUTO_CHUNK_SAMPLES // length)
   chunk = min(chunk, num_filters)
   num_chunks = -(-num_filters // chunk)
-  noise = starting_noise(seed, layer, num_chunks * chunk, length, settings.init_rms * settings.input_rms)
+  noise_rms = settings.init_rms * settings.input_rms
+  noise = starting_noise(seed, layer, num_chunks * chunk, length, noise_rms)
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
-  step, target, adam = _ascent_fns(model, layer, settings)
   lrs = step_sizes(settings)
 
   start = time.perf_counter()
-  x_shape = jax.ShapeDtypeStruct((chunk, length), jnp.float32)
-  f_shape = jax.ShapeDtypeStruct((chunk,), jnp.int32)
-  state_shape = jax.eval_shape(adam.init, x_shape)
-  scalar = jax.ShapeDtypeStruct((), jnp.float32)
-  step = step.lower(variables, x_shape, state_shape, f_shape, scalar,
-                    jax.ShapeDtypeStruct((chunk,), jnp.float32), jax.random.key(0)).compile()
-  target = target.lower(variables, x_shape, f_shape).compile()
+  compiled = {} if compiled is None else compiled
+  if not compiled:
+    step, target, adam = _ascent_fns(model, layer, settings)
+    x_shape = jax.ShapeDtypeStruct((chunk, length), jnp.float32)
+    f_shape = jax.ShapeDtypeStruct((chunk,), jnp.int32)
+    state_shape = jax.eval_shape(adam.init, x_shape)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    mask = jax.ShapeDtypeStruct((chunk,), jnp.float32)
+    compiled.update(
+        step=step.lower(variables, x_shape, state_shape, f_shape, scalar, mask,
+                        jax.random.key(0)).compile(),
+        target=target.lower(variables, x_shape, f_shape).compile(),
+        adam=adam,
+    )
+  step, target, adam = compiled["step"], compiled["target"], compiled["adam"]
   compile_seconds = time.perf_counter() - start
   estimates, traces, stops = [], [], []
   for first in range(0, num_filters, chunk):
@@ -397,10 +408,12 @@ def visualize_filters(
   _check_layers(layers, model.num_blocks + 1)
   results = []
   for layer in layers:
-    result = estimate_layer(model, variables, layer, settings, sample_rate)
+    compiled = {}  # One compile per layer, whatever the number of seeds.
+    result = estimate_layer(model, variables, layer, settings, sample_rate, None, compiled)
     if settings.stability_seeds > 1:
       others = [
-          estimate_layer(model, variables, layer, settings, sample_rate, settings.seed + s)
+          estimate_layer(model, variables, layer, settings, sample_rate, settings.seed + s,
+                         compiled)
           for s in range(1, settings.stability_seeds)
       ]
       pairs = [seed_stability(result.estimates, o.estimates, sample_rate) for o in others]
