@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   v.input_size = 729  # Samples of each estimate (3^6); layer k uses max(this, 3^k).
   v.target = "pre_relu"  # pre_relu (layer output before its final ReLU) | output.
   v.seed = 0  # Seed of the starting noise (its own noise for every filter).
+  v.restarts = 1  # Starts per filter (own noise each); the one with the highest target is kept.
   v.stability_seeds = 1  # Seeds run (seed, seed + 1, ...); 2+ reports seed-to-seed stability.
   v.layers = ()  # Layers to visualise, 1 = front conv, i + 1 = block i; () = all.
   v.chunk_size = 0  # Filters per vmapped batch; 0 = as many as fit 2^20 input samples.
@@ -202,7 +203,7 @@ def _check_settings(settings) -> None:
     )
   if (settings.steps < 0 or settings.input_size < 3 or settings.chunk_size < 0
       or settings.jitter < 0 or settings.window < 1 or not settings.input_rms > 0
-      or not settings.init_rms > 0
+      or not settings.init_rms > 0 or settings.restarts < 1
       or settings.stability_seeds < 1):
     raise ValueError(
         "Need steps >= 0, input_size >= 3, chunk_size >= 0, jitter >= 0, window >= 1, "
@@ -250,8 +251,9 @@ def estimate_layer(
       layer - 1
   ]
   chunk = settings.chunk_size or max(1, AUTO_CHUNK_SAMPLES // length)
-  chunk = min(chunk, num_filters)
-  num_chunks = -(-num_filters // chunk)
+  starts = num_filters * settings.restarts  # Start s ascends filter s % num_filters.
+  chunk = min(chunk, starts)
+  num_chunks = -(-starts // chunk)
   noise_rms = settings.init_rms * settings.input_rms
   noise = starting_noise(seed, layer, num_chunks * chunk, length, noise_rms)
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
@@ -275,11 +277,11 @@ def estimate_layer(
   step, target, adam = compiled["step"], compiled["target"], compiled["adam"]
   compile_seconds = time.perf_counter() - start
   estimates, traces, stops = [], [], []
-  for first in range(0, num_filters, chunk):
+  for first in range(0, starts, chunk):
     filters = jnp.asarray(np.arange(first, first + chunk, dtype=np.int32) % num_filters)
     x = noise[first : first + chunk]  # Last chunk padded with extra noise: one shape.
     adam_state = adam.init(x)
-    keep = min(chunk, num_filters - first)
+    keep = min(chunk, starts - first)
     stop = np.full(chunk, -1)
     trace = []
     key = jax.random.fold_in(jax.random.key(seed), 1000 + layer)
@@ -302,8 +304,15 @@ def estimate_layer(
     stops.append(stop[:keep])
   seconds = time.perf_counter() - start
   longest = max(len(t) for t in traces)
-  traces = [np.concatenate([t, np.repeat(t[-1:], longest - len(t), axis=0)]) for t in traces]
-  estimates = np.concatenate(estimates)
+  trace = np.concatenate(
+      [np.concatenate([t, np.repeat(t[-1:], longest - len(t), axis=0)]) for t in traces], axis=1
+  ).reshape(longest, settings.restarts, num_filters)
+  best = trace[-1].argmax(axis=0)  # Per filter, the start that reached the highest target.
+  columns = np.arange(num_filters)
+  estimates = np.concatenate(estimates).reshape(settings.restarts, num_filters, length)
+  estimates = estimates[best, columns]
+  stops = np.concatenate(stops).reshape(settings.restarts, num_filters)[best, columns]
+  traces, stops = [trace[:, best, columns]], [stops]
   spectra = filter_spectra(estimates, sample_rate, settings.floor_db)
   return LayerFilters(
       layer=layer,

@@ -282,6 +282,20 @@ def test_every_filter_has_its_own_starting_noise_and_same_seed_same_estimates(cl
   assert np.all(result.activation_trace[-1] >= result.activation_trace[0])
 
 
+def test_restarts_keep_the_best_start_of_each_filter():
+  config = load_config("test")
+  model = models.create_model(config.model, config.num_classes)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 729)), train=False)
+  settings = visualize.default_config()
+  settings.update(dict(steps=8, window=4, layers=(3,)))
+  (single,) = visualize.visualize_filters(model, variables, settings, SAMPLE_RATE)
+  settings.restarts = 3
+  (best,) = visualize.visualize_filters(model, variables, settings, SAMPLE_RATE)
+  assert best.estimates.shape == single.estimates.shape
+  # Start 0 of each filter is the single run, so the best of three is at least as high.
+  assert np.all(best.activation_trace[-1] >= single.activation_trace[-1] - 1e-6)
+
+
 def test_figure_has_one_column_per_run_and_one_row_per_layer():
   config = load_config("test")
   model = models.create_model(config.model, config.num_classes)
