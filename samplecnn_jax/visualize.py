@@ -37,35 +37,42 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from matplotlib.figure import Figure
 
 from samplecnn_jax import models, store
 
 TARGETS = ("pre_relu", "output")
-NORMALISATIONS = ("gradient_rms", "none")
+OPTIMIZERS = ("adam", "normalised_gradient")
 AUTO_CHUNK_SAMPLES = 2**20  # chunk_size=0: filters per batch = this // input length.
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The `visualize` settings with their defaults; a run config may carry its own copy."""
   v = ml_collections.ConfigDict()
-  v.steps = 20  # Gradient-ascent steps per filter.
-  v.step_size = 0.01  # Change per step, as RMS over samples when normalise='gradient_rms'.
-  v.input_size = 729  # Samples of the starting noise (3^6); layer k uses max(this, 3^k).
-  v.init_std = 0.1  # Standard deviation of the Gaussian starting noise.
-  v.normalise = "gradient_rms"  # gradient_rms (divide by its RMS, the Keras recipe) | none.
+  v.steps = 100  # Most ascent steps per filter; the stop rule usually ends sooner.
+  v.step_size = 0.2  # First step, as update RMS / input_rms; cosine-decays to 1/10 of it.
+  v.optimizer = "normalised_gradient"  # normalised_gradient (g / RMS(g)) | adam.
+  v.input_rms = 1e-3  # The estimate's RMS, held fixed (norm-constrained ascent).
+  v.init_rms = 0.1  # Starting-noise RMS, as a fraction of input_rms (the first step grows it).
+  v.jitter = 0  # Random circular shift of the input by up to this many samples per step.
+  v.tolerance = 1e-3  # Stop rule: relative change of the target over `window` steps below this.
+  v.window = 10  # Steps the stop rule looks back.
+  v.input_size = 729  # Samples of each estimate (3^6); layer k uses max(this, 3^k).
   v.target = "pre_relu"  # pre_relu (layer output before its final ReLU) | output.
-  v.seed = 0  # Seed of the starting noise (the same noise for every filter of a layer).
+  v.seed = 0  # Seed of the starting noise (its own noise for every filter).
+  v.restarts = 1  # Starts per filter (own noise each); the one with the highest target is kept.
+  v.stability_seeds = 1  # Seeds run (seed, seed + 1, ...); 2+ reports seed-to-seed stability.
   v.layers = ()  # Layers to visualise, 1 = front conv, i + 1 = block i; () = all.
   v.chunk_size = 0  # Filters per vmapped batch; 0 = as many as fit 2^20 input samples.
   v.floor_db = 60.0  # Log spectra are dB re each filter's peak, floored at -floor_db.
   return v
 
 
-def visualize_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def visualize_config(config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
   """The defaults, updated with `config.visualize` where the run config has one."""
   settings = default_config()
-  if "visualize" in config:
+  if config is not None and "visualize" in config:
     settings.update(config.visualize)
   return settings
 
@@ -77,14 +84,21 @@ class LayerFilters:
   layer: int  # 1 = front conv, i + 1 = block i.
   name: str  # front_conv | block<i>.
   estimates: np.ndarray  # (filters, samples): the input that maximises each filter.
-  activation_trace: np.ndarray  # (steps + 1, filters): target before each step, and after.
+  activation_trace: np.ndarray  # (steps run + 1, filters): target before each step, and after.
+  converged_step: np.ndarray  # (filters,): step at which the stop rule held; -1 = not converged.
   frequencies: np.ndarray  # (bins,): Hz of the rfft bins.
   magnitude: np.ndarray  # (filters, bins): |rfft(estimate)|.
-  log_magnitude: np.ndarray  # (filters, bins): dB re each filter's peak, >= -floor_db.
-  peak_hz: np.ndarray  # (filters,): frequency of each filter's largest magnitude.
+  log_magnitude: np.ndarray  # (filters, bins): smoothed log power, dB re its peak, >= -floor_db.
+  peak_hz: np.ndarray  # (filters,): frequency where log_magnitude peaks (DC excluded).
   order: np.ndarray  # (filters,): filter indices sorted by peak frequency (the x axis).
+  flatness: np.ndarray  # (filters,): spectral flatness (white noise 0.56, a sine ~0).
   seconds: float  # Wall time of the ascent, compile included.
   compile_seconds: float  # Of which compiling the jitted ascent (once per layer).
+  # With stability_seeds = n > 1: the estimates of seeds seed + 1 .. seed + n - 1, and per
+  # filter the log-spectrum correlation and peak agreement with them (means over those seeds).
+  seed_estimates: np.ndarray | None = None  # (n - 1, filters, samples).
+  seed_r: np.ndarray | None = None  # (filters,).
+  seed_peaks_agree: np.ndarray | None = None  # (filters,): share of seeds within 1/6 octave.
 
 
 # --- What is maximised --------------------------------------------------------------------
@@ -120,16 +134,19 @@ def layer_activation(
   return models.pre_relu(state["intermediates"], layer)
 
 
-# --- Gradient ascent ----------------------------------------------------------------------
+# --- Norm-constrained ascent ---------------------------------------------------------------
 
 
 def _ascent_fns(model, layer: int, settings) -> tuple[Callable, Callable]:
-  """Jitted `step(variables, x (F, L), filters (F,)) -> (x + update, target before)` and
-  `target(variables, x, filters) -> (F,)`, vectorised over filters with `jax.vmap`.
+  """Jitted `step(variables, x, adam_state, filters, lr, active, key)` and `target(...)`.
 
-  The steps are driven by a Python loop rather than `lax.scan`: XLA:CPU runs while-loop
-  bodies much slower (10-20x for these convolutions, measured with jax 0.12), and one
-  compiled step per layer still compiles only once.
+  x is `(F, L)`, one estimate per filter, vectorised with `jax.vmap`. A step takes the
+  gradient of each filter's target (at a randomly shifted copy of x if `jitter`), removes
+  its radial part (the constraint RMS(x) = input_rms leaves only the tangent direction),
+  turns it into an update with Adam or by dividing by its RMS, moves the filters still
+  `active` by `lr * input_rms` (update RMS) and projects back onto the sphere. The steps
+  are driven by a Python loop: XLA:CPU runs while-loop bodies of these convolutions 10-20x
+  slower (jax 0.12), and the stop rule needs the values on the host anyway.
   """
 
   def objective(variables, x, filter_index):
@@ -137,28 +154,63 @@ def _ascent_fns(model, layer: int, settings) -> tuple[Callable, Callable]:
     return jnp.mean(activation[0, :, filter_index])
 
   value_and_grad = jax.vmap(jax.value_and_grad(objective, argnums=1), in_axes=(None, 0, 0))
+  adam = optax.scale_by_adam()
+  rms = settings.input_rms
 
-  def step(variables, x, filters):
-    value, grad = value_and_grad(variables, x, filters)
-    if settings.normalise == "gradient_rms":
-      grad = grad / (jnp.sqrt(jnp.mean(grad**2, axis=1, keepdims=True)) + 1e-12)
-    return x + settings.step_size * grad, value
+  def step(variables, x, adam_state, filters, lr, active, key):
+    shifts = jnp.zeros(x.shape[0], jnp.int32)
+    if settings.jitter:
+      shifts = jax.random.randint(key, (x.shape[0],), -settings.jitter, settings.jitter + 1)
+    rolled = jax.vmap(jnp.roll)(x, shifts)
+    value, grad = value_and_grad(variables, rolled, filters)
+    grad = jax.vmap(jnp.roll)(grad, -shifts)
+    if settings.optimizer == "adam":
+      update, adam_state = adam.update(grad, adam_state)
+    else:
+      update = grad / (jnp.sqrt(jnp.mean(grad**2, axis=1, keepdims=True)) + 1e-30)
+    x = x + (lr * rms) * active[:, None] * update
+    x = x * (rms / jnp.sqrt(jnp.mean(x**2, axis=1, keepdims=True)))
+    return x, adam_state, value
 
   target = jax.vmap(objective, in_axes=(None, 0, 0))
-  return jax.jit(step, donate_argnums=1), jax.jit(target)
+  return jax.jit(step, donate_argnums=(1, 2)), jax.jit(target), adam
+
+
+def step_sizes(settings) -> np.ndarray:
+  """The step schedule: cosine decay from `step_size` to a tenth of it over `steps`."""
+  t = np.arange(max(settings.steps, 1)) / max(settings.steps - 1, 1)
+  return settings.step_size * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * t)))
+
+
+def starting_noise(seed: int, layer: int, num_filters: int, length: int, rms: float) -> jax.Array:
+  """Gaussian noise scaled to RMS `rms`, its own for every filter: `(num_filters, length)`.
+
+  Filter f of layer k starts from key (seed, k, f): no two filters share their noise, and
+  the noise of a filter does not depend on the chunking.
+  """
+  base = jax.random.fold_in(jax.random.key(seed), layer)
+  keys = jax.vmap(lambda f: jax.random.fold_in(base, f))(jnp.arange(num_filters))
+  noise = jax.vmap(lambda k: jax.random.normal(k, (length,), jnp.float32))(keys)
+  return noise * (rms / jnp.sqrt(jnp.mean(noise**2, axis=1, keepdims=True)))
 
 
 def _check_settings(settings) -> None:
   if settings.target not in TARGETS:
     raise ValueError(f"Unknown target {settings.target!r}; choose one of {', '.join(TARGETS)}.")
-  if settings.normalise not in NORMALISATIONS:
+  if settings.optimizer not in OPTIMIZERS:
     raise ValueError(
-        f"Unknown normalise {settings.normalise!r}; choose one of {', '.join(NORMALISATIONS)}."
+        f"Unknown optimizer {settings.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}."
     )
-  if settings.steps < 0 or settings.input_size < 3 or settings.chunk_size < 0:
+  if (settings.steps < 0 or settings.input_size < 3 or settings.chunk_size < 0
+      or settings.jitter < 0 or settings.window < 1 or not settings.input_rms > 0
+      or not settings.init_rms > 0 or settings.restarts < 1
+      or settings.stability_seeds < 1):
     raise ValueError(
-        f"Need steps >= 0, input_size >= 3 and chunk_size >= 0; got steps={settings.steps}, "
-        f"input_size={settings.input_size}, chunk_size={settings.chunk_size}."
+        "Need steps >= 0, input_size >= 3, chunk_size >= 0, jitter >= 0, window >= 1, "
+        f"input_rms > 0 and stability_seeds >= 1; got steps={settings.steps}, "
+        f"input_size={settings.input_size}, chunk_size={settings.chunk_size}, "
+        f"jitter={settings.jitter}, window={settings.window}, input_rms={settings.input_rms}, "
+        f"stability_seeds={settings.stability_seeds}."
     )
 
 
@@ -177,10 +229,21 @@ def estimate_layer(
     layer: int,
     settings: ml_collections.ConfigDict,
     sample_rate: float,
+    seed: int | None = None,
+    compiled: dict | None = None,
 ) -> LayerFilters:
-  """Runs the ascent for every filter of `layer` (vmapped in chunks, jitted once)."""
+  """Runs the ascent for every filter of `layer` (vmapped in chunks, jitted once).
+
+  Stop rule: filter f has converged at step t >= window when its target changed by at most
+  `tolerance` times its total gain over the last `window` steps; it is then frozen
+  (`converged_step` records t, -1 if it never met the rule) while the others go on, so its
+  estimate does not depend on its chunk-mates, and a chunk ends when all its filters have
+  converged or after `steps` steps. `seed` overrides `settings.seed`; `compiled`, a dict
+  kept between calls for the same layer and settings, reuses the compiled steps.
+  """
   _check_settings(settings)
   _check_layers([layer], model.num_blocks + 1)
+  seed = settings.seed if seed is None else seed
   model = model.clone(dtype=jnp.float32, remat=False)  # Same parameters, float32 ascent.
   length = layer_input_size(layer, settings.input_size)
   models.check_input_size(length, layer - 1, model.front_padding)
@@ -188,68 +251,150 @@ def estimate_layer(
       layer - 1
   ]
   chunk = settings.chunk_size or max(1, AUTO_CHUNK_SAMPLES // length)
-  chunk = min(chunk, num_filters)
-  key = jax.random.fold_in(jax.random.key(settings.seed), layer)
-  noise = settings.init_std * jax.random.normal(key, (length,), jnp.float32)
+  starts = num_filters * settings.restarts  # Start s ascends filter s % num_filters.
+  chunk = min(chunk, starts)
+  num_chunks = -(-starts // chunk)
+  noise_rms = settings.init_rms * settings.input_rms
+  noise = starting_noise(seed, layer, num_chunks * chunk, length, noise_rms)
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
-  step, target = _ascent_fns(model, layer, settings)
+  lrs = step_sizes(settings)
 
   start = time.perf_counter()
-  shapes = (variables, jax.ShapeDtypeStruct((chunk, length), jnp.float32),
-            jax.ShapeDtypeStruct((chunk,), jnp.int32))
-  step, target = step.lower(*shapes).compile(), target.lower(*shapes).compile()
+  compiled = {} if compiled is None else compiled
+  if not compiled:
+    step, target, adam = _ascent_fns(model, layer, settings)
+    x_shape = jax.ShapeDtypeStruct((chunk, length), jnp.float32)
+    f_shape = jax.ShapeDtypeStruct((chunk,), jnp.int32)
+    state_shape = jax.eval_shape(adam.init, x_shape)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    mask = jax.ShapeDtypeStruct((chunk,), jnp.float32)
+    compiled.update(
+        step=step.lower(variables, x_shape, state_shape, f_shape, scalar, mask,
+                        jax.random.key(0)).compile(),
+        target=target.lower(variables, x_shape, f_shape).compile(),
+        adam=adam,
+    )
+  step, target, adam = compiled["step"], compiled["target"], compiled["adam"]
   compile_seconds = time.perf_counter() - start
-  estimates, traces = [], []
-  for first in range(0, num_filters, chunk):
+  estimates, traces, stops = [], [], []
+  for first in range(0, starts, chunk):
     filters = jnp.asarray(np.arange(first, first + chunk, dtype=np.int32) % num_filters)
-    x = jnp.broadcast_to(noise, (chunk, length)).copy()  # Last chunk padded: one shape.
+    x = noise[first : first + chunk]  # Last chunk padded with extra noise: one shape.
+    adam_state = adam.init(x)
+    keep = min(chunk, starts - first)
+    stop = np.full(chunk, -1)
     trace = []
-    for _ in range(settings.steps):
-      x, value = step(variables, x, filters)
-      trace.append(value)
-    trace.append(target(variables, x, filters))
-    keep = min(chunk, num_filters - first)
+    key = jax.random.fold_in(jax.random.key(seed), 1000 + layer)
+    for t in range(settings.steps):
+      active = jnp.asarray(stop < 0, jnp.float32)
+      x, adam_state, value = step(variables, x, adam_state, filters, np.float32(lrs[t]), active,
+                                  jax.random.fold_in(key, first * settings.steps + t))
+      trace.append(np.asarray(value))
+      if t >= settings.window:
+        now, before = trace[-1], trace[-1 - settings.window]
+        gain = np.abs(now - trace[0])
+        met = np.abs(now - before) <= settings.tolerance * np.maximum(gain, 1e-12)
+        stop = np.where((stop < 0) & met, t, stop)
+        if np.all(stop[:keep] >= 0):
+          break
+    trace.append(np.asarray(target(variables, x, filters)))
+    trace = np.stack(trace)  # Frozen filters keep their value: x no longer moves.
     estimates.append(np.asarray(x)[:keep])
-    traces.append(np.stack([np.asarray(t) for t in trace])[:, :keep])
+    traces.append(trace[:, :keep])
+    stops.append(stop[:keep])
   seconds = time.perf_counter() - start
-  estimates = np.concatenate(estimates)
-  frequencies, magnitude, log_magnitude, peak_hz, order = filter_spectra(
-      estimates, sample_rate, settings.floor_db
-  )
+  longest = max(len(t) for t in traces)
+  trace = np.concatenate(
+      [np.concatenate([t, np.repeat(t[-1:], longest - len(t), axis=0)]) for t in traces], axis=1
+  ).reshape(longest, settings.restarts, num_filters)
+  best = trace[-1].argmax(axis=0)  # Per filter, the start that reached the highest target.
+  columns = np.arange(num_filters)
+  estimates = np.concatenate(estimates).reshape(settings.restarts, num_filters, length)
+  estimates = estimates[best, columns]
+  stops = np.concatenate(stops).reshape(settings.restarts, num_filters)[best, columns]
+  traces, stops = [trace[:, best, columns]], [stops]
+  spectra = filter_spectra(estimates, sample_rate, settings.floor_db)
   return LayerFilters(
       layer=layer,
       name=models.layer_names(model)[layer - 1],
       estimates=estimates,
       activation_trace=np.concatenate(traces, axis=1),
-      frequencies=frequencies,
-      magnitude=magnitude,
-      log_magnitude=log_magnitude,
-      peak_hz=peak_hz,
-      order=order,
+      converged_step=np.concatenate(stops),
+      **spectra,
       seconds=seconds,
       compile_seconds=compile_seconds,
   )
 
 
+# --- Spectra and stability measures ---------------------------------------------------------
+# The definitions of ../shared/tools/figure2_stability.py, which reads filters.npz: power
+# spectrum of the mean-removed, Hann-windowed estimate without its DC bin, log of it
+# smoothed over 9 bins, flatness = geometric / arithmetic mean of the power.
+
+SMOOTH_BINS = 9  # Log spectra are smoothed over this many bins before peaks and correlations.
+AGREE_OCTAVES = 1 / 6  # Two peaks agree when they are less than this far apart.
+
+
+def power_spectrum(estimates: np.ndarray) -> np.ndarray:
+  """Hann-windowed power spectrum of the mean-removed estimates, DC bin dropped: `(F, L//2)`."""
+  x = np.asarray(estimates, np.float64)
+  window = np.hanning(x.shape[-1])
+  spectrum = np.fft.rfft((x - x.mean(-1, keepdims=True)) * window, axis=-1)[..., 1:]
+  return np.abs(spectrum) ** 2 + 1e-20
+
+
+def smoothed_log_power(power: np.ndarray) -> np.ndarray:
+  """10 log10 of the power averaged over SMOOTH_BINS neighbouring bins (zero-padded ends)."""
+  kernel = np.ones(SMOOTH_BINS) / SMOOTH_BINS
+  smooth = np.apply_along_axis(lambda row: np.convolve(row, kernel, mode="same"), -1, power)
+  return 10 * np.log10(smooth)
+
+
+def spectral_flatness(power: np.ndarray) -> np.ndarray:
+  """Geometric / arithmetic mean of each power spectrum (white noise of 729 samples: 0.56)."""
+  return np.exp(np.log(power).mean(-1)) / power.mean(-1)
+
+
 def filter_spectra(
     estimates: np.ndarray, sample_rate: float, floor_db: float = 60.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """(frequencies, magnitude, log magnitude, peak Hz, order) of `(filters, samples)` waveforms.
+) -> dict[str, np.ndarray]:
+  """Spectra of `(filters, samples)` estimates, as `LayerFilters` fields.
 
-  The magnitude is |rfft| over the whole estimate (bin width sample_rate / samples); the log
-  magnitude is 20 log10(magnitude / the filter's maximum), floored at -floor_db; `order`
-  sorts filters by the frequency of their maximum (stable, so ties keep filter order).
+  `magnitude` is |rfft| of the raw estimate; `log_magnitude` (what the figures show) is the
+  smoothed log power above, in dB re each filter's maximum and floored at -floor_db, with
+  the DC bin at the floor; `peak_hz` is where it is largest, `order` sorts the filters by
+  it (stable, so ties keep filter order) and `flatness` is the spectral flatness.
   """
   estimates = np.asarray(estimates, np.float64)
   frequencies = np.fft.rfftfreq(estimates.shape[1], d=1.0 / sample_rate)
-  magnitude = np.abs(np.fft.rfft(estimates, axis=1))
-  peak_bin = magnitude.argmax(axis=1)
-  peak = magnitude.max(axis=1, keepdims=True)
-  relative = np.divide(magnitude, peak, out=np.zeros_like(magnitude), where=peak > 0)
-  floor = 10.0 ** (-floor_db / 20.0)
-  log_magnitude = 20.0 * np.log10(np.maximum(relative, floor))
-  peak_hz = frequencies[peak_bin]
-  return frequencies, magnitude, log_magnitude, peak_hz, np.argsort(peak_hz, kind="stable")
+  power = power_spectrum(estimates)
+  log_power = smoothed_log_power(power)
+  relative = np.maximum(log_power - log_power.max(axis=1, keepdims=True), -floor_db)
+  log_magnitude = np.concatenate([np.full((len(estimates), 1), -floor_db), relative], axis=1)
+  peak_hz = frequencies[1:][log_power.argmax(axis=1)]
+  return dict(
+      frequencies=frequencies,
+      magnitude=np.abs(np.fft.rfft(estimates, axis=1)),
+      log_magnitude=log_magnitude,
+      peak_hz=peak_hz,
+      order=np.argsort(peak_hz, kind="stable"),
+      flatness=spectral_flatness(power),
+  )
+
+
+def seed_stability(first: np.ndarray, second: np.ndarray, sample_rate: float) -> dict[str, np.ndarray]:
+  """Per filter, how alike the estimates of two seeds are: `r` and `peaks_agree`.
+
+  `r`: Pearson correlation of the two mean-removed smoothed log power spectra; `peaks_agree`:
+  their maxima are less than a sixth of an octave apart.
+  """
+  a, b = smoothed_log_power(power_spectrum(first)), smoothed_log_power(power_spectrum(second))
+  a -= a.mean(-1, keepdims=True)
+  b -= b.mean(-1, keepdims=True)
+  r = (a * b).sum(-1) / np.sqrt((a**2).sum(-1) * (b**2).sum(-1))
+  frequencies = np.fft.rfftfreq(np.shape(first)[-1], 1.0 / sample_rate)[1:]
+  octaves = np.abs(np.log2(frequencies[a.argmax(-1)] / frequencies[b.argmax(-1)]))
+  return {"r": r, "peaks_agree": octaves < AGREE_OCTAVES}
 
 
 def visualize_filters(
@@ -261,8 +406,10 @@ def visualize_filters(
 ) -> list[LayerFilters]:
   """Estimates and spectra of the filters of `settings.layers` (default: every layer).
 
-  Works on any model variant, trained or freshly initialised. `progress` is called with
-  each finished layer (e.g. to log timings).
+  Works on any model variant, trained or freshly initialised. With
+  `settings.stability_seeds` = n > 1 every layer is estimated n times (seeds seed ..
+  seed + n - 1) and the result carries the other seeds' estimates and the seed-to-seed
+  measures. `progress` is called with each finished layer (e.g. to log timings).
   """
   settings = settings or default_config()
   _check_settings(settings)
@@ -270,7 +417,24 @@ def visualize_filters(
   _check_layers(layers, model.num_blocks + 1)
   results = []
   for layer in layers:
-    results.append(estimate_layer(model, variables, layer, settings, sample_rate))
+    compiled = {}  # One compile per layer, whatever the number of seeds.
+    result = estimate_layer(model, variables, layer, settings, sample_rate, None, compiled)
+    if settings.stability_seeds > 1:
+      others = [
+          estimate_layer(model, variables, layer, settings, sample_rate, settings.seed + s,
+                         compiled)
+          for s in range(1, settings.stability_seeds)
+      ]
+      pairs = [seed_stability(result.estimates, o.estimates, sample_rate) for o in others]
+      result = dataclasses.replace(
+          result,
+          seed_estimates=np.stack([o.estimates for o in others]),
+          seed_r=np.mean([p["r"] for p in pairs], axis=0),
+          seed_peaks_agree=np.mean([p["peaks_agree"] for p in pairs], axis=0),
+          seconds=result.seconds + sum(o.seconds for o in others),
+          compile_seconds=result.compile_seconds + sum(o.compile_seconds for o in others),
+      )
+    results.append(result)
     if progress is not None:
       progress(results[-1])
   return results
@@ -278,10 +442,12 @@ def visualize_filters(
 
 # --- Figures and files --------------------------------------------------------------------
 
+MAX_KHZ = 8.0  # The paper's y axis: 0-8 kHz (or up to Nyquist if that is lower).
+
 
 def _draw_layer(ax, result: LayerFilters, sample_rate: float, floor_db: float):
   num_filters = result.estimates.shape[0]
-  return ax.imshow(
+  image = ax.imshow(
       result.log_magnitude[result.order].T,
       origin="lower",
       aspect="auto",
@@ -291,23 +457,50 @@ def _draw_layer(ax, result: LayerFilters, sample_rate: float, floor_db: float):
       vmax=0.0,
       interpolation="nearest",
   )
+  ax.set_ylim(0, min(MAX_KHZ, sample_rate / 2000.0))
+  return image
+
+
+def plot_runs(
+    runs: Sequence[tuple[str, Sequence[LayerFilters]]],
+    sample_rate: float = 16000.0,
+    floor_db: float = 60.0,
+) -> Figure:
+  """Figure 2 for several runs: one column per run, one row per layer.
+
+  Each panel: filters sorted by peak frequency (x) against 0-8 kHz (y), colour = smoothed
+  log power in dB re each filter's peak. Runs may have different layers; a run without a
+  layer leaves its panel empty.
+  """
+  layers = sorted({r.layer for _, results in runs for r in results})
+  figure = Figure(figsize=(2.4 * len(runs) + 1.0, 1.5 * len(layers) + 0.6), layout="constrained")
+  axes = figure.subplots(len(layers), len(runs), squeeze=False)
+  image = None
+  for column, (name, results) in enumerate(runs):
+    by_layer = {r.layer: r for r in results}
+    axes[0, column].set_title(name, fontsize=9)
+    for row, layer in enumerate(layers):
+      ax = axes[row, column]
+      ax.tick_params(labelsize=7)
+      if layer not in by_layer:
+        ax.set_axis_off()
+        continue
+      image = _draw_layer(ax, by_layer[layer], sample_rate, floor_db)
+      if column == 0:
+        ax.set_ylabel(f"layer {layer}\nkHz", fontsize=8)
+  for ax in axes[-1]:
+    ax.set_xlabel("filter (sorted)", fontsize=8)
+  if image is not None:
+    figure.colorbar(image, ax=axes.ravel().tolist(), label="dB re filter peak", shrink=0.6)
+  return figure
 
 
 def plot_filters(
-    results: Sequence[LayerFilters], sample_rate: float = 16000.0, floor_db: float = 60.0
+    results: Sequence[LayerFilters], sample_rate: float = 16000.0, floor_db: float = 60.0,
+    name: str = "",
 ) -> Figure:
-  """All layers side by side: filters sorted by peak frequency (x) against kHz (y)."""
-  figure = Figure(figsize=(1.8 * len(results) + 1.2, 3.6), layout="constrained")
-  axes = figure.subplots(1, len(results), squeeze=False)[0]
-  image = None
-  for ax, result in zip(axes, results, strict=True):
-    image = _draw_layer(ax, result, sample_rate, floor_db)
-    ax.set_title(f"layer {result.layer}\n{result.name}", fontsize=9)
-    ax.set_xlabel("filter", fontsize=8)
-    ax.tick_params(labelsize=7)
-  axes[0].set_ylabel("frequency (kHz)")
-  figure.colorbar(image, ax=list(axes), label="dB re filter peak")
-  return figure
+  """One run's Figure 2: `plot_runs` with a single column."""
+  return plot_runs([(name, results)], sample_rate, floor_db)
 
 
 def plot_layer(result: LayerFilters, sample_rate: float = 16000.0, floor_db: float = 60.0) -> Figure:
@@ -323,9 +516,28 @@ def plot_layer(result: LayerFilters, sample_rate: float = 16000.0, floor_db: flo
 
 
 NPZ_FIELDS = (
-    "estimates", "activation_trace", "frequencies", "magnitude", "log_magnitude", "peak_hz",
-    "order",
+    "estimates", "activation_trace", "converged_step", "frequencies", "magnitude",
+    "log_magnitude", "peak_hz", "order", "flatness",
 )
+
+
+def layer_summary(result: LayerFilters) -> dict[str, Any]:
+  """The per-layer line of filters.json: sizes, timing, convergence, flatness, stability."""
+  trace = result.activation_trace
+  summary = {
+      "layer": result.layer, "name": result.name, "filters": int(result.estimates.shape[0]),
+      "input_size": int(result.estimates.shape[1]), "seconds": round(result.seconds, 3),
+      "compile_seconds": round(result.compile_seconds, 3),
+      "steps_run": int(trace.shape[0] - 1),
+      "converged": float(np.mean(result.converged_step >= 0)),
+      "mean_activation_start": float(trace[0].mean()),
+      "mean_activation_end": float(trace[-1].mean()),
+      "median_flatness": float(np.median(result.flatness)),
+  }
+  if result.seed_r is not None:
+    summary["median_seed_r"] = float(np.median(result.seed_r))
+    summary["peak_agreement"] = float(np.mean(result.seed_peaks_agree))
+  return summary
 
 
 def save_filters(
@@ -338,29 +550,30 @@ def save_filters(
   """Writes the files `docs/visualize.md` lists; returns them by name.
 
   `filters.npz`: `layers`, `sample_rate` and, per layer k, `layer<k>_<field>` for the
-  `LayerFilters` array fields. `filters.json`: settings and a line per layer.
-  `layer<kk>_<name>.png`: one image per layer. `filters.png`: all layers side by side.
+  `LayerFilters` array fields. `filters.json`: settings and a line per layer
+  (`layer_summary`). `layer<kk>_<name>.png`: one image per layer. `filters.png`: Figure 2.
+  With stability_seeds = n > 1 also `seed<s>/filters.npz` (s = 1 .. n - 1) with the other
+  seeds' estimates, so that `figure2_stability.py OUT OUT/seed1` recomputes the numbers.
   """
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  arrays = {"layers": np.array([r.layer for r in results]), "sample_rate": np.array(sample_rate)}
+  layers = np.array([r.layer for r in results])
+  arrays = {"layers": layers, "sample_rate": np.array(sample_rate)}
   for r in results:
     arrays.update({f"layer{r.layer}_{field}": getattr(r, field) for field in NPZ_FIELDS})
   paths = {"npz": out / "filters.npz", "json": out / "filters.json", "figure": out / "filters.png"}
   np.savez_compressed(paths["npz"], **arrays)
+  for s in range(1, settings.stability_seeds):
+    path = out / f"seed{s}" / "filters.npz"
+    path.parent.mkdir(exist_ok=True)
+    np.savez_compressed(path, layers=layers, sample_rate=np.array(sample_rate), **{
+        f"layer{r.layer}_estimates": r.seed_estimates[s - 1] for r in results
+    })
+    paths[f"seed{s}"] = path
   summary = {
       "settings": settings.to_dict(),
       "sample_rate": sample_rate,
-      "layers": [
-          {
-              "layer": r.layer, "name": r.name, "filters": int(r.estimates.shape[0]),
-              "input_size": int(r.estimates.shape[1]), "seconds": round(r.seconds, 3),
-              "compile_seconds": round(r.compile_seconds, 3),
-              "mean_activation_start": float(r.activation_trace[0].mean()),
-              "mean_activation_end": float(r.activation_trace[-1].mean()),
-          }
-          for r in results
-      ],
+      "layers": [layer_summary(r) for r in results],
   }
   store.write_json(paths["json"], summary)
   for r in results:
@@ -386,8 +599,8 @@ def run(
 ) -> tuple[list[LayerFilters], Figure, dict[str, Path]]:
   """Visualises the model of `config`: the `which` checkpoint of `workdir`, or untrained.
 
-  Returns the per-layer results, the all-layers figure and the written files (none when
-  `out_dir` is None; the CLI defaults it to `<workdir>/filters`).
+  Returns the per-layer results, the Figure 2 of this run and the written files (none
+  when `out_dir` is None; the CLI defaults it to `<workdir>/filters`).
   """
   model = models.create_model(config.model, config.num_classes)
   if untrained:
@@ -402,47 +615,60 @@ def run(
     variables = load_variables(workdir, config, which)
   settings = settings or visualize_config(config)
   results = visualize_filters(model, variables, settings, config.sample_rate, progress)
-  figure = plot_filters(results, config.sample_rate, settings.floor_db)
+  name = Path(workdir).name if workdir else "untrained"
+  figure = plot_filters(results, config.sample_rate, settings.floor_db, name)
   paths = {}
   if out_dir is not None:
     paths = save_filters(results, out_dir, config.sample_rate, settings, figure)
   return results, figure, paths
 
 
+_FLAG_HELP = {
+    "workdir": "Training workdir whose checkpoint to visualise; repeat for several runs.",
+    "config": "Run config (file.py[:arg] or config.json); default: each workdir's config.json.",
+    "which": "Checkpoint: best | latest.",
+    "untrained": "Visualise a freshly initialised model of --config (no checkpoint).",
+    "out_dir": "Output folder; default <workdir>/filters (required with several workdirs).",
+}
+
+
 def _define_flags(flag_values):
   from absl import flags
-  from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, "Run config file.", flag_values=flag_values)
-  define = {"string": flags.DEFINE_string, "bool": flags.DEFINE_bool,
-            "int": flags.DEFINE_integer, "float": flags.DEFINE_float, "list": flags.DEFINE_list}
-  for kind, name, default, help_text in (
-      ("string", "workdir", None, "Training workdir whose checkpoint to visualise."),
-      ("string", "which", "best", "Checkpoint: best | latest."),
-      ("bool", "untrained", False, "Visualise a freshly initialised model (no checkpoint)."),
-      ("string", "out_dir", None, "Output folder; default <workdir>/filters."),
-      ("int", "steps", None, "Gradient-ascent steps (default 20)."),
-      ("float", "step_size", None, "Step size (default 0.01)."),
-      ("int", "input_size", None, "Starting-noise samples (default 729)."),
-      ("float", "init_std", None, "Starting-noise std (default 0.1)."),
-      ("string", "normalise", None, "gradient_rms | none (default gradient_rms)."),
-      ("string", "target", None, "pre_relu | output (default pre_relu)."),
-      ("int", "seed", None, "Noise seed (default 0)."),
-      ("list", "layers", None, "Comma-separated layer numbers, 1 = front conv (default all)."),
-      ("int", "chunk_size", None, "Filters per vmapped batch, 0 = auto."),
-      ("float", "floor_db", None, "Log-spectrum floor in dB below each peak (default 60)."),
-  ):
-    define[kind](name, default, help_text, flag_values=flag_values)
+  flags.DEFINE_multi_string("workdir", [], _FLAG_HELP["workdir"], flag_values=flag_values)
+  flags.DEFINE_string("config", None, _FLAG_HELP["config"], flag_values=flag_values)
+  flags.DEFINE_string("which", "best", _FLAG_HELP["which"], flag_values=flag_values)
+  flags.DEFINE_bool("untrained", False, _FLAG_HELP["untrained"], flag_values=flag_values)
+  flags.DEFINE_string("out_dir", None, _FLAG_HELP["out_dir"], flag_values=flag_values)
+  define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
+            tuple: flags.DEFINE_list}
+  defaults = default_config()
+  for name, default in defaults.items():  # Each setting has a flag of its name.
+    define[type(default)](name, None, f"Setting (default {default!r}); see docs/visualize.md.",
+                          flag_values=flag_values)
   return flag_values
 
 
+def _run_name(workdir: str, taken: set[str]) -> str:
+  name = Path(workdir).resolve().name or "run"
+  unique, i = name, 1
+  while unique in taken:
+    i += 1
+    unique = f"{name}_{i}"
+  taken.add(unique)
+  return unique
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-  """Command line: `python -m samplecnn_jax.visualize --config=FILE --workdir=DIR [...]`.
+  """Command line: `python -m samplecnn_jax.visualize --workdir=DIR [--workdir=DIR2 ...]`.
 
   Flags are parsed into a private FlagValues, so this runs in-process (tests, notebooks)
-  next to other modules' absl flags. Returns the written files.
+  next to other modules' absl flags. Returns the written files (for several workdirs,
+  `figure2` and each run's files keyed `<run>/<name>`).
   """
   from absl import flags
+
+  from samplecnn_jax.workdir import read_config as load_config
 
   argv = list(sys.argv if argv is None else argv)
   flag_values = _define_flags(flags.FlagValues())
@@ -456,38 +682,69 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
   if len(rest) > 1:
     raise SystemExit(f"Unexpected arguments: {rest[1:]}")
   f = flag_values
-  if f.config is None:
-    raise SystemExit("--config is required, e.g. --config=configs/mtat.py:samplecnn.")
-  if not f.untrained and not f.workdir:
+  workdirs = list(f.workdir)
+  if f.untrained and workdirs:
+    raise SystemExit("--untrained visualises a fresh model: give it --config, not --workdir.")
+  if f.untrained and not f.config:
+    raise SystemExit("--untrained needs --config=FILE.py[:ARG] (the model to initialise).")
+  if not f.untrained and not workdirs:
     raise SystemExit("Give --workdir=DIR (its best checkpoint is visualised) or --untrained.")
-  if f.untrained and not (f.out_dir or f.workdir):
-    raise SystemExit("With --untrained, give --out_dir (or --workdir) for the output files.")
-  settings = visualize_config(f.config)
-  for name in default_config().keys():  # Each setting has a flag of its name.
-    value = getattr(f, name)
-    if value is not None:
-      settings[name] = tuple(int(k) for k in value) if name == "layers" else value
-  out_dir = Path(f.out_dir or Path(f.workdir) / "filters")
+  if f.untrained and not f.out_dir:
+    raise SystemExit("With --untrained, give --out_dir for the output files.")
+  if len(workdirs) > 1 and not f.out_dir:
+    raise SystemExit("With several --workdir, give --out_dir: figure2.png and one folder per "
+                     "run go there.")
 
   def report(result: LayerFilters):
     trace = result.activation_trace
+    stability = ""
+    if result.seed_r is not None:
+      stability = (f", seeds r {np.median(result.seed_r):.2f} agree "
+                   f"{np.mean(result.seed_peaks_agree):.2f}")
     print(
         f"layer {result.layer:2d} {result.name:10s} {trace.shape[1]:4d} filters "
-        f"x {result.estimates.shape[1]:6d} samples: {result.seconds:7.2f} s, mean activation "
-        f"{trace[0].mean():+.3g} -> {trace[-1].mean():+.3g}",
+        f"x {result.estimates.shape[1]:6d} samples: {result.seconds:7.2f} s, "
+        f"{trace.shape[0] - 1:4d} steps, converged {np.mean(result.converged_step >= 0):4.0%}, "
+        f"flatness {np.median(result.flatness):.2f}{stability}",
         flush=True,
     )
 
-  try:
-    _, _, paths = run(
-        f.config, f.workdir, untrained=f.untrained, which=f.which, settings=settings,
-        out_dir=out_dir, progress=report,
-    )
-  except FileNotFoundError as error:
-    raise SystemExit(f"{error}\n(--untrained visualises a freshly initialised model.)") from None
-  print(f"Wrote {len(paths)} files to {out_dir}: filters.png, filters.npz, filters.json, "
-        f"layer<k>_<name>.png")
-  return paths
+  runs, all_paths, taken = [], {}, set()
+  sample_rate, floor_db = 16000.0, default_config().floor_db
+  for workdir in workdirs or [None]:
+    try:
+      config = load_config(workdir, f.config) if workdir or f.config else None
+    except FileNotFoundError as error:
+      raise SystemExit(str(error)) from None
+    settings = visualize_config(config)
+    for name in default_config().keys():
+      value = getattr(f, name)
+      if value is not None:
+        settings[name] = tuple(int(k) for k in value) if name == "layers" else value
+    name = _run_name(workdir, taken) if workdir else "untrained"
+    if len(workdirs) > 1:
+      out_dir = Path(f.out_dir) / name
+    else:
+      out_dir = Path(f.out_dir or Path(workdir) / "filters")
+    print(f"{name}: {workdir or 'untrained ' + f.config} -> {out_dir}", flush=True)
+    try:
+      results, _, paths = run(
+          config, workdir, untrained=f.untrained, which=f.which, settings=settings,
+          out_dir=out_dir, progress=report,
+      )
+    except FileNotFoundError as error:
+      raise SystemExit(f"{error}\n(--untrained visualises a freshly initialised model.)") from None
+    runs.append((name, results))
+    sample_rate, floor_db = config.sample_rate, settings.floor_db
+    all_paths.update(paths if len(workdirs) <= 1 else {f"{name}/{k}": p for k, p in paths.items()})
+  if len(workdirs) > 1:
+    all_paths["figure2"] = Path(f.out_dir) / "figure2.png"
+    plot_runs(runs, sample_rate, floor_db).savefig(all_paths["figure2"], dpi=120)
+    print(f"Wrote {all_paths['figure2']} ({len(runs)} runs side by side)")
+  else:
+    print(f"Wrote {len(all_paths)} files to {out_dir}: filters.png, filters.npz, filters.json, "
+          f"layer<k>_<name>.png")
+  return all_paths
 
 
 if __name__ == "__main__":
