@@ -176,14 +176,17 @@ def latest_meta(workdir: str | Path) -> tuple[int, dict[str, Any]]:
   return step, meta
 
 
-def load_variables(workdir: str | Path, config: Any, which: str = "best") -> dict[str, Any]:
+def load_variables(workdir: str | Path, config: Any, which: str = "best",
+                   check_config: bool = True) -> dict[str, Any]:
   """The model variables {'params', 'batch_stats'} of a workdir's best or latest checkpoint.
 
-  For inference and visualisation: no optimizer or data state is built.
+  For inference and visualisation: no optimizer or data state is built. `check_config=False`
+  skips the config check, for fine-tuning (`transfer.py` matches the variables one by one).
   """
   if which not in ("best", "latest"):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
-  check_config_matches(workdir, config)
+  if check_config:
+    check_config_matches(workdir, config)
   manager, directory, step = _read_only(workdir, which)
   # Arrays come back with their saved sharding when this job has the topology that wrote
   # them, else replicated over this job's devices: a checkpoint of a multi-host run loads on

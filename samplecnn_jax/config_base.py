@@ -95,6 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 2000  # Training steps between (latest) checkpoints.
   c.keep_checkpoints = 2  # Latest checkpoints kept (the best one is kept in addition).
 
+  # --- Transfer (samplecnn_jax/transfer.py, docs/transfer.md) ------------------------------
+  c.init_from = ""  # Workdir whose trained weights start this run (fine-tuning); '' = from scratch.
+  c.init_from_checkpoint = "best"  # Checkpoint of init_from to load: best | latest.
+  c.trainable = "all"  # What trains: all | head (frozen trunk: no updates, fixed BN statistics).
+  c.trunk_lr_factor = 1.0  # Learning-rate factor of the trunk when trainable=all (1.0 = the paper's).
+
   # --- Devices ----------------------------------------------------------------------------
   c.mesh_shape = (-1,)  # Device mesh shape; -1 = all devices on the data axis.
   c.mesh_axes = ("data",)  # Mesh axis names; the batch is split over 'data'.

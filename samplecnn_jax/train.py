@@ -8,7 +8,8 @@ latest and best checkpoints, follows the paper's staged schedule, and finally sc
 best checkpoint on the test split; `evaluate_checkpoint` is the eval-only mode.
 
 Where training starts is decided in one place, `restore_state`: resume (the workdir's
-latest checkpoint, exactly: state, data iterator, bookkeeping) > from scratch (config.seed).
+latest checkpoint, exactly: state, data iterator, bookkeeping) > init_from (another run's
+weights, layer by layer: `transfer.py`) > from scratch (config.seed).
 """
 
 
@@ -32,7 +33,7 @@ from clu import metrics as clu_metrics
 from clu import parameter_overview
 from flax import struct
 
-from samplecnn_jax import checkpointing, input_pipeline, models, sharding, store
+from samplecnn_jax import checkpointing, input_pipeline, models, sharding, store, transfer
 from samplecnn_jax import metrics as task_metrics
 from samplecnn_jax import workdir as workdir_files
 from samplecnn_jax.config_base import LABEL_TYPES, METRICS
@@ -63,6 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval"):
     if config[field] < 1:
       raise ValueError(f"config.{field} must be >= 1, got {config[field]}.")
+  transfer.validate_config(config)
 
 
 # --- Losses and learning rates --------------------------------------------------------------
@@ -97,11 +99,16 @@ def learning_rate(
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The optimizer with its learning rate as an injectable hyperparameter (set every step)."""
+  """The optimizer with its learning rate as an injectable hyperparameter (set every step).
+
+  With config.trainable=head or trunk_lr_factor != 1, the trunk and the head get their own
+  optimizer (`transfer.partitioned`); gradient clipping still sees the whole gradient.
+  """
+  partition = not (config.trainable == "all" and config.trunk_lr_factor == 1.0)
 
   def build(learning_rate):
     parts = []
-    if config.grad_clip_norm > 0:
+    if config.grad_clip_norm > 0 and not partition:
       parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.optimizer == "sgd":
       if config.weight_decay > 0:
@@ -113,7 +120,15 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
       parts.append(optax.adamw(learning_rate, weight_decay=config.weight_decay))
     return optax.chain(*parts)
 
-  return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
+  if not partition:  # The optimizer state keeps its structure, so old checkpoints load.
+    return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
+  update = transfer.partitioned(config, build)
+
+  def build_clipped(learning_rate):
+    clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm > 0 else []
+    return optax.chain(*clip, update(learning_rate))
+
+  return optax.inject_hyperparams(build_clipped)(learning_rate=config.learning_rate)
 
 
 # --- Train state and schedule bookkeeping ----------------------------------------------------
@@ -256,7 +271,7 @@ def train_step(
   new_state = state.replace(
       step=state.step + 1,
       params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats,
+      batch_stats=transfer.keep_frozen_stats(config, state.batch_stats, batch_stats),
       opt_state=opt_state,
       stage_step=state.stage_step + 1,
   )
@@ -466,7 +481,9 @@ def restore_state(
 ) -> tuple[TrainState, Schedule]:
   """The replicated state and bookkeeping training continues from (sets `train_iter` too).
 
-  Precedence: resume from the workdir's latest checkpoint > from scratch with config.seed.
+  Precedence: resume from the workdir's latest checkpoint (config.init_from is then
+  ignored: the run already started from it) > config.init_from (matching layers of another
+  run, the rest initialised with config.seed) > from scratch with config.seed.
   """
   config = run.config
   state = create_train_state(config, run.model, jax.random.key_data(jax.random.key(config.seed)))
@@ -475,7 +492,15 @@ def restore_state(
     state, meta = restored
     logging.info("Resumed from step %d (stage %d) in %s", int(state.step), int(state.stage),
                  run.workdir)
+    if config.init_from:
+      logging.info("config.init_from=%s is ignored: %s holds checkpoints, so it resumes.",
+                   config.init_from, run.workdir)
     return sharding.replicate(state, run.mesh), Schedule.from_json(meta)
+  if config.init_from:
+    loaded = transfer.load_into(config, model_variables(state))
+    state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
+                          opt_state=state.tx.init(loaded["params"]))
+    return sharding.replicate(state, run.mesh), Schedule()
   logging.info("Starting from scratch in %s", run.workdir)
   return sharding.replicate(state, run.mesh), Schedule()
 
