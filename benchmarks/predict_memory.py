@@ -3,14 +3,13 @@
   PYTHONPATH=. python benchmarks/predict_memory.py [--minutes=20]
 
 Each case runs in a fresh subprocess (a tiny configs/test.py workdir, default segments) and
-reports its peak resident set size from resource.getrusage(RUSAGE_CHILDREN). Prints a table.
+reports its peak resident set size from resource.getrusage(RUSAGE_SELF) inside the child. Prints a table.
 Not for timing; not a test.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
