@@ -337,8 +337,9 @@ class Predictor:
 
     Raises `audio.AudioError` for files that cannot be decoded.
     """
-    mono = audio.load_audio(path, self.sample_rate)
-    return self.segments(mono), len(mono) / self.sample_rate
+    count = None if self.num_segments == COVER else self.num_segments
+    # Streams: only the frames the segments cover are decoded (issue 10 item 11).
+    return audio.read_segments(path, self.sample_rate, self.input_size, count, self._standardize)
 
   def describe(
       self, scores: np.ndarray, top_k: int = DEFAULT_TOP_K, threshold: float | None = None
@@ -422,6 +423,10 @@ def file_record(
   record = {"file": str(path), "error": decoded.get("error"),
             "duration_s": decoded.get("duration_s"),
             "num_segments": 0 if scores is None else decoded["num_segments"]}
+  if scores is not None and not np.isfinite(scores).all():
+    # A NaN score is no result: report the file as failed (strict JSON has no NaN).
+    record["error"] = "invalid: the model gave non-finite scores (NaN/Inf) for this file"
+    scores = None
   if scores is not None:
     return record | describe_scores(scores, labels, top_k, threshold)
   record.update(scores={}, top_k=[], above_threshold=[])
@@ -481,7 +486,7 @@ def find_audio_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], li
 
 def write_json(results: list[dict], out: io.TextIOBase, meta: dict[str, Any]) -> None:
   """`{...meta, "files": [one record per file]}` as indented JSON."""
-  json.dump({**meta, "files": results}, out, indent=2)
+  json.dump({**meta, "files": results}, out, indent=2, allow_nan=False)
   out.write("\n")
 
 
@@ -595,6 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
   except (OSError, ValueError, KeyError) as e:  # Includes CheckpointMismatchError.
     print(f"predict: error: {e}", file=sys.stderr)
+    return 2
+  except Exception as e:  # A damaged checkpoint: Orbax/tensorstore/JSON errors of any type.
+    print(f"predict: error: cannot load the {args.checkpoint} checkpoint of {args.workdir} "
+          f"(damaged or incomplete?): {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
     return 2
   files, notes = find_audio_files(args.paths)
   for note in notes:

@@ -310,3 +310,45 @@ def test_config_json_from_before_a_field_existed_still_loads(run, predictor, tmp
   wave = _tone(0.7, RATE, 880, 30)
   expected = predictor.predict_waveform(wave, RATE)
   np.testing.assert_allclose(old.predict_waveform(wave, RATE), expected, atol=1e-6)
+
+
+def test_streamed_segments_equal_whole_file_decoding(predictor, tmp_path):
+  """Issue 10 item 11: only the scored frames are read, with the whole-file result."""
+  from samplecnn_jax import audio, input_pipeline
+  path = tmp_path / "long_stereo_44k.wav"
+  sf.write(path, _tone(9.0, 44100, 700, 11, channels=2), 44100, subtype="PCM_16")
+  for count in (3, None):
+    streamed, seconds = audio.read_segments(path, RATE, predictor.input_size, count)
+    whole = audio.load_audio(path, RATE)
+    k = count or -(-len(whole) // predictor.input_size)
+    expected = input_pipeline.segment_clip(whole, predictor.input_size, k)
+    assert streamed.shape == expected.shape
+    np.testing.assert_allclose(streamed, expected, atol=1e-5)
+    assert seconds == pytest.approx(9.0)
+
+
+def test_non_finite_scores_are_a_failed_file_and_json_stays_strict(run, audio_dir, tmp_path):
+  """Issue 10 item 10: NaN weights give an error record, never a NaN score."""
+  variables = jax.tree.map(lambda x: np.full(np.shape(x), np.nan, np.float32),
+                           {"params": run["state"].params, "batch_stats": run["state"].batch_stats})
+  labels = predict.load_labels(run["workdir"], run["config"])
+  nan_predictor = predict.Predictor(run["config"], variables, labels)
+  [record] = nan_predictor.predict_files([audio_dir / "a_int16_mono_16k.wav"])
+  assert record["error"].startswith("invalid: the model gave non-finite scores")
+  assert record["scores"] == {} and record["top_k"] == []
+  with open(tmp_path / "out.json", "w") as out:
+    predict.write_json([record], out, {})
+  json.loads((tmp_path / "out.json").read_text(), parse_constant=pytest.fail)
+  with pytest.raises(ValueError):
+    predict.write_json([{"score": float("nan")}], open(tmp_path / "bad.json", "w"), {})
+
+
+def test_damaged_checkpoint_exits_2_with_a_message(run, audio_dir, tmp_path, capsys):
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run["workdir"], damaged)
+  for f in (damaged / "best").rglob("*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+  assert predict.main([f"--workdir={damaged}", str(audio_dir / "a_int16_mono_16k.wav")]) == 2
+  err = capsys.readouterr().err
+  assert "predict: error:" in err and "Traceback" not in err
