@@ -68,6 +68,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.time_shift_ms = 0.0  # Max random time shift in training, ms (Speech Commands: 100).
   c.augment.noise_prob = 0.0  # Probability of mixing background noise in training (SC: 0.8).
   c.augment.noise_volume = 0.1  # Max volume of the mixed background noise.
+  c.augment.gain_db = 0.0  # Random gain drawn from U(-gain_db, +gain_db) dB per clip; 0 = off.
+  c.augment.polarity_prob = 0.0  # Probability of inverting a clip's polarity (x -> -x).
+  c.augment.time_mask_prob = 0.0  # Probability of zeroing one random span of a clip.
+  c.augment.time_mask_fraction = 0.1  # Max length of that span, as a fraction of the input.
+  c.augment.mixup_alpha = 0.0  # Mixup within each batch, lambda ~ Beta(alpha, alpha); 0 = off.
+  c.label_smoothing = 0.0  # Training-loss label smoothing (multi_class: eps/K; multi_label: toward 0.5).
 
   # --- Model ------------------------------------------------------------------------------
   c.model = model_config(c.get_ref("input_size"))  # Architecture (samplecnn_jax.models).
@@ -94,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100  # Training steps between log lines / TensorBoard scalars.
   c.checkpoint_every_steps = 2000  # Training steps between (latest) checkpoints.
   c.keep_checkpoints = 2  # Latest checkpoints kept (the best one is kept in addition).
+  c.bn_recalibration_batches = 0  # Recompute BN statistics on this many train batches before each eval; 0 = paper.
 
   # --- Transfer (samplecnn_jax/transfer.py, docs/transfer.md) ------------------------------
   c.init_from = ""  # Workdir whose trained weights start this run (fine-tuning); '' = from scratch.
@@ -117,18 +124,48 @@ def apply_variant(config: ml_collections.ConfigDict, name: str) -> ml_collection
   return config
 
 
+FLAGS = ("bf16", "small_data")  # Config-arg words that are not variant names.
+
+
+def apply_small_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The small-dataset recipe (docs/small_data.md): augmentation, Adam + cosine, BN recalibration.
+
+  For a few hundred to a few thousand clips. Values chosen by benchmarks/small_data.py on the
+  Speech Commands v0.02 excerpt; override any of them with `--config.field=value`.
+  """
+  config.augment.gain_db = 6.0
+  config.augment.polarity_prob = 0.5
+  config.augment.time_mask_prob = 0.5
+  config.augment.time_mask_fraction = 0.1
+  config.augment.mixup_alpha = 0.2
+  config.label_smoothing = 0.1
+  config.optimizer = "adamw"
+  config.learning_rate = 1e-3
+  config.weight_decay = 1e-4
+  config.schedule = "cosine"
+  config.warmup_steps = 50
+  config.num_train_steps = 600
+  config.steps_per_eval = 100
+  config.checkpoint_every_steps = 100
+  config.batch_size = 32
+  config.bn_recalibration_batches = 8
+  config.train_segments = "random"
+  return config
+
+
 def parse_arg(arg: str | None, default_variant: str) -> tuple[str, set[str]]:
   """Splits a `--config=file.py:ARG` argument into a variant name and flags.
 
   ARG is a comma-separated list such as `samplecnn` or `rese2_multi,bf16`. Known flags:
-  `bf16` (bfloat16 compute). Anything else must be a variant name.
+  `bf16` (bfloat16 compute), `small_data` (the measured small-dataset recipe, see
+  `apply_small_data`). Anything else must be a variant name.
   """
   variant, flags = default_variant, set()
   for part in (arg or "").split(","):
     part = part.strip()
     if not part:
       continue
-    if part in ("bf16",):
+    if part in FLAGS:
       flags.add(part)
     else:
       models.get_variant(part)  # Raises with the valid names.
@@ -142,4 +179,6 @@ def finish(config: ml_collections.ConfigDict, arg: str | None, default_variant: 
   apply_variant(config, variant)
   if "bf16" in flags:
     config.model.dtype = "bfloat16"
+  if "small_data" in flags:
+    apply_small_data(config)
   return config

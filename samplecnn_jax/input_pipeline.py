@@ -216,6 +216,8 @@ class _TrainExample:
     self.noise_prob = float(config.augment.noise_prob)
     self.noise_volume = float(config.augment.noise_volume)
     self.noise = _BackgroundNoise(store) if self.noise_prob > 0 else None
+    self.waveform = WaveformAugment.from_config(config)
+    self.mixup = float(config.augment.mixup_alpha) > 0
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     clip, start = index, None
@@ -225,7 +227,12 @@ class _TrainExample:
     audio = _crop(record["audio"], start, self.input_size, rng)
     if self.shift > 0 or self.noise is not None:
       audio = self._augment(to_float(audio), rng)
-    return {"audio": audio, "label_indices": record["labels"]}
+    if self.waveform.active:
+      audio = self.waveform(to_float(audio), rng)
+    example = {"audio": audio, "label_indices": record["labels"]}
+    if self.mixup:  # The batch function has no rng of its own: each example brings a seed.
+      example["mix_seed"] = np.asarray(rng.integers(2**31), np.int64)
+    return example
 
   def _augment(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Time shift with zero fill, then background noise at U(0, volume), clipped to [-1, 1]."""
@@ -245,12 +252,62 @@ class _TrainExample:
     return audio
 
 
+@dataclasses.dataclass(frozen=True)
+class WaveformAugment:
+  """Per-clip random gain (dB), polarity inversion and one zeroed time span; off by default.
+
+  Applied to float audio after the time shift and background noise, clipped to [-1, 1].
+  """
+
+  gain_db: float = 0.0
+  polarity_prob: float = 0.0
+  time_mask_prob: float = 0.0
+  time_mask_fraction: float = 0.1
+
+  @classmethod
+  def from_config(cls, config) -> WaveformAugment:
+    a = config.augment
+    return cls(float(a.gain_db), float(a.polarity_prob), float(a.time_mask_prob),
+               float(a.time_mask_fraction))
+
+  @property
+  def active(self) -> bool:
+    return self.gain_db > 0 or self.polarity_prob > 0 or self.time_mask_prob > 0
+
+  def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if self.gain_db > 0:
+      audio = audio * np.float32(10.0 ** (rng.uniform(-self.gain_db, self.gain_db) / 20.0))
+    if self.polarity_prob > 0 and rng.random() < self.polarity_prob:
+      audio = -audio
+    if self.time_mask_prob > 0 and rng.random() < self.time_mask_prob:
+      width = int(rng.integers(0, int(self.time_mask_fraction * len(audio)) + 1))
+      start = int(rng.integers(0, len(audio) - width + 1))
+      audio = audio.copy()
+      audio[start:start + width] = 0.0
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+def mixup(audio: np.ndarray, label: np.ndarray, alpha: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Batch-level mixup: row i becomes lam_i * row i + (1 - lam_i) * row perm(i).
+
+  lam_i ~ Beta(alpha, alpha), folded to >= 0.5 so each row keeps its own clip dominant.
+  Labels mix the same way: one-hot rows still sum to 1 (multi_class), multi-hot rows become
+  soft targets for the sigmoid cross-entropy (multi_label).
+  """
+  lam = rng.beta(alpha, alpha, size=len(audio)).astype(np.float32)
+  lam = np.maximum(lam, 1.0 - lam)[:, None]
+  perm = rng.permutation(len(audio))
+  return lam * audio + (1 - lam) * audio[perm], lam * label + (1 - lam) * label[perm]
+
+
 class _TrainBatch:
   """Grain batch_fn: stacks examples into float32 audio and multi-hot labels in one pass."""
 
   def __init__(self, config):
     self.num_classes = int(config.num_classes)
     self.standardize = Standardize.from_config(config)
+    self.mixup_alpha = float(config.augment.mixup_alpha)
 
   def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     audio = np.empty((len(examples), len(examples[0]["audio"])), np.float32)
@@ -258,6 +315,9 @@ class _TrainBatch:
     for row, example in enumerate(examples):
       to_float(example["audio"], out=audio[row])
       label[row, example["label_indices"]] = 1.0
+    if self.mixup_alpha > 0:
+      rng = np.random.default_rng([int(e["mix_seed"]) for e in examples])
+      audio, label = mixup(audio, label, self.mixup_alpha, rng)
     return {"audio": self.standardize(audio), "label": label}
 
 

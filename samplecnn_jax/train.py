@@ -77,6 +77,14 @@ def loss_per_example(logits: jax.Array, labels: jax.Array, label_type: str) -> j
   return optax.softmax_cross_entropy(logits, labels)
 
 
+def smooth_labels(labels: jax.Array, smoothing: float, label_type: str) -> jax.Array:
+  """Label smoothing: multi_class toward uniform over K, multi_label toward 0.5; 0 = off."""
+  if smoothing <= 0:
+    return labels
+  target = 0.5 if label_type == "multi_label" else 1.0 / labels.shape[-1]
+  return labels * (1.0 - smoothing) + smoothing * target
+
+
 def learning_rate(
     config: ml_collections.ConfigDict, step: jax.Array, stage: jax.Array, stage_step: jax.Array
 ) -> jax.Array:
@@ -259,7 +267,8 @@ def train_step(
         rngs={"dropout": dropout_rng},
         mutable=["batch_stats"],
     )
-    loss = loss_per_example(logits, batch["label"], config.label_type).mean()
+    labels = smooth_labels(batch["label"], config.label_smoothing, config.label_type)
+    loss = loss_per_example(logits, labels, config.label_type).mean()
     return loss, updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -289,9 +298,48 @@ def eval_step(
   return probabilities(logits, label_type), loss_per_example(logits, batch["label"], label_type)
 
 
+def batch_statistics(
+    variables: dict[str, Any], batch: dict[str, jax.Array], model: nn.Module, seed: int
+) -> Any:
+  """The BatchNorm statistics of one batch in train mode, as training computes them.
+
+  A momentum-0 clone of the model stores the batch's own mean and variance instead of a
+  running average; dropout is on (train mode), with a fixed key so the result is repeatable.
+  """
+  _, updates = model.clone(bn_momentum=0.0).apply(
+      variables, batch["audio"], train=True,
+      rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"],
+  )
+  return updates["batch_stats"]
+
+
+def recalibrate_batch_stats(run: "Run", state: TrainState) -> TrainState:
+  """Replaces the running BN statistics with the exact mean over N training batches.
+
+  With `config.bn_recalibration_batches` = N > 0, the statistics evaluation and the best
+  checkpoint use match the current weights instead of lagging them (a running average with
+  momentum 0.99 remembers ~100 steps of older weights, which short runs never outgrow).
+  The batches come from their own seed's stream (seed + 1), read by index, so the training
+  iterator and resumption are untouched. Parameters are not updated. N = 0: unchanged.
+  """
+  config = run.config
+  num = int(config.bn_recalibration_batches)
+  if num <= 0:
+    return state
+  batches = input_pipeline.train_batches(config, run.store, seed=config.seed + 1)
+  variables = model_variables(state)
+  total = None
+  for k in range(num):
+    batch = sharding.global_batch(batches[k], run.mesh)
+    stats = run.steps.batch_statistics(variables, batch)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+  return state.replace(batch_stats=jax.tree.map(lambda x: x / num, total))
+
+
 class CompiledSteps(NamedTuple):
   train_step: Callable  # (state, batch) -> (state, TrainMetrics); donates the state.
   eval_step: Callable  # (variables, batch) -> (probabilities, losses), sharded over `data`.
+  batch_statistics: Callable  # (variables, batch) -> train-mode BN statistics of the batch.
 
 
 def compile_steps(
@@ -311,7 +359,12 @@ def compile_steps(
       in_shardings=(replicated, data_sharding),
       out_shardings=(data_sharding, data_sharding),
   )
-  return CompiledSteps(train_step_fn, eval_step_fn)
+  stats_fn = jax.jit(
+      functools.partial(batch_statistics, model=model, seed=int(config.seed)),
+      in_shardings=(replicated, data_sharding),
+      out_shardings=replicated,
+  )
+  return CompiledSteps(train_step_fn, eval_step_fn, stats_fn)
 
 
 # --- The run ----------------------------------------------------------------------------------
@@ -578,6 +631,7 @@ def _validate(evaluator: Evaluator, ckpt: checkpointing.Checkpointer, progress: 
   """Scores the validation split, keeps the best checkpoint, and ends a stage on patience."""
   run = evaluator.run
   config, step = run.config, int(state.step)
+  state = recalibrate_batch_stats(run, state)
   result, _ = evaluator.evaluate(model_variables(state), config.eval_split,
                                  config.max_eval_batches)
   logging.info("step %d | %s: %s", step, config.eval_split, _summary(result))

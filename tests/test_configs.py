@@ -90,3 +90,19 @@ def test_config_fields_each_have_a_comment():
       stripped = line.strip()
       if stripped.startswith(prefixes) and " = " in stripped:
         assert "#" in stripped, f"{path.name}: field without a comment: {stripped}"
+
+
+def test_small_data_argument_turns_on_the_recipe_and_combines_with_a_variant():
+  paper = load_config("speech_commands")
+  assert paper.bn_recalibration_batches == 0 and paper.augment.mixup_alpha == 0
+  assert paper.augment.gain_db == 0 and paper.label_smoothing == 0 and paper.optimizer == "sgd"
+  small = load_config("speech_commands", "small_data")
+  assert small.bn_recalibration_batches > 0 and small.augment.mixup_alpha > 0
+  assert small.optimizer == "adamw" and small.schedule == "cosine"
+  assert small.model.block == paper.model.block
+  both = load_config("speech_commands", "samplecnn,small_data")
+  assert both.model.variant == "samplecnn" and both.augment.gain_db == small.augment.gain_db
+  assert config_base.parse_arg("rese2_multi,small_data,bf16", "samplecnn") == (
+      "rese2_multi", {"small_data", "bf16"})
+  with pytest.raises(ValueError):
+    config_base.parse_arg("small_dta", "samplecnn")

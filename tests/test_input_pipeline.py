@@ -503,3 +503,85 @@ def test_store_checks_a_config_without_reading_files(tiny_store):
   tiny_store.check_matches(tiny_config())
   with pytest.raises(ValueError, match="config.num_classes is 7"):
     tiny_store.check_matches(tiny_config(num_classes=7))
+
+
+# --- Small-data augmentations -----------------------------------------------------------------
+
+
+def _rows(config, tiny_store, count=24, key="audio", seed=3):
+  return take_rows(ip.create_train_iterator(config, tiny_store, seed=seed, process=ALONE), count, key)
+
+
+def test_waveform_augmentations_are_off_by_default_and_leave_batches_unchanged(tiny_store):
+  config = tiny_config()
+  assert not ip.WaveformAugment.from_config(config).active
+  assert config.augment.mixup_alpha == 0
+  plain = _rows(config, tiny_store)
+  # Explicitly zeroed fields give the same stream: the defaults really are "off".
+  zeroed = tiny_config(**{"augment.gain_db": 0.0, "augment.polarity_prob": 0.0,
+                          "augment.time_mask_prob": 0.0, "augment.mixup_alpha": 0.0})
+  np.testing.assert_array_equal(plain, _rows(zeroed, tiny_store))
+  for row in plain:
+    row_clip_and_positions(row)  # Still exact, unmixed crops of one clip.
+
+
+def test_gain_stays_in_its_db_range_and_is_deterministic_per_seed(tiny_store):
+  plain = _rows(tiny_config(), tiny_store, 40)
+  config = tiny_config(**{"augment.gain_db": 6.0})
+  gained = _rows(config, tiny_store, 40)
+  assert gained.shape == plain.shape and gained.dtype == np.float32
+  np.testing.assert_array_equal(gained, _rows(config, tiny_store, 40))
+  assert not np.array_equal(gained, _rows(config, tiny_store, 40, seed=4))
+  ratios = []
+  for before, after in zip(plain, gained, strict=True):
+    nz = np.abs(before) > 0
+    ratio = after[nz] / before[nz]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)  # One gain per clip.
+    ratios.append(ratio[0])
+  db = 20 * np.log10(np.asarray(ratios))
+  assert db.min() >= -6.0 - 1e-4 and db.max() <= 6.0 + 1e-4
+  assert db.max() - db.min() > 3.0  # The gains really vary.
+
+
+def test_polarity_inversion_flips_some_rows_exactly(tiny_store):
+  plain = _rows(tiny_config(), tiny_store, 40)
+  flipped = _rows(tiny_config(**{"augment.polarity_prob": 0.5}), tiny_store, 40)
+  same = [np.array_equal(a, b) for a, b in zip(plain, flipped, strict=True)]
+  negated = [np.array_equal(-a, b) for a, b in zip(plain, flipped, strict=True)]
+  assert all(s or n for s, n in zip(same, negated, strict=True))
+  assert 5 < sum(negated) < 35
+
+
+def test_time_mask_zeroes_one_span_of_bounded_length():
+  augment = ip.WaveformAugment(time_mask_prob=1.0, time_mask_fraction=0.25)
+  rng = np.random.default_rng(0)
+  widths = []
+  for _ in range(50):
+    audio = np.full((64,), 0.5, np.float32)
+    out = augment(audio, rng)
+    zeros = np.flatnonzero(out == 0)
+    assert out.shape == (64,) and np.all(out[out != 0] == 0.5)
+    if len(zeros):
+      assert zeros[-1] - zeros[0] + 1 == len(zeros)  # One contiguous span.
+    widths.append(len(zeros))
+    assert audio.min() == 0.5  # The input is not modified in place.
+  assert max(widths) <= 16 and len(set(widths)) > 3
+
+
+def test_mixup_keeps_label_sums_and_mixes_audio_with_the_same_weights(tiny_store):
+  rng = np.random.default_rng(0)
+  audio = rng.normal(size=(8, 16)).astype(np.float32)
+  one_hot = np.eye(5, dtype=np.float32)[rng.integers(0, 5, size=8)]
+  mixed_audio, mixed_label = ip.mixup(audio, one_hot, 0.4, np.random.default_rng(1))
+  np.testing.assert_allclose(mixed_label.sum(axis=1), 1.0, rtol=1e-6)
+  assert mixed_audio.shape == audio.shape and mixed_label.max() >= 0.5
+  multi_hot_labels = (rng.random((8, 5)) > 0.5).astype(np.float32)
+  _, soft = ip.mixup(audio, multi_hot_labels, 0.4, np.random.default_rng(1))
+  assert soft.min() >= 0 and soft.max() <= 1  # Soft multi-label targets for BCE.
+  # Through the pipeline: deterministic per seed, rows are no longer single clips.
+  config = tiny_config(**{"augment.mixup_alpha": 0.4})
+  labels = _rows(config, tiny_store, 24, key="label")
+  np.testing.assert_array_equal(labels, _rows(config, tiny_store, 24, key="label"))
+  plain = _rows(tiny_config(), tiny_store, 24, key="label")
+  assert not np.array_equal(labels, plain)
+  np.testing.assert_allclose(labels.sum(axis=1) > 0, True)

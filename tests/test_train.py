@@ -252,3 +252,71 @@ def test_speech_commands_excerpt_trains_and_scores_12_classes(shared_data, tmp_p
   assert saved["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
   assert 0.0 <= saved["accuracy_train_classes"] <= 1.0
 
+
+
+def test_bn_recalibration_makes_eval_mode_match_train_mode_on_training_data(demo_store):
+  """Stale running averages make eval mode disagree with train mode; recalibrated ones do not.
+
+  Dropout is off, so train mode differs from eval mode only in the BN statistics: with N = 1
+  recalibration batch, eval mode on that batch must give train mode's loss exactly.
+  """
+  import dataclasses
+
+  from samplecnn_jax import input_pipeline, sharding
+  config = tiny_config(demo_store, bn_recalibration_batches=1, optimizer="adam",
+                       learning_rate=0.03)
+  config.model.block_dropout = 0.0
+  config.model.head_dropout = 0.0
+  run = train.setup(config, "/tmp/unused_workdir_recal")
+  state = train.create_train_state(config, run.model, jax.random.key_data(jax.random.key(0)))
+  state = sharding.replicate(state, run.mesh)
+  batches = input_pipeline.train_batches(config, run.store, seed=0)
+  for k in range(4):
+    state, _ = run.steps.train_step(state, sharding.global_batch(batches[k], run.mesh))
+  probe = sharding.global_batch(
+      input_pipeline.train_batches(config, run.store, seed=config.seed + 1)[0], run.mesh)
+  logits, _ = run.model.apply(train.model_variables(state), probe["audio"], train=True,
+                              mutable=["batch_stats"])
+  train_loss = float(train.loss_per_example(logits, probe["label"], config.label_type).mean())
+  stale = float(run.steps.eval_step(train.model_variables(state), probe)[1].mean())
+  recal = train.recalibrate_batch_stats(run, state)
+  fresh = float(run.steps.eval_step(train.model_variables(recal), probe)[1].mean())
+  assert abs(stale - train_loss) > 1e-3  # The running averages lag after 4 steps.
+  np.testing.assert_allclose(fresh, train_loss, rtol=1e-4)
+  assert_trees_equal(recal.params, state.params)  # No parameter update.
+  off = dataclasses.replace(run, config=tiny_config(demo_store, bn_recalibration_batches=0))
+  assert train.recalibrate_batch_stats(off, state) is state  # 0 = the paper's behaviour.
+
+
+RECAL_SCRIPT = """
+import sys, numpy as np, jax
+sys.path.insert(0, {tests!r})
+from conftest import load_config
+from samplecnn_jax import models, sharding, train
+config = load_config("test")
+config.data_dir = {store!r}
+config.bn_recalibration_batches = 3
+run = train.setup(config, {workdir!r})
+state = train.create_train_state(config, run.model, jax.random.key_data(jax.random.key(0)))
+state = sharding.replicate(state, run.mesh)
+state = train.recalibrate_batch_stats(run, state)
+np.savez({out!r}, *[np.asarray(x) for x in jax.tree.leaves(state.batch_stats)],
+         devices=jax.device_count())
+"""
+
+
+def test_bn_recalibration_gives_the_same_statistics_on_1_and_4_devices(demo_store, tmp_path):
+  results = {}
+  for devices in (1, 4):
+    out = tmp_path / f"recal{devices}.npz"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    script = RECAL_SCRIPT.format(tests=str(REPO / "tests"), store=demo_store, out=str(out),
+                                 workdir=str(tmp_path / f"w{devices}"))
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO)
+    results[devices] = np.load(out)
+  assert int(results[4]["devices"]) == 4
+  names = [k for k in results[1].files if k != "devices"]
+  assert names
+  for name in names:
+    np.testing.assert_allclose(results[1][name], results[4][name], rtol=1e-4, atol=1e-5)
