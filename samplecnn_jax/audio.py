@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -207,19 +208,30 @@ def _resample_margin(native_sr: int) -> int:
   return max(256, native_sr // 20)
 
 
+def file_info(path: str | os.PathLike) -> dict[str, int]:
+  """Native sample rate, frame count and channels of a file, without decoding it."""
+  path = Path(os.fsdecode(path)) if isinstance(path, bytes) else Path(path)
+  if not path.is_file():
+    raise AudioError(path, "missing", "file not found")
+  with _open(path) as f:
+    return {"sample_rate": f.samplerate, "frames": f.frames, "channels": f.channels}
+
+
 def read_segments(
     path: str | os.PathLike,
     sample_rate: int,
     input_size: int,
     num_segments: int | None,
     standardize=None,
+    starts: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, float]:
   """The evaluation segments of a file, reading only the frames they cover; (segments, seconds).
 
   Equal (within resampling round-off) to `segment_clip(load_audio(path, sample_rate), ...)`
   but a 20-minute file costs what a 1-second one does: each window is read with soundfile
   seek/read, mixed to mono and resampled on its own, with a margin for the filter.
-  `num_segments=None` covers the whole clip (ceil(length / input_size) segments).
+  `num_segments=None` covers the whole clip (ceil(length / input_size) segments); `starts`
+  (samples at `sample_rate`) overrides both, e.g. for a timeline at a fixed hop.
   Raises `AudioError` as `load_audio` does.
   """
   from math import ceil, gcd
@@ -242,8 +254,10 @@ def read_segments(
           f"truncated: header declares {missing[0]} bytes of audio data, file holds {missing[1]}",
       )
     length = ceil(declared * sample_rate / native_sr)  # Samples after resampling.
-    count = num_segments or max(1, ceil(length / input_size))
-    starts = segment_starts(length, input_size, count)
+    if starts is None:
+      count = num_segments or max(1, ceil(length / input_size))
+      starts = segment_starts(length, input_size, count)
+    count = len(starts)
     step = native_sr // gcd(native_sr, sample_rate)  # Native frames per aligned block.
     out_step = sample_rate // gcd(native_sr, sample_rate)
     margin = _resample_margin(native_sr)

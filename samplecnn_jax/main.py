@@ -14,6 +14,7 @@ All logic lives in `train.py` so that tests and notebooks can call it directly.
 """
 
 import logging as std_logging
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -73,7 +74,11 @@ def main(argv):
     config = _CONFIG.value or workdir_files.read_config(_WORKDIR.value)
     train.evaluate_checkpoint(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
   else:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except workdir_files.WorkdirLockedError as e:  # Exit at once, non-zero, no traceback.
+      logging.error("%s", e)
+      sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ NUM_MULTI_LEVELS = 3  # The Multi head concatenates the global max pools of the 
 # Name under which every layer sows its output before the final ReLU (pooled like the output,
 # shortcut included, SE gate of `se` blocks excluded) into the "intermediates" collection.
 PRE_RELU = "pre_relu"
+EMBEDDING = "embedding"  # Sown by the full model: the pooled features its head reads.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,15 +270,19 @@ class SampleLevelCNN(nn.Module):
     head_activation = lambda y: layers.Dropout(self.head_dropout, deterministic=not train)(
         nn.relu(norm(name="head_bn")(y))
     )
+    # What the head reads, pooled over time to one vector per input: the embedding that
+    # `predict --embeddings` averages over a file's segments (the concatenated global max
+    # pools for the gmp head; the last block's global max pool for the SampleCNN head).
+    levels = outputs[-NUM_MULTI_LEVELS:] if self.multi else outputs[-1:]
+    pooled = jnp.concatenate([jnp.max(level, axis=1) for level in levels], axis=-1)
+    self.sow("intermediates", EMBEDDING, pooled.astype(jnp.float32))
     if self.head == "samplecnn":
       # SMC 2017 head: 1x1 conv on the last block, then a global max over what length remains
       # (exactly 1 for the 3^9 model, where this is the published head).
       width = self.head_width or outputs[-1].shape[-1]
       x = jnp.max(head_activation(conv(width, (1,), name="head_conv")(outputs[-1])), axis=1)
     else:
-      levels = outputs[-NUM_MULTI_LEVELS:] if self.multi else outputs[-1:]
-      x = jnp.concatenate([jnp.max(level, axis=1) for level in levels], axis=-1)
-      x = head_activation(dense(self.head_width or x.shape[-1], "head_dense")(x))
+      x = head_activation(dense(self.head_width or pooled.shape[-1], "head_dense")(pooled))
     return dense(self.num_classes, "logits")(x).astype(jnp.float32)
 
 

@@ -251,7 +251,12 @@ class Predictor:
       logits = model.apply(variables, segments, train=False)
       return models.probabilities(logits, label_type)
 
+    def embed(variables, segments):
+      _, state = model.apply(variables, segments, train=False, mutable=["intermediates"])
+      return state["intermediates"][models.EMBEDDING][0]
+
     self._forward = jax.jit(forward)
+    self._embed = jax.jit(embed)
     # One device: checkpoints load replicated over all of them, which would run every
     # batch on each.
     self._variables = jax.device_put(
@@ -325,6 +330,65 @@ class Predictor:
     items = ((i, self._prepare_waveform(w, r)) for i, (w, r) in pairs)
     scores = [result for _, result in self._score_stream(items)]
     return np.stack(scores) if scores else np.zeros((0, self.num_classes), np.float32)
+
+  def _in_batches(self, fn: Callable, segments: np.ndarray) -> np.ndarray:
+    """`fn(variables, batch)` over `segments` in fixed-size batches (one compile), unpadded."""
+    outputs = []
+    for first in range(0, len(segments), self.batch_size):
+      chunk = segments[first : first + self.batch_size]
+      padded = np.zeros((self.batch_size, self.input_size), np.float32)
+      padded[: len(chunk)] = chunk
+      outputs.append(np.asarray(fn(self._variables, padded))[: len(chunk)])
+    return np.concatenate(outputs)
+
+  def embed(self, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Clip embeddings of audio files: `(embeddings (files, D) float32, paths, failures)`.
+
+    A file's embedding is the mean over its segments (the `segments` setting, as for scores)
+    of what the head reads (`models.EMBEDDING`: the pooled trunk features). Files that
+    cannot be decoded are left out and listed in `failures` as {"path", "error"}.
+    """
+    rows, kept, failures = [], [], []
+    for path in paths:
+      try:
+        segments, _ = self.load_segments(path)
+      except audio.AudioError as e:
+        failures.append({"path": str(path), "error": str(e)})
+        continue
+      embedding = self._in_batches(self._embed, segments).mean(axis=0)
+      if not np.isfinite(embedding).all():
+        failures.append({"path": str(path), "error": "non-finite embedding"})
+        continue
+      rows.append(embedding.astype(np.float32))
+      kept.append(str(path))
+    width = rows[0].shape[-1] if rows else 0
+    return (np.stack(rows) if rows else np.zeros((0, width), np.float32)), kept, failures
+
+  def timeline(
+      self, path: str | os.PathLike, hop_seconds: float, chunk_segments: int = 256
+  ) -> dict[str, np.ndarray]:
+    """Class scores over time of one file: segments every `hop_seconds`, streamed.
+
+    Returns {"start", "end"} (seconds, `(T,)`) and "scores" `(T, num_classes)`. Only
+    `chunk_segments` segments are decoded at a time, so a long recording costs what a short
+    one does. Raises `audio.AudioError` for files that cannot be decoded.
+    """
+    if hop_seconds <= 0:
+      raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}.")
+    info = audio.file_info(path)
+    length = math.ceil(info["frames"] * self.sample_rate / info["sample_rate"])
+    hop = max(1, round(hop_seconds * self.sample_rate))
+    starts = np.arange(0, max(length - self.input_size, 0) + 1, hop, dtype=np.int64)
+    scores = []
+    for first in range(0, len(starts), chunk_segments):
+      segments, _ = audio.read_segments(
+          path, self.sample_rate, self.input_size, None, self._standardize,
+          starts=starts[first : first + chunk_segments],
+      )
+      scores.append(self._in_batches(self._forward, segments))
+    seconds = starts / self.sample_rate
+    return {"start": seconds, "end": seconds + self.input_size / self.sample_rate,
+            "scores": np.concatenate(scores).astype(np.float32)}
 
   def predict_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     """Clip scores `(num_classes,)` of one waveform (see `predict_batch`)."""
@@ -506,6 +570,37 @@ def write_csv(results: list[dict], out: io.TextIOBase, labels: LabelInfo) -> Non
     writer.writerow(row + scores)
 
 
+def write_timeline(
+    predictor: Predictor, path: str | os.PathLike, out_dir: str | os.PathLike, hop_seconds: float
+) -> Path:
+  """Writes `<name>.timeline.csv` and `<name>.timeline.png` for one file; returns the CSV path."""
+  from matplotlib.figure import Figure
+
+  timeline = predictor.timeline(path, hop_seconds)
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  name = Path(os.fsdecode(path)).name
+  classes = list(predictor.labels.vocabulary)
+  csv_path = out / f"{name}.timeline.csv"
+  with open(csv_path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["start_s", "end_s", *classes])
+    for start, end, row in zip(timeline["start"], timeline["end"], timeline["scores"],
+                               strict=True):
+      writer.writerow([f"{start:.3f}", f"{end:.3f}", *(f"{v:.5f}" for v in row)])
+  figure = Figure(figsize=(max(6.0, min(20.0, len(timeline["start"]) / 20)), 1 + 0.3 * len(classes)))
+  ax = figure.subplots()
+  end = float(timeline["end"][-1]) if len(timeline["end"]) else 0.0
+  image = ax.imshow(timeline["scores"].T, aspect="auto", origin="lower", vmin=0.0, vmax=1.0,
+                    extent=(0.0, end, -0.5, len(classes) - 0.5), interpolation="nearest")
+  ax.set_yticks(range(len(classes)), classes)
+  ax.set_xlabel("time (s)")
+  ax.set_title(name)
+  figure.colorbar(image, ax=ax, label="score")
+  figure.savefig(out / f"{name}.timeline.png", dpi=80, bbox_inches="tight")
+  return csv_path
+
+
 def format_table(results: list[dict], threshold: float) -> str:
   """Human-readable lines: file, top-k labels with scores, labels above the threshold."""
   width = min(max((len(r["file"]) for r in results), default=4), 60)
@@ -569,6 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                  help=f"decoding threads (default {DEFAULT_THREADS})")
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  p.add_argument("--embeddings", default=None, metavar="OUT.npz",
+                 help="also write clip embeddings (files x D, the mean over segments of what "
+                 "the head reads) and their paths to OUT.npz")
+  p.add_argument("--timeline", default=None, metavar="OUT_DIR",
+                 help="also write, per file, <name>.timeline.csv (class scores every "
+                 "--hop_seconds) and <name>.timeline.png (a classes x time heat map)")
+  p.add_argument("--hop_seconds", type=float, default=None,
+                 help="hop of --timeline segments, s (default: half a segment)")
   return p
 
 
@@ -634,6 +737,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output:
       out.close()
   failed = sum(1 for r in results if r["error"])
+  if args.embeddings:
+    embeddings, kept, failures = predictor.embed(files)
+    np.savez(args.embeddings, embeddings=embeddings, paths=np.asarray(kept, dtype=str))
+    print(f"predict: {len(kept)} embeddings ({embeddings.shape[-1]} dims) -> {args.embeddings}",
+          file=sys.stderr)
+    for failure in failures:
+      print(f"predict: no embedding for {failure['path']}: {failure['error']}", file=sys.stderr)
+  if args.timeline:
+    hop = args.hop_seconds or predictor.input_size / predictor.sample_rate / 2
+    for path in files:
+      try:
+        written = write_timeline(predictor, path, args.timeline, hop)
+      except (audio.AudioError, ValueError) as e:
+        print(f"predict: no timeline for {path}: {e}", file=sys.stderr)
+        continue
+      print(f"predict: timeline of {path} -> {written}", file=sys.stderr)
   where = f" -> {args.output}" if args.output else ""
   print(f"predict: {len(results) - failed} files scored, {failed} failed{where}", file=sys.stderr)
   return 0 if failed < len(results) else 1

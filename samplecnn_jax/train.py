@@ -13,6 +13,7 @@ weights, layer by layer: `transfer.py`) > from scratch (config.seed).
 """
 
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -568,16 +569,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The test-split metrics of the best checkpoint (also in `workdir/metrics_test.json`).
   """
-  run = setup(config, workdir)
-  Path(workdir).mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    workdir_files.write_config(workdir, config)
-    workdir_files.write_labels(workdir, run.store.label_record())
+  run = setup(config, workdir)  # Checks config and store before anything is written.
+  lock = workdir_files.exclusive(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _train(run)
+
+
+def _train(run: Run) -> dict[str, Any]:
+  """The loop of `train_and_evaluate`, run while this process holds the workdir."""
+  config, workdir = run.config, run.workdir
   train_iter = input_pipeline.create_train_iterator(config, run.store, seed=config.seed)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   evaluator = Evaluator(run)
   state, schedule = restore_state(run, ckpt, train_iter)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # Only once the restore worked: it describes these checkpoints.
+    workdir_files.write_config(workdir, config)
+    workdir_files.write_labels(workdir, run.store.label_record())
     parameter_overview.log_parameter_overview(state.params)
   logging.info("Mesh %s over %d devices, %d processes; global batch %d",
                dict(run.mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)
@@ -600,6 +607,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if at_eval:
         state = _validate(evaluator, ckpt, progress, state, schedule)
       if at_eval or step % config.checkpoint_every_steps == 0:
+        _stop_unless_state_finite(state, ckpt, workdir)
         ckpt.save(state, train_iter, schedule.to_json())
     ckpt.wait()
 
@@ -614,15 +622,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _stop_unless_finite(loss: float, step: int, ckpt: checkpointing.Checkpointer,
                         workdir: str) -> None:
-  """The NaN guard: stops with the last good checkpoint kept and what to change."""
-  if math.isfinite(loss):
-    return
+  """The NaN guard on the logged loss: stops naming the last good checkpoint."""
+  if not math.isfinite(loss):
+    _diverged(f"Training loss became {loss} by step {step}", ckpt, workdir)
+
+
+@jax.jit
+def _is_finite(params: Any, batch_stats: Any) -> jax.Array:
+  """True when every parameter and batch statistic is finite (one reduction on device)."""
+  leaves = jax.tree.leaves((params, batch_stats))
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _stop_unless_state_finite(state: TrainState, ckpt: checkpointing.Checkpointer,
+                              workdir: str) -> None:
+  """The NaN guard at every save: a non-finite state is never written as latest or best."""
+  if not bool(_is_finite(state.params, state.batch_stats)):
+    _diverged(f"Parameters or batch statistics became NaN/Inf by step {int(state.step)}",
+              ckpt, workdir)
+
+
+def _diverged(what: str, ckpt: checkpointing.Checkpointer, workdir: str) -> None:
   ckpt.wait()
+  last = ckpt.latest_step()
+  kept = (f"The last finite checkpoint (step {last}) is kept in {workdir}; a re-run resumes "
+          f"from it" if last is not None else
+          f"No checkpoint was written yet in {workdir}, so a re-run starts from scratch")
   raise FloatingPointError(
-      f"Training loss became {loss} by step {step}. The last good checkpoint "
-      f"(step {ckpt.latest_step()}) is kept in {workdir}; lower the learning rate "
+      f"{what}: training diverged. {kept}. Lower the learning rate "
       f"(--config.learning_rate), enable clipping (--config.grad_clip_norm=1.0) or use "
-      f"float32 (--config.model.dtype=float32), then re-run to resume."
+      f"float32 (--config.model.dtype=float32)."
   )
 
 
@@ -638,6 +667,7 @@ def _validate(evaluator: Evaluator, ckpt: checkpointing.Checkpointer, progress: 
   progress.scalars(step, result, config.eval_split)
   write_metrics(run, config.eval_split, step, result)
   if schedule.record(result[config.best_metric], step, config.best_metric):
+    _stop_unless_state_finite(state, ckpt, run.workdir)
     ckpt.save_best(state, schedule.to_json())
   if config.schedule == "staged" and schedule.evals_without_improvement >= config.patience:
     state = _next_stage(run, ckpt, state, schedule)

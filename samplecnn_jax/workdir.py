@@ -14,9 +14,14 @@ checkpoints: `checkpointing.py` does.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from samplecnn_jax import config_base, store
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"  # Label vocabulary of a run (for prediction without the store).
+LOCK_FILE = ".lock"  # Held (an OS file lock) by the one training process of the workdir.
 
 
 def metrics_path(workdir: str | os.PathLike, split: str) -> Path:
@@ -125,3 +131,38 @@ def write_metrics(
 def read_metrics(workdir: str | os.PathLike, split: str) -> dict[str, Any]:
   """The last scores written for `split` (`write_metrics`)."""
   return json.loads(metrics_path(workdir, split).read_text())
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another process is training in this workdir."""
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str | os.PathLike) -> Iterator[None]:
+  """Holds `WORKDIR/.lock` for the duration: one training run per workdir.
+
+  An OS file lock (flock), so the kernel releases it when the process ends, also on SIGKILL:
+  a stale lock file never blocks a rerun. The holder's pid, host and start time are written
+  into the file so that a second process can say who holds the workdir.
+  """
+  path = Path(workdir) / LOCK_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle = open(path, "a+")  # noqa: SIM115 (closed in finally; closing releases the lock)
+  try:
+    try:
+      fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      holder = handle.read().strip() or "an unknown process"
+      raise WorkdirLockedError(
+          f"{workdir} is in use by another training run ({holder}). Wait for it to finish, "
+          f"stop it, or use another --workdir."
+      ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    yield
+  finally:
+    handle.close()

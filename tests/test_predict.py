@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from conftest import REPO, load_config
 
-from samplecnn_jax import checkpointing, models, predict, prepare, sharding, store, train
+from samplecnn_jax import audio, checkpointing, models, predict, prepare, sharding, store, train
 from samplecnn_jax import workdir as workdir_files
 
 RATE = 16000
@@ -352,3 +352,51 @@ def test_damaged_checkpoint_exits_2_with_a_message(run, audio_dir, tmp_path, cap
   assert predict.main([f"--workdir={damaged}", str(audio_dir / "a_int16_mono_16k.wav")]) == 2
   err = capsys.readouterr().err
   assert "predict: error:" in err and "Traceback" not in err
+
+
+def test_embeddings_are_the_mean_of_what_the_head_reads(run, predictor, audio_dir, tmp_path):
+  files = [audio_dir / "a_int16_mono_16k.wav", audio_dir / "g_corrupt.wav",
+           audio_dir / "nested" / "d_long_22k.flac"]
+  embeddings, paths, failures = predictor.embed(files)
+  assert paths == [str(files[0]), str(files[2])] and failures[0]["path"] == str(files[1])
+  # rese2_multi: the head reads the concatenated max pools of the last 3 blocks.
+  model = models.create_model(run["config"].model, run["config"].num_classes)
+  segments, _ = predictor.load_segments(files[2])
+  _, state = model.apply(jax.device_get(predictor._variables), segments, train=False,
+                         mutable=["intermediates"])
+  expected = np.asarray(state["intermediates"][models.EMBEDDING][0]).mean(axis=0)
+  assert embeddings.shape == (2, expected.shape[-1]) and embeddings.dtype == np.float32
+  np.testing.assert_allclose(embeddings[1], expected, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(embeddings[0], embeddings[1])
+  out = tmp_path / "emb.npz"
+  argv = [f"--workdir={run['workdir']}", str(files[0]), str(files[2]), "--no_progress",
+          f"--embeddings={out}", f"--output={tmp_path / 'scores.json'}"]
+  assert predict.main(argv) == 0
+  saved = np.load(out)
+  np.testing.assert_allclose(saved["embeddings"], embeddings, rtol=1e-6)
+  assert list(saved["paths"]) == paths
+
+
+def test_timeline_streams_segments_at_the_hop_and_writes_csv_and_png(run, predictor, tmp_path):
+  seconds, rate = 3.0, 22050
+  wav = tmp_path / "long.wav"
+  sf.write(wav, _tone(seconds, rate, 700, 9, channels=2), rate)
+  hop = 0.25
+  timeline = predictor.timeline(wav, hop, chunk_segments=3)  # Several chunks.
+  expected_count = int((seconds * RATE - predictor.input_size) // (hop * RATE)) + 1
+  assert timeline["scores"].shape == (expected_count, predictor.num_classes)
+  np.testing.assert_allclose(np.diff(timeline["start"]), hop)
+  # Each row is the score of exactly that window, as if decoded whole.
+  whole = audio.load_audio(wav, RATE)
+  k = expected_count - 1
+  start = int(round(timeline["start"][k] * RATE))
+  direct = predictor.predict_batch([whole[start : start + predictor.input_size]], RATE)[0]
+  np.testing.assert_allclose(timeline["scores"][k], direct, rtol=1e-3, atol=1e-4)
+  out = tmp_path / "timelines"
+  argv = [f"--workdir={run['workdir']}", str(wav), "--no_progress", f"--timeline={out}",
+          f"--hop_seconds={hop}", f"--output={tmp_path / 'scores.json'}"]
+  assert predict.main(argv) == 0
+  rows = (out / "long.wav.timeline.csv").read_text().splitlines()
+  assert rows[0].split(",") == ["start_s", "end_s", *run["vocabulary"]]
+  assert len(rows) == expected_count + 1
+  assert (out / "long.wav.timeline.png").read_bytes()[:4] == b"\x89PNG"

@@ -132,10 +132,52 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(demo_s
   config = tiny_config(demo_store, learning_rate=1e30, num_train_steps=30, steps_per_eval=30,
                        checkpoint_every_steps=1, log_every_steps=1, optimizer="sgd",
                        nesterov=False)
-  with pytest.raises(FloatingPointError, match="last good checkpoint"):
+  with pytest.raises(FloatingPointError, match="last finite checkpoint"):
     train.train_and_evaluate(config, str(tmp_path))
   latest = checkpointing.load_variables(tmp_path, config, which="latest")
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(latest["params"]))
+
+
+def test_divergence_between_log_steps_never_saves_a_non_finite_state(demo_store, tmp_path):
+  """Checkpoints every 2 steps, logs every 50: the guard at the save catches what the log
+  would see too late; every kept checkpoint is finite and a sane rerun resumes from it."""
+  config = tiny_config(demo_store, learning_rate=1e30, num_train_steps=40, steps_per_eval=40,
+                       checkpoint_every_steps=2, log_every_steps=50, optimizer="sgd",
+                       nesterov=False)
+  with pytest.raises(FloatingPointError) as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  message = str(error.value)
+  assert "Parameters or batch statistics became NaN/Inf" in message
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  if steps:
+    assert f"last finite checkpoint (step {steps[-1]})" in message
+    kept = ["latest"] + (["best"] if any((tmp_path / "best").glob("[0-9]*")) else [])
+    for which in kept:
+      variables = checkpointing.load_variables(tmp_path, config, which=which)
+      assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables)), which
+  else:
+    assert "No checkpoint was written yet" in message and "step None" not in message
+  sane = tiny_config(demo_store, num_train_steps=4, steps_per_eval=4, checkpoint_every_steps=2)
+  result = train.train_and_evaluate(sane, str(tmp_path))
+  assert np.isfinite(result["loss"])
+
+
+def test_second_process_on_a_workdir_exits_at_once_naming_the_holder(demo_store, tmp_path):
+  with workdir.exclusive(tmp_path):
+    cmd = [sys.executable, "-m", "samplecnn_jax.main", "--config=configs/test.py",
+           f"--workdir={tmp_path}", f"--config.data_dir={demo_store}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"pid {os.getpid()}" in proc.stderr and "in use by another training run" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
+    assert time.perf_counter() - start < 120
+  with pytest.raises(workdir.WorkdirLockedError, match="in use"):
+    with workdir.exclusive(tmp_path), workdir.exclusive(tmp_path):
+      pass
+  with workdir.exclusive(tmp_path):  # Released on exit: it can be taken again.
+    pass
 
 
 def test_workdir_with_other_config_gives_clear_error(demo_store, tmp_path):
