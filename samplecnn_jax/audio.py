@@ -120,6 +120,29 @@ def _open(path: Path) -> sf.SoundFile:
     raise AudioError(path, "corrupt", f"cannot open: {type(e).__name__}: {e}") from None
 
 
+def _open_checked(path: Path) -> sf.SoundFile:
+  """Opens `path` for reading, first raising `AudioError` for a missing, empty or truncated
+  file (a WAV whose header promises more audio than the file holds)."""
+  if not path.is_file():
+    raise AudioError(path, "missing", "file not found")
+  if path.stat().st_size == 0:
+    raise AudioError(path, "empty", "file is empty (0 bytes)")
+  f = _open(path)
+  try:
+    if f.frames <= 0:
+      raise AudioError(path, "empty", "the file holds no audio frames")
+    missing = _wav_missing_bytes(f)
+    if missing:
+      raise AudioError(
+          path, "truncated",
+          f"truncated: header declares {missing[0]} bytes of audio data, file holds {missing[1]}",
+      )
+  except AudioError:
+    f.close()
+    raise
+  return f
+
+
 def _wav_missing_bytes(f: sf.SoundFile) -> tuple[int, int] | None:
   """(declared, present) audio bytes when a WAV-like header promises more than the file has."""
   match = _WAV_SHORT_DATA.search(f.extra_info)
@@ -153,22 +176,8 @@ def load_audio(
         f"{offset}, {duration} for {path}"
     )
   path = Path(path)
-  if not path.is_file():
-    raise AudioError(path, "missing", "file not found")
-  if path.stat().st_size == 0:
-    raise AudioError(path, "empty", "file is empty (0 bytes)")
-
-  with _open(path) as f:
+  with _open_checked(path) as f:
     native_sr, declared = f.samplerate, f.frames
-    if declared <= 0:
-      raise AudioError(path, "empty", "the file holds no audio frames")
-    missing = _wav_missing_bytes(f)
-    if missing:
-      raise AudioError(
-          path,
-          "truncated",
-          f"truncated: header declares {missing[0]} bytes of audio data, file holds {missing[1]}",
-      )
     start = int(round(offset * native_sr))
     if start >= declared:
       raise AudioError(
@@ -239,20 +248,8 @@ def read_segments(
   from samplecnn_jax.input_pipeline import segment_starts  # Lazy: it imports this module.
 
   path = Path(os.fsdecode(path)) if isinstance(path, bytes) else Path(path)
-  if not path.is_file():
-    raise AudioError(path, "missing", "file not found")
-  if path.stat().st_size == 0:
-    raise AudioError(path, "empty", "file is empty (0 bytes)")
-  with _open(path) as f:
+  with _open_checked(path) as f:
     native_sr, declared = f.samplerate, f.frames
-    if declared <= 0:
-      raise AudioError(path, "empty", "the file holds no audio frames")
-    missing = _wav_missing_bytes(f)
-    if missing:
-      raise AudioError(
-          path, "truncated",
-          f"truncated: header declares {missing[0]} bytes of audio data, file holds {missing[1]}",
-      )
     length = ceil(declared * sample_rate / native_sr)  # Samples after resampling.
     if starts is None:
       count = num_segments or max(1, ceil(length / input_size))

@@ -42,7 +42,7 @@ import librosa
 import numpy as np
 import threadpoolctl
 
-from samplecnn_jax import metrics, store
+from samplecnn_jax import cli, metrics, store
 
 FEATURES = ("mfcc", "mfcc_d", "logmel")
 MODELS = ("lr", "svm", "mlp")
@@ -362,20 +362,11 @@ def main(argv: Sequence[str] | None = None) -> BaselineResult | None:
   Flags are parsed into a private FlagValues, so this also runs in-process (tests,
   notebooks). Prints a table of the headline metrics and the times; returns the result.
   """
-  from absl import flags
 
   argv = list(sys.argv if argv is None else argv)
-  flag_values = _define_flags(flags.FlagValues())
-  if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
-    print(flag_values.get_help())
+  f = cli.parse_absl(_define_flags, argv)
+  if f is None:  # --help was printed.
     return None
-  try:
-    rest = flag_values(argv)
-  except flags.Error as error:
-    raise SystemExit(f"{error}\nRun with --help for the flags.") from None
-  if len(rest) > 1:
-    raise SystemExit(f"Unexpected arguments: {rest[1:]}")
-  f = flag_values
   if not f.data_dir:
     raise SystemExit("--data_dir is required: a store written by `python -m samplecnn_jax.prepare`.")
   start = time.perf_counter()

@@ -4,7 +4,8 @@
 and `predict` use argparse through `FlagParser`, so every tool spells a multi-word flag
 with underscores (`--sample_rate`, `--split_rule`, `--top_k`). The dashed spelling that
 prepare and predict used before (`--sample-rate`) still works, hidden from `--help`, and
-prints a note naming the new spelling. This module is only about spelling; it parses nothing.
+prints a note naming the new spelling. `parse_absl` is the one absl parse of the tools that
+run without `absl.app` (baseline, visualize), so they report bad flags alike.
 """
 
 from __future__ import annotations
@@ -46,3 +47,25 @@ class FlagParser(argparse.ArgumentParser):
           default=argparse.SUPPRESS, help=argparse.SUPPRESS,
       )
     return action
+
+
+def parse_absl(define_flags: Any, argv: list[str]) -> Any | None:
+  """Parses `argv` with a fresh absl FlagValues that `define_flags(flag_values)` fills.
+
+  Returns the parsed FlagValues, or None after printing the help for -h/--help. Bad flags
+  and stray arguments exit with a message (SystemExit), not a traceback.
+  """
+  from absl import flags
+
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
+    print(flag_values.get_help())
+    return None
+  try:
+    rest = flag_values(argv)
+  except flags.Error as error:
+    raise SystemExit(f"{error}\nRun with --help for the flags.") from None
+  if len(rest) > 1:
+    raise SystemExit(f"Unexpected arguments: {rest[1:]}")
+  return flag_values

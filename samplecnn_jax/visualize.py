@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from samplecnn_jax import models, store
+from samplecnn_jax import cli, models, store
 
 TARGETS = ("pre_relu", "output")
 OPTIMIZERS = ("adam", "normalised_gradient")
@@ -666,22 +666,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
   next to other modules' absl flags. Returns the written files (for several workdirs,
   `figure2` and each run's files keyed `<run>/<name>`).
   """
-  from absl import flags
 
   from samplecnn_jax.workdir import read_config as load_config
 
   argv = list(sys.argv if argv is None else argv)
-  flag_values = _define_flags(flags.FlagValues())
-  if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
-    print(flag_values.get_help())
+  f = cli.parse_absl(_define_flags, argv)
+  if f is None:  # --help was printed.
     return {}
-  try:
-    rest = flag_values(argv)
-  except flags.Error as error:
-    raise SystemExit(f"{error}\nRun with --help for the flags.") from None
-  if len(rest) > 1:
-    raise SystemExit(f"Unexpected arguments: {rest[1:]}")
-  f = flag_values
   workdirs = list(f.workdir)
   if f.untrained and workdirs:
     raise SystemExit("--untrained visualises a fresh model: give it --config, not --workdir.")
