@@ -218,11 +218,10 @@ def _resample_margin(native_sr: int) -> int:
 
 
 def file_info(path: str | os.PathLike) -> dict[str, int]:
-  """Native sample rate, frame count and channels of a file, without decoding it."""
+  """Native sample rate, frame count and channels of a file, without decoding it (raises
+  `AudioError` as `load_audio` does for missing, empty or truncated files)."""
   path = Path(os.fsdecode(path)) if isinstance(path, bytes) else Path(path)
-  if not path.is_file():
-    raise AudioError(path, "missing", "file not found")
-  with _open(path) as f:
+  with _open_checked(path) as f:
     return {"sample_rate": f.samplerate, "frames": f.frames, "channels": f.channels}
 
 

@@ -23,6 +23,15 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
+def tiny_config(data_dir: str, **overrides):
+  """configs/test.py on the store at `data_dir`, with top-level fields overridden."""
+  config = load_config("test")
+  config.data_dir = data_dir
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
 def tiny_model(variant="rese2_multi", **overrides):
   """A tiny model (configs/test.py widths), its variables and a batch of 4 waveforms."""
   config = load_config("test", variant)

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, load_config
+from conftest import REPO, load_config, tiny_config
 
 from samplecnn_jax import checkpointing, prepare, store, train, workdir
 
@@ -25,14 +25,6 @@ def demo_store(tmp_path_factory) -> str:
   out = tmp_path_factory.mktemp("demo")
   prepare.prepare("demo", None, out, workers=1, num_train=48, num_valid=12, num_test=12)
   return str(out)
-
-
-def tiny_config(data_dir: str, **overrides):
-  config = load_config("test")
-  config.data_dir = data_dir
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
 
 def final_params(workdir: str | Path, config) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from conftest import load_config, tiny_model
+from conftest import load_config, tiny_config, tiny_model
 from flax import traverse_util
 
 from samplecnn_jax import checkpointing, input_pipeline, models, prepare, train, transfer
@@ -17,14 +17,6 @@ def demo_store(tmp_path_factory) -> str:
   out = tmp_path_factory.mktemp("demo")
   prepare.prepare("demo", None, out, workers=1, num_train=32, num_valid=8, num_test=8)
   return str(out)
-
-
-def tiny_config(data_dir: str, **overrides):
-  config = load_config("test")
-  config.data_dir = data_dir
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
 
 @pytest.fixture(scope="module")
