@@ -15,12 +15,16 @@ workdir's other files (config.json, labels, metrics) through `workdir.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from samplecnn_jax import sharding
@@ -28,6 +32,9 @@ from samplecnn_jax import workdir as workdir_files
 
 # Config fields that change the shapes or meaning of what a checkpoint holds.
 ARCHITECTURE_FIELDS = ("num_classes", "label_type", "input_size", "dataset")
+# Config fields that change the structure of the optimizer state (not of the model).
+OPTIMIZER_FIELDS = ("optimizer", "grad_clip_norm", "weight_decay", "trainable", "trunk_lr_factor")
+DAMAGED_DIR = "damaged"  # Where checkpoints that do not restore are moved (never deleted).
 
 
 class CheckpointMismatchError(ValueError):
@@ -79,36 +86,49 @@ class Checkpointer:
     )
     self.best.wait_until_finished()
 
-  def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict] | None:
-    """Restores the latest checkpoint into `abstract_state`'s structure and `data_iterator`.
+  def restore_latest(
+      self, template: Any, data_iterator: Any, validate: Callable[[Any], str | None] | None = None
+  ) -> tuple[Any, dict] | None:
+    """Restores the newest checkpoint that restores cleanly into `template`'s structure.
 
-    Returns (state, meta), or None when the workdir has no checkpoint yet.
+    A step that fails (a truncated file, a bad tensorstore chunk, or `validate(state)`
+    returning a reason) is reported and the next older one is tried; once an older one
+    restores, the failed newer steps are moved to `workdir/damaged/` (never deleted). When
+    none restores, nothing is moved and `DamagedCheckpointError` says what was tried.
+    Returns (state, meta), or None when the workdir has no checkpoint yet. `data_iterator`
+    is set to the restored step's position.
     """
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    restored = self.latest.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iterator),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
-    return restored["state"], restored["meta"]
 
-  def restore_best(self, abstract_state: Any) -> tuple[Any, dict]:
-    """The best checkpoint's state and bookkeeping."""
-    step = self.best.latest_step()
-    if step is None:
+    def restore(step: int) -> tuple[Any, dict]:
+      def args(state_args):
+        return ocp.args.Composite(state=state_args,
+                                  data=grain.checkpoint.CheckpointRestore(data_iterator),
+                                  meta=ocp.args.JsonRestore())
+      restored = _restore_state(self.latest, step, template, args)
+      return restored["state"], restored["meta"]
+
+    return _newest_that_restores(self.latest, "latest", restore, validate, self.workdir)
+
+  def restore_best(self, template: Any,
+                   validate: Callable[[Any], str | None] | None = None) -> tuple[Any, dict]:
+    """The best checkpoint's state and bookkeeping; a damaged one is moved aside and raises."""
+    if self.best.latest_step() is None:
       raise FileNotFoundError(f"No best checkpoint in {self.workdir / 'best'} yet.")
-    restored = self.best.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-        ),
-    )
-    return restored["state"], restored["meta"]
+
+    def restore(step: int) -> tuple[Any, dict]:
+      def args(state_args):
+        return ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
+      restored = _restore_state(self.best, step, template, args)
+      return restored["state"], restored["meta"]
+
+    found = _newest_that_restores(self.best, "best", restore, validate, self.workdir,
+                                  move_when_none=True)
+    if found is None:  # Unreachable: a step existed above.
+      raise FileNotFoundError(f"No best checkpoint in {self.workdir / 'best'}.")
+    return found
+
+  def has_best(self) -> bool:
+    return self.best.latest_step() is not None
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -117,6 +137,104 @@ class Checkpointer:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+class DamagedCheckpointError(RuntimeError):
+  """No checkpoint of a workdir restores (each step's reason is in the message)."""
+
+
+def _reason(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:300]}"
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int, workdir: Path) -> Path:
+  """Moves a damaged step out of the managed folder (into workdir/damaged/) and forgets it."""
+  source = Path(manager.directory) / str(step)
+  name = f"{source.parent.name}_{step}"  # checkpoints_N or best_N.
+  target, suffix = workdir / DAMAGED_DIR / name, 1
+  while target.exists():
+    target, suffix = workdir / DAMAGED_DIR / f"{name}.{suffix}", suffix + 1
+  target.parent.mkdir(parents=True, exist_ok=True)
+  source.rename(target)
+  manager.reload()
+  return target
+
+
+def _newest_that_restores(manager: ocp.CheckpointManager, kind: str,
+                          restore: Callable[[int], tuple[Any, dict]],
+                          validate: Callable[[Any], str | None] | None, workdir: Path,
+                          move_when_none: bool = False) -> tuple[Any, dict] | None:
+  """Tries the steps of `manager` newest first; see `Checkpointer.restore_latest`."""
+  failed: list[tuple[int, str]] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, meta = restore(step)
+      problem = validate(state) if validate is not None else None
+    except Exception as error:  # Any damage: JSON, tensorstore, iterator state, metadata.
+      problem = _reason(error)
+    if problem is None:
+      for bad, _ in failed:
+        moved = _move_aside(manager, bad, workdir)
+        logging.warning("Moved the damaged %s checkpoint of step %d to %s", kind, bad, moved)
+      return state, meta
+    logging.warning("The %s checkpoint of step %d does not restore (%s); trying an older one.",
+                    kind, step, problem)
+    failed.append((step, problem))
+  if not failed:
+    return None
+  tried = "\n  ".join(f"step {step}: {problem}" for step, problem in failed)
+  moved = ""
+  if move_when_none:
+    targets = [_move_aside(manager, step, workdir) for step, _ in failed]
+    moved = "\nMoved aside (not deleted): " + ", ".join(str(t) for t in targets) + "."
+  folder = Path(manager.directory)
+  raise DamagedCheckpointError(
+      f"No {kind} checkpoint in {folder} restores. Tried, newest first:\n  {tried}{moved}\n"
+      f"If they were written with another config, use that config or a new --workdir; if "
+      f"the files are damaged, move {folder} away to start from scratch."
+  )
+
+
+def _restore_state(manager: ocp.CheckpointManager, step: int, template: Any,
+                   composite: Callable[[Any], Any]) -> dict[str, Any]:
+  """Restores one step into `template` (a TrainState); tolerates another optimizer state.
+
+  When the saved optimizer state has another structure (the optimizer, gradient clipping,
+  weight decay or the trainable part changed since it was written), everything else is
+  restored and the optimizer state is `template`'s fresh one, with a warning. Any other
+  mismatch raises.
+  """
+  try:
+    return manager.restore(step, args=composite(ocp.args.StandardRestore(template)))
+  except ValueError as error:
+    if "tree structures do not match" not in str(error):
+      raise
+    restored = manager.restore(step, args=composite(ocp.args.StandardRestore()))
+    restored = {key: restored[key] for key in restored.keys()}
+    saved = restored["state"]
+    fields = {name: saved[name] for name in saved if name != "opt_state"}
+    expected = {name: getattr(template, name) for name in fields}
+    if (set(saved) - {"opt_state"} != set(_state_fields(template)) - {"opt_state"}
+        or jax.tree.structure(fields) != jax.tree.structure(expected)):
+      raise
+    for got, want in zip(jax.tree.leaves(fields), jax.tree.leaves(expected), strict=True):
+      if np.shape(got) != np.shape(want):
+        raise
+    logging.warning(
+        "The optimizer state saved at step %d has another structure than this config's "
+        "optimizer (one of %s changed). Restored the parameters, batch statistics, step and "
+        "data position; the optimizer state starts fresh.", step, ", ".join(OPTIMIZER_FIELDS))
+    restored["state"] = template.replace(**{
+        name: jax.tree.map(lambda new, old: np.asarray(new, dtype=np.asarray(old).dtype),
+                           fields[name], expected[name])
+        for name in fields})
+    return restored
+
+
+def _state_fields(template: Any) -> list[str]:
+  return [f.name for f in dataclasses.fields(template)
+          if f.metadata.get("pytree_node", True)]
 
 
 def check_config_matches(workdir: str | Path, config: Any) -> None:

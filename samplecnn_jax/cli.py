@@ -69,3 +69,53 @@ def parse_absl(define_flags: Any, argv: list[str]) -> Any | None:
   if len(rest) > 1:
     raise SystemExit(f"Unexpected arguments: {rest[1:]}")
   return flag_values
+
+
+def check_config_overrides(argv: list[str], flag: str = "config") -> None:
+  """Exits with the closest valid names when `--config.FIELD=...` names no field of the config.
+
+  ml_collections reports an unknown override as a bare `AttributeError: "'nope'"`
+  traceback; this loads the config file named by `--config=PATH[:ARG]` first and checks
+  every override's dotted path against it, before anything runs.
+  """
+  import difflib
+  import importlib.util
+
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  overrides = []
+  for arg in argv[1:]:
+    for prefix in (f"--{flag}.", f"--no{flag}."):
+      if arg.startswith(prefix):
+        overrides.append(arg[len(prefix):].split("=", 1)[0])
+  if not overrides or not config_arg:
+    return
+  path, _, config_argument = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_config_for_checking", path)
+  if spec is None or spec.loader is None:
+    return  # absl reports a missing config file itself.
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config(*([config_argument] if config_argument else []))
+  except Exception:  # noqa: BLE001 -- absl's own loading reports the real error.
+    return
+  fields = sorted(_dotted_fields(config))
+  for name in overrides:
+    if name in fields or any(f.startswith(name + ".") for f in fields):
+      continue
+    close = (difflib.get_close_matches(name, fields, n=5, cutoff=0.6)
+             or difflib.get_close_matches(name, fields, n=3, cutoff=0.0))
+    hint = f" Closest valid names: {', '.join(close)}."
+    raise SystemExit(
+        f"--{flag}.{name}: {path} has no field {name!r}.{hint} Every field is listed, with "
+        f"a comment, in {path} and samplecnn_jax/config_base.py."
+    )
+
+
+def _dotted_fields(config: Any, prefix: str = "") -> list[str]:
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if hasattr(value, "items") and not isinstance(value, dict):
+      names.extend(_dotted_fields(value, prefix + key + "."))
+  return names

@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 = off.
   c.num_train_steps = 100_000  # Upper bound on training steps over all stages.
   c.steps_per_eval = 2000  # Training steps between validation passes.
-  c.max_eval_batches = 0  # Cap on validation batches per pass; 0 = the whole split.
+  c.max_eval_batches = 0  # Validate on a seeded, even sample of clips filling this many batches; 0 = all.
   c.log_every_steps = 100  # Training steps between log lines / TensorBoard scalars.
   c.checkpoint_every_steps = 2000  # Training steps between (latest) checkpoints.
   c.keep_checkpoints = 2  # Latest checkpoints kept (the best one is kept in addition).

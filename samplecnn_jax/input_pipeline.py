@@ -411,11 +411,12 @@ def _mark_absl_flags_parsed() -> None:
 class _EvalClip:
   """Grain map: clip index -> (clip index, its (eval_segments, input_size) int16 segments)."""
 
-  def __init__(self, config, store: Store, split: str):
-    self.records = store.clips(split)
+  def __init__(self, config, store: Store, split: str, clips: np.ndarray):
+    self.records, self.clips = store.clips(split), clips
     self.input_size, self.num_segments = int(config.input_size), int(config.eval_segments)
 
-  def __call__(self, clip: int) -> tuple[int, np.ndarray, np.ndarray]:
+  def __call__(self, position: int) -> tuple[int, np.ndarray, np.ndarray]:
+    clip = int(self.clips[position])
     record = self.records[clip]
     segments = segment_clip(record["audio"], self.input_size, self.num_segments)
     return clip, segments, record["labels"]
@@ -428,12 +429,13 @@ def _eval_clip_range(total: int, process_index: int, process_count: int) -> tupl
 
 def num_eval_batches(
     config: ml_collections.ConfigDict, store: Store, split: str,
-    process: ProcessSlice | None = None,
+    process: ProcessSlice | None = None, num_clips: int | None = None,
 ) -> int:
-  """Batches every process yields for `split` (the same on all processes)."""
+  """Batches every process yields for `split` (or `num_clips` of it; same on all processes)."""
   process = process or ProcessSlice.current()
   local_batch = process.local_batch(config.eval_batch_size, "eval_batch_size")
-  most_clips = math.ceil(store.num_clips(split) / process.count)
+  num_clips = store.num_clips(split) if num_clips is None else num_clips
+  most_clips = math.ceil(num_clips / process.count)
   return math.ceil(most_clips * config.eval_segments / local_batch)
 
 
@@ -445,13 +447,15 @@ class EvalBatches:
   Padding rows have mask False, zero audio and labels, and clip_index -1.
   """
 
-  def __init__(self, config, store: Store, split: str, process: ProcessSlice):
+  def __init__(self, config, store: Store, split: str, process: ProcessSlice,
+               clips: np.ndarray | None = None):
     store.check_matches(config)
+    clips = np.arange(store.num_clips(split)) if clips is None else np.asarray(clips)
     self.batch_size = process.local_batch(config.eval_batch_size, "eval_batch_size")
-    self.first, self.stop = _eval_clip_range(store.num_clips(split), process.index, process.count)
-    self.num_batches = num_eval_batches(config, store, split, process)
+    self.first, self.stop = _eval_clip_range(len(clips), process.index, process.count)
+    self.num_batches = num_eval_batches(config, store, split, process, len(clips))
     self.input_size, self.num_classes = int(config.input_size), int(config.num_classes)
-    self.reader = _EvalClip(config, store, split)
+    self.reader = _EvalClip(config, store, split, clips)
     self.standardize = Standardize.from_config(config)
 
   def __len__(self) -> int:
@@ -497,12 +501,28 @@ class EvalBatches:
 
 def create_eval_iterator(
     config: ml_collections.ConfigDict, store: Store, split: str,
-    process: ProcessSlice | None = None,
+    process: ProcessSlice | None = None, clips: np.ndarray | None = None,
 ) -> EvalBatches:
-  """Fixed-shape evaluation batches of `split` for this process (see `EvalBatches`).
+  """Fixed-shape evaluation batches of `split` (or of its `clips`) for this process.
 
   Every clip yields `config.eval_segments` segments (`segment_clip`), in clip order; process
   p covers a contiguous block of clips. All processes yield `len(...)` batches, padding
   with masked rows, so one jitted step over a global batch works on every host.
   """
-  return EvalBatches(config, store, split, process or ProcessSlice.current())
+  return EvalBatches(config, store, split, process or ProcessSlice.current(), clips)
+
+
+def eval_sample(num_clips: int, max_batches: int, config: ml_collections.ConfigDict
+                ) -> np.ndarray | None:
+  """Sorted clip indices that fill about `max_batches` eval batches; None = the whole split.
+
+  One clip drawn (seeded by config.seed) from each of that many equal blocks of the split,
+  so a capped validation sees every part of a split that is sorted by class or by source,
+  and the same clips at every evaluation (comparable numbers).
+  """
+  count = max(1, max_batches * int(config.eval_batch_size) // int(config.eval_segments))
+  if not max_batches or count >= num_clips:
+    return None
+  edges = np.linspace(0, num_clips, count + 1)
+  offsets = np.random.default_rng(int(config.seed)).random(count)
+  return np.unique(np.floor(edges[:-1] + offsets * np.diff(edges)).astype(np.int64))

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from samplecnn_jax import train
+from samplecnn_jax import cli, train
 from samplecnn_jax import workdir as workdir_files
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -48,10 +48,17 @@ _PROCESS_ID = flags.DEFINE_integer(
 flags.mark_flags_as_required(["workdir"])
 
 
+# Lines that are noise for a user: JAX probing for TPU / IFRT-proxy backends this machine does
+# not have, and Orbax noting that a checkpoint folder opened for reading is read-only.
+NOISE = ("Unable to initialize backend", "Given directory is read only")
+
+
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of Orbax (several lines per checkpoint); warnings still show."""
+  """Drops INFO chatter of Orbax (several lines per checkpoint) and the `NOISE` lines."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if str(record.msg).startswith(NOISE):
+      return False
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
@@ -82,4 +89,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.check_config_overrides(sys.argv)
   app.run(main)

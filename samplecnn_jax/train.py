@@ -65,7 +65,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval"):
     if config[field] < 1:
       raise ValueError(f"config.{field} must be >= 1, got {config[field]}.")
+  if not config.learning_rate > 0:
+    raise ValueError(
+        f"config.learning_rate must be > 0, got {config.learning_rate}. To train only part "
+        f"of the model use --config.trainable=head; to score a run use --mode=eval."
+    )
   transfer.validate_config(config)
+
+
+def check_store_splits(config: ml_collections.ConfigDict, data: store.Store) -> None:
+  """Fails before any training when a split the run will need later is missing or empty.
+
+  Without this a store with no validation split trains `steps_per_eval` steps (an hour of
+  CPU with the defaults) and then crashes at the first validation, having saved nothing.
+  """
+  splits = data.manifest["splits"]
+  have = ", ".join(f"{name} ({info['num_clips']} clips)" for name, info in sorted(splits.items()))
+  for field in ("train_split", "eval_split", "test_split"):
+    name = config[field]
+    if name not in splits or not splits[name]["num_clips"]:
+      fix = ("re-run `prepare` with a split column/list that has it (prepare csv: a `split` "
+             "value of train, valid or test per row; prepare folder: --valid_fraction)")
+      raise ValueError(
+          f"config.{field}={name!r}, but the store {data.path} has no clips in a split of that "
+          f"name; it has: {have}. Point --config.{field} at one of these, or {fix}."
+      )
+  noise = input_pipeline.BACKGROUND_NOISE_SPLIT
+  if config.augment.noise_prob > 0 and not splits.get(noise, {}).get("num_clips"):
+    raise ValueError(
+        f"config.augment.noise_prob={config.augment.noise_prob} mixes in background noise, but "
+        f"the store {data.path} has no {noise!r} split (it has: {have}); only stores prepared "
+        f"from Speech Commands have one. Set --config.augment.noise_prob=0, or prepare a store "
+        f"whose audio includes a _background_noise_ folder (prepare speech_commands)."
+    )
 
 
 # --- Losses and learning rates --------------------------------------------------------------
@@ -99,8 +131,11 @@ def learning_rate(
     base = config.learning_rate * config.stage_lr_factor ** stage.astype(jnp.float32)
     return base / (1.0 + config.lr_decay * stage_step)
   if config.schedule == "cosine":
+    if config.warmup_steps <= 0:  # The same curve; optax warns on a 0-step warm-up.
+      return optax.cosine_decay_schedule(config.learning_rate, max(config.num_train_steps, 1))(
+          step)
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(config.warmup_steps, 0),
+        0.0, config.learning_rate, config.warmup_steps,
         max(config.num_train_steps, config.warmup_steps + 1),
     )
     return schedule(step)
@@ -383,11 +418,16 @@ class Run:
   steps: CompiledSteps
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Checks the config against itself, the store, the devices and the workdir; compiles."""
+def setup(config: ml_collections.ConfigDict, workdir: str, training: bool = True) -> Run:
+  """Checks the config against itself, the store, the devices and the workdir; compiles.
+
+  `training=False` (eval mode) skips the check that the train/valid/test splits exist.
+  """
   validate_config(config)
   data = store.Store.open(input_pipeline.data_dir_for(config))
   data.check_matches(config)
+  if training:
+    check_store_splits(config, data)
   mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -423,10 +463,13 @@ class Evaluator:
     config, mesh = self.run.config, self.run.mesh
     clip_ids, clip_labels = self.clip_labels(split)
     outputs, masks, indices = [], [], []
-    batches = input_pipeline.create_eval_iterator(config, self.run.store, split)
-    for i, batch in enumerate(batches):
-      if max_batches and i >= max_batches:
-        break
+    sample = input_pipeline.eval_sample(len(clip_ids), max_batches, config)
+    if sample is not None:
+      logging.info("Scoring %s on %d of its %d clips (config.max_eval_batches=%d): one drawn "
+                   "from each of %d equal blocks of the split, the same clips every time.",
+                   split, len(sample), len(clip_ids), max_batches, len(sample))
+    batches = input_pipeline.create_eval_iterator(config, self.run.store, split, clips=sample)
+    for batch in batches:
       masks.append(_gather_local(batch.pop("mask"), mesh))
       indices.append(_gather_local(batch.pop("clip_index"), mesh))
       # Results stay on device until the loop ends, so steps are dispatched ahead of reading.
@@ -437,7 +480,7 @@ class Evaluator:
     losses = np.concatenate([sharding.to_host(loss) for _, loss in outputs])[mask]
     clip_index = np.concatenate(indices)[mask]
     seen = np.unique(clip_index)
-    if max_batches:  # A partial pass scores only the clips it saw in full or in part.
+    if sample is not None:  # A sample scores only its clips.
       remap = np.searchsorted(seen, clip_index)
       clip_scores = task_metrics.clip_level_scores(probs, remap, len(seen))
       labels = clip_labels[seen]
@@ -492,8 +535,20 @@ class Progress:
         self.writer.add_scalar(f"{prefix}/{key}", value, step)
     self.writer.flush()
 
+  def compiled(self, step: int) -> None:
+    """Logs the first step's time (mostly compilation) and starts the steps/s clock after it."""
+    now = time.perf_counter()
+    logging.info("First train step (compilation included) took %.1f s; steps/s starts after it.",
+                 now - self.last_time)
+    self.last_step, self.last_time = step, now
+
   def report(self, step: int, values: dict[str, float]) -> None:
     now = time.perf_counter()
+    if step == self.last_step:  # Right after `compiled`: no timed steps yet.
+      logging.info("step %d/%d | loss %.4f | lr %.3g", step, self.config.num_train_steps,
+                   values["loss"], values["learning_rate"])
+      self.scalars(step, values, "train")
+      return
     steps_per_sec = (step - self.last_step) / max(now - self.last_time, 1e-9)
     self.last_step, self.last_time = step, now
     remaining = (self.config.num_train_steps - step) / max(steps_per_sec, 1e-9)
@@ -541,7 +596,8 @@ def restore_state(
   """
   config = run.config
   state = create_train_state(config, run.model, jax.random.key_data(jax.random.key(config.seed)))
-  restored = ckpt.restore_latest(sharding.replicate(state, run.mesh), train_iter)
+  template = sharding.replicate(state, run.mesh)
+  restored = ckpt.restore_latest(template, train_iter, validate=_non_finite_reason)
   if restored is not None:
     state, meta = restored
     logging.info("Resumed from step %d (stage %d) in %s", int(state.step), int(state.stage),
@@ -549,7 +605,9 @@ def restore_state(
     if config.init_from:
       logging.info("config.init_from=%s is ignored: %s holds checkpoints, so it resumes.",
                    config.init_from, run.workdir)
-    return sharding.replicate(state, run.mesh), Schedule.from_json(meta)
+    schedule = Schedule.from_json(meta)
+    _check_best(ckpt, template, schedule)
+    return sharding.replicate(state, run.mesh), schedule
   if config.init_from:
     loaded = transfer.load_into(config, model_variables(state))
     state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
@@ -557,6 +615,29 @@ def restore_state(
     return sharding.replicate(state, run.mesh), Schedule()
   logging.info("Starting from scratch in %s", run.workdir)
   return sharding.replicate(state, run.mesh), Schedule()
+
+
+def _non_finite_reason(state: TrainState) -> str | None:
+  """Why a restored state cannot be trained on, or None (it is finite)."""
+  if bool(_is_finite(state.params, state.batch_stats)):
+    return None
+  return "its parameters or batch statistics hold NaN/Inf"
+
+
+def _check_best(ckpt: checkpointing.Checkpointer, template: TrainState,
+                schedule: Schedule) -> None:
+  """On resume, a best checkpoint that does not restore is moved aside and forgotten.
+
+  The next validation then saves a new best, instead of the run failing at the end of a
+  stage or at the test evaluation hours later.
+  """
+  if not ckpt.has_best():
+    return
+  try:
+    ckpt.restore_best(template, validate=_non_finite_reason)
+  except checkpointing.DamagedCheckpointError as error:
+    logging.warning("%s\nThe next validation saves a new best checkpoint.", error)
+    schedule.best_value = schedule.best_step = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -592,12 +673,15 @@ def _train(run: Run) -> dict[str, Any]:
   progress = Progress(config, workdir, int(state.step))
   try:
     train_metrics = None
-    step = int(state.step)
+    step = first_step = int(state.step)
     while step < config.num_train_steps and not schedule.done:
       batch = sharding.global_batch(next(train_iter), run.mesh)
       state, step_metrics = run.steps.train_step(state, batch)
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
       step += 1
+      if step == first_step + 1:  # Compile time is reported apart, not in steps/s.
+        jax.block_until_ready(step_metrics)
+        progress.compiled(step)
       at_eval = step % config.steps_per_eval == 0 or step == config.num_train_steps
       if at_eval or step % config.log_every_steps == 0:
         values = {k: float(v) for k, v in train_metrics.compute().items()}
@@ -684,7 +768,7 @@ def _next_stage(run: Run, ckpt: checkpointing.Checkpointer, state: TrainState,
     logging.info("Stage %d/%d ended without improvement: training is done.", stage + 1,
                  config.num_stages)
     return state
-  best, _ = ckpt.restore_best(sharding.replicate(state, run.mesh))
+  best = _best_or(ckpt, state, run.mesh)
   state = sharding.replicate(restart_stage(state, best), run.mesh)
   logging.info("Stage %d begins at step %d from the best checkpoint (step %s), lr %.3g",
                stage + 2, int(state.step), schedule.best_step,
@@ -692,14 +776,25 @@ def _next_stage(run: Run, ckpt: checkpointing.Checkpointer, state: TrainState,
   return state
 
 
+def _best_or(ckpt: checkpointing.Checkpointer, state: TrainState,
+             mesh: jax.sharding.Mesh) -> TrainState:
+  """The best checkpoint's state, else (none written, or it does not restore) `state`."""
+  if not ckpt.has_best():
+    return state
+  try:
+    best, _ = ckpt.restore_best(sharding.replicate(state, mesh), validate=_non_finite_reason)
+  except checkpointing.DamagedCheckpointError as error:
+    logging.warning("%s\nUsing the current state (step %d) instead.", error, int(state.step))
+    return state
+  return sharding.replicate(best, mesh)
+
+
 def _evaluate_best_on_test(evaluator: Evaluator, ckpt: checkpointing.Checkpointer,
                            state: TrainState) -> dict[str, Any]:
   """Scores the best checkpoint (else `state`) on the test split; F1 thresholds tuned on valid."""
   run = evaluator.run
   config = run.config
-  if ckpt.best.latest_step() is not None:
-    state, _ = ckpt.restore_best(sharding.replicate(state, run.mesh))
-    state = sharding.replicate(state, run.mesh)
+  state = _best_or(ckpt, state, run.mesh)
   variables = model_variables(state)
   thresholds = None
   if config.tune_thresholds and config.metric == "f_score":
@@ -722,7 +817,7 @@ def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, split: str, which: str = "best"
 ) -> dict[str, Any]:
   """Eval-only mode: scores a workdir's best or latest checkpoint on `split`."""
-  run = setup(config, workdir)
+  run = setup(config, workdir, training=False)
   # Evaluation reads only the model's variables: no optimizer state is built.
   variables = sharding.replicate(checkpointing.load_variables(workdir, config, which), run.mesh)
   result, _ = Evaluator(run).evaluate(variables, split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 
 from samplecnn_jax import cli, predict, prepare
 
@@ -40,3 +41,15 @@ def test_prepare_and_predict_take_underscores_and_old_dashes():
   assert "--top_k" in help_text and "--top-k" not in help_text
   args = predict.build_parser().parse_args(["--workdir", "w", "a.wav", "--top-k", "2"])
   assert args.top_k == 2
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.learning_rat=1", "learning_rate"),
+    ("--config.augment.noise_prb=0", "augment.noise_prob"),
+    ("--noconfig.model.remmat", "model.remat"),
+])
+def test_unknown_config_override_names_the_closest_fields(override, expected):
+  argv = ["main", f"--config={REPO / 'configs' / 'speech_commands.py'}:small_data", override]
+  with pytest.raises(SystemExit, match=expected):
+    cli.check_config_overrides(argv)
+  cli.check_config_overrides(argv[:2] + ["--config.model.remat=true", "--config.augment.gain_db=3"])

@@ -585,3 +585,23 @@ def test_mixup_keeps_label_sums_and_mixes_audio_with_the_same_weights(tiny_store
   plain = _rows(tiny_config(), tiny_store, 24, key="label")
   assert not np.array_equal(labels, plain)
   np.testing.assert_allclose(labels.sum(axis=1) > 0, True)
+
+
+def test_eval_sample_takes_one_seeded_clip_from_each_block_of_the_split():
+  config = tiny_config(eval_batch_size=8, eval_segments=2)  # 2 batches = 8 clips.
+  sample = ip.eval_sample(120, 2, config)
+  assert len(sample) == 8 and np.all(np.diff(sample) > 0)
+  np.testing.assert_array_equal(sample // 15, np.arange(8))  # One per block of 15 clips.
+  np.testing.assert_array_equal(sample, ip.eval_sample(120, 2, config))
+  config.seed = 1
+  assert not np.array_equal(sample, ip.eval_sample(120, 2, config))
+  assert ip.eval_sample(120, 0, config) is None and ip.eval_sample(6, 2, config) is None
+
+
+def test_eval_iterator_over_a_clip_sample_yields_only_those_clips(tiny_store):
+  config = tiny_config()
+  clips = np.array([0, 2])
+  batches = ip.create_eval_iterator(config, tiny_store, "valid", process=ALONE, clips=clips)
+  seen = np.concatenate([b["clip_index"][b["mask"]] for b in batches])
+  assert sorted(set(seen.tolist())) == [0, 2]
+  assert len(seen) == 2 * config.eval_segments

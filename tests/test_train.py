@@ -4,6 +4,8 @@ config mismatch, eval-only mode, and 1-device vs 4-device equivalence."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -99,9 +101,10 @@ def test_killed_run_resumes_to_the_same_parameters(demo_store, tmp_path):
 
 
 def test_staged_schedule_reloads_best_and_lowers_learning_rate(demo_store, tmp_path):
-  # lr 0 means validation loss never improves after the first evaluation: every
-  # `patience` evaluations a stage ends, until the last stage ends the run early.
-  config = tiny_config(demo_store, learning_rate=0.0, steps_per_eval=1, patience=1,
+  # lr 1e-30 (updates vanish in float32; 0 is refused) means validation loss never improves
+  # after the first evaluation: every `patience` evaluations a stage ends, until the last
+  # stage ends the run early.
+  config = tiny_config(demo_store, learning_rate=1e-30, steps_per_eval=1, patience=1,
                        num_stages=3, num_train_steps=50, checkpoint_every_steps=50)
   train.train_and_evaluate(config, str(tmp_path))
   step, meta = checkpointing.latest_meta(tmp_path)
@@ -118,6 +121,20 @@ def test_learning_rate_follows_keras_decay_and_stages():
   assert lr(0, 0) == pytest.approx(0.01)
   assert lr(0, 1_000_000) == pytest.approx(0.01 / 2)
   assert lr(2, 0) == pytest.approx(0.01 * 0.2 ** 2)
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_cosine_schedule_has_the_warmup_cosine_shape_and_no_optax_note(warmup, caplog):
+  config = load_config("test")
+  config.schedule, config.warmup_steps, config.num_train_steps = "cosine", warmup, 100
+  with caplog.at_level(logging.INFO):
+    lrs = [float(train.learning_rate(config, np.int32(t), np.int32(0), np.int32(t)))
+           for t in range(0, 101, 5)]
+  assert "polynomial schedule" not in caplog.text
+  expected = [0.01 * t / warmup if t < warmup else
+              0.005 * (1 + math.cos(math.pi * (t - warmup) / (100 - warmup)))
+              for t in range(0, 101, 5)]
+  np.testing.assert_allclose(lrs, expected, rtol=1e-5, atol=1e-9)
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(demo_store, tmp_path):
@@ -192,7 +209,10 @@ def test_eval_only_mode_scores_a_chosen_split(demo_store, tmp_path):
   (tmp_path / "metrics_valid.json").unlink()
   cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--workdir={tmp_path}", "--mode=eval",
          "--split=valid", "--checkpoint=latest"]
-  subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+  done = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
+  for noise in ("Unable to initialize backend", "Given directory is read only"):
+    assert noise not in done.stderr, "a CPU user's eval log has no backend/read-only noise"
+  assert "latest checkpoint (step 3) on valid" in done.stderr
   again = workdir.read_metrics(tmp_path, "valid")
   assert again["f_score"] == pytest.approx(result["f_score"]) and again["step"] == 3
 
@@ -227,6 +247,62 @@ def test_bad_config_values_name_valid_choices(demo_store, tmp_path):
     train.train_and_evaluate(tiny_config(demo_store, optimizer="rmsprop"), str(tmp_path))
   with pytest.raises(ValueError, match="num_classes=6"):
     train.train_and_evaluate(tiny_config(demo_store, num_classes=7), str(tmp_path))
+
+
+def test_capped_validation_scores_an_even_seeded_sample_and_says_so(demo_store, tmp_path,
+                                                                    caplog):
+  config = tiny_config(demo_store)  # eval batch 8 = 4 clips of 2 segments.
+  run = train.setup(config, str(tmp_path))
+  state = train.create_train_state(config, run.model, np.zeros(2, np.uint32))
+  variables = train.sharding.replicate(train.model_variables(state), run.mesh)
+  with caplog.at_level(logging.INFO):
+    result, arrays = train.Evaluator(run).evaluate(variables, "valid", max_batches=1)
+  assert "Scoring valid on 4 of its 12 clips" in caplog.text
+  assert result["num_clips"] == 4 and len(arrays["labels"]) == 4
+
+
+def test_learning_rate_must_be_positive_and_nothing_is_written(demo_store, tmp_path):
+  for lr in (0.0, -0.01):
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+      train.train_and_evaluate(tiny_config(demo_store, learning_rate=lr), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_store_without_a_validation_split_fails_before_training(tmp_path):
+  """`prepare csv` with only train and test rows: main names the splits it has, at once."""
+  import soundfile as sf
+
+  rows = ["path,label,split"]
+  rng = np.random.default_rng(0)
+  for i in range(8):
+    sf.write(tmp_path / f"c{i}.wav", rng.normal(0, 0.1, 1000).astype(np.float32), 16000)
+    rows.append(f"c{i}.wav,{'ab'[i % 2]},{'train' if i < 6 else 'test'}")
+  (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+  prepare.prepare("csv", tmp_path / "labels.csv", tmp_path / "store", workers=1, progress=False)
+  config = tiny_config(str(tmp_path / "store"), dataset="csv", num_classes=2,
+                       label_type="multi_class", metric="accuracy")
+  with pytest.raises(ValueError, match=r"eval_split='valid'.*it has: test \(2 clips\), "
+                                       r"train \(6 clips\)"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_noise_augmentation_without_a_noise_split_names_the_fix(demo_store, tmp_path):
+  config = tiny_config(demo_store)
+  config.augment.noise_prob = 0.8
+  with pytest.raises(ValueError, match=r"no 'background_noise' split.*noise_prob=0"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_unknown_config_field_names_the_closest_fields_before_anything_runs(tmp_path):
+  cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--config={REPO / 'configs' / 'test.py'}",
+         f"--workdir={tmp_path / 'w'}", "--config.model.base_widht=8"]
+  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  assert "no field 'model.base_widht'" in done.stderr and "model.base_width" in done.stderr
+  assert "Traceback" not in done.stderr
+  assert not (tmp_path / "w").exists()
 
 
 DEVICE_SCRIPT = """

@@ -1,0 +1,180 @@
+"""Tests for samplecnn_jax.checkpointing: damaged checkpoints fall back to older complete ones,
+and a changed optimizer resumes with a fresh optimizer state.
+
+One short run (6 steps, checkpoints at 3 and 6, best at 6) is trained once; each test damages
+a copy of its workdir the way a preempted write, a full disk or a flaky mount does, then
+restores it (most tests restore with the Checkpointer alone; a few resume training).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from samplecnn_jax import checkpointing, input_pipeline, models, prepare, store, train
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory) -> str:
+  out = tmp_path_factory.mktemp("demo")
+  prepare.prepare("demo", None, out, workers=1, num_train=48, num_valid=12, num_test=12)
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_store, tmp_path_factory) -> Path:
+  """A finished 6-step run: latest checkpoints 3 and 6, the best one at 3 or 6 (lr 0.01, SGD)."""
+  workdir = tmp_path_factory.mktemp("trained")
+  config = tiny_config(demo_store, best_metric="f_score")
+  train.train_and_evaluate(config, str(workdir))
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
+  return workdir
+
+
+def copy_of(trained: Path, tmp_path: Path) -> Path:
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  (workdir / ".lock").unlink(missing_ok=True)
+  return workdir
+
+
+def best_dir(workdir: Path) -> Path:
+  return next(p for p in (workdir / "best").iterdir() if p.name.isdigit())
+
+
+def truncate(path: Path) -> None:
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])
+
+
+def largest_data_file(step_dir: Path) -> Path:
+  """The biggest tensorstore chunk that a restore of the step's train state reads."""
+  files = [p for p in (step_dir / "state" / "d").iterdir() if p.is_file()]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+DAMAGE = {
+    "meta/metadata": lambda step: truncate(step / "meta" / "metadata"),
+    "tensorstore data file": lambda step: truncate(largest_data_file(step)),
+    "ocdbt manifest": lambda step: truncate(step / "state" / "manifest.ocdbt"),
+    "iterator JSON": lambda step: truncate(step / "data" / "process_0-of-1.json"),
+    "state _METADATA": lambda step: truncate(step / "state" / "_METADATA"),
+}
+
+
+@pytest.fixture(scope="module")
+def template(demo_store):
+  """A fresh train state of the tiny model, and a function making its train iterator."""
+  config = tiny_config(demo_store, best_metric="f_score")
+  model = models.create_model(config.model, config.num_classes)
+  data = store.Store.open(demo_store)
+  state = train.create_train_state(config, model, np.zeros(2, np.uint32))
+  return state, lambda: input_pipeline.create_train_iterator(config, data, seed=0)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_checkpoint_is_moved_aside_and_the_older_one_restores(
+    damage, trained, template, tmp_path, caplog):
+  workdir = copy_of(trained, tmp_path)
+  DAMAGE[damage](workdir / "checkpoints" / "6")
+  state, new_iterator = template
+  ckpt = checkpointing.Checkpointer(workdir)
+  with caplog.at_level(logging.WARNING):
+    restored, meta = ckpt.restore_latest(state, new_iterator())
+  ckpt.close()
+  assert int(restored.step) == 3 and meta["best_step"] == 3
+  assert "checkpoint of step 6 does not restore" in caplog.text
+  assert (workdir / "damaged" / "checkpoints_6").is_dir(), "moved aside, never deleted"
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
+
+
+def test_no_restorable_checkpoint_stops_naming_every_step_and_moves_nothing(
+    trained, template, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  for step in ("3", "6"):
+    truncate(workdir / "checkpoints" / step / "meta" / "metadata")
+  state, new_iterator = template
+  ckpt = checkpointing.Checkpointer(workdir)
+  with pytest.raises(checkpointing.DamagedCheckpointError) as error:
+    ckpt.restore_latest(state, new_iterator())
+  ckpt.close()
+  message = str(error.value)
+  assert "step 6:" in message and "step 3:" in message and "JSONDecodeError" in message
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
+  assert not (workdir / "damaged").exists()
+
+
+def test_non_finite_newest_checkpoint_counts_as_damaged(trained, template, tmp_path):
+  """A checkpoint that restores but holds NaN (e.g. written by an older version) is skipped."""
+  workdir = copy_of(trained, tmp_path)
+  state, new_iterator = template
+  ckpt = checkpointing.Checkpointer(workdir)
+  iterator = new_iterator()
+  restored, meta = ckpt.restore_latest(state, iterator)
+  logits = {k: v * np.nan for k, v in restored.params["logits"].items()}
+  shutil.rmtree(workdir / "checkpoints" / "6")
+  ckpt.latest.reload()
+  ckpt.save(restored.replace(params={**restored.params, "logits": logits},
+                             step=np.asarray(6, np.int32)), iterator, meta)
+  ckpt.wait()
+  again, _ = ckpt.restore_latest(state, new_iterator(), validate=train._non_finite_reason)
+  ckpt.close()
+  assert int(again.step) == 3
+  assert (workdir / "damaged" / "checkpoints_6").is_dir()
+
+
+def test_damaged_best_checkpoint_is_moved_aside_with_the_reason(trained, template, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  best = best_dir(workdir)
+  truncate(largest_data_file(best))
+  ckpt = checkpointing.Checkpointer(workdir)
+  with pytest.raises(checkpointing.DamagedCheckpointError, match=f"step {best.name}: "):
+    ckpt.restore_best(template[0])
+  assert not ckpt.has_best()
+  ckpt.close()
+  assert (workdir / "damaged" / f"best_{best.name}").is_dir()
+
+
+def test_resume_after_damage_continues_from_the_older_step_and_saves_a_new_best(
+    demo_store, trained, tmp_path, caplog):
+  workdir = copy_of(trained, tmp_path)
+  truncate(workdir / "checkpoints" / "6" / "meta" / "metadata")
+  best = best_dir(workdir)
+  truncate(largest_data_file(best))
+  config = tiny_config(demo_store, best_metric="f_score", num_train_steps=9)
+  with caplog.at_level(logging.WARNING):
+    result = train.train_and_evaluate(config, str(workdir))
+  assert "latest checkpoint of step 6 does not restore" in caplog.text
+  assert f"best checkpoint of step {best.name} does not restore" in caplog.text
+  assert "optimizer state starts fresh" not in caplog.text, "same optimizer: its state restores"
+  # Resumed at step 3 (3 -> 9 validates at 6 and 9), and a new best was saved.
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["6", "9"]
+  assert [p.name for p in (workdir / "best").iterdir() if p.name.isdigit()] in (["6"], ["9"])
+  assert result["step"] in (6, 9)
+  assert sorted(p.name for p in (workdir / "damaged").iterdir()) == [f"best_{best.name}",
+                                                                     "checkpoints_6"]
+
+
+def test_changed_optimizer_resumes_with_a_fresh_optimizer_state_both_ways(
+    demo_store, trained, tmp_path, caplog):
+  """Adding clipping, switching SGD -> Adam, and back: each keeps params, step and data."""
+  workdir = copy_of(trained, tmp_path)
+  before = checkpointing.load_variables(workdir, tiny_config(demo_store), "latest")
+  changes = [dict(grad_clip_norm=1.0, optimizer="adam"), dict(grad_clip_norm=0.0, optimizer="sgd")]
+  for steps, change in zip((7, 8), changes, strict=True):
+    config = tiny_config(demo_store, best_metric="f_score", num_train_steps=steps,
+                         checkpoint_every_steps=1, **change)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      train.train_and_evaluate(config, str(workdir))
+    assert "the optimizer state starts fresh" in caplog.text, change
+    assert checkpointing.checkpoint_step(workdir, "latest") == steps
+  after = checkpointing.load_variables(workdir, tiny_config(demo_store), "latest")
+  moved = max(float(np.abs(np.asarray(after["params"]["logits"]["kernel"])
+                           - np.asarray(before["params"]["logits"]["kernel"])).max()), 0.0)
+  assert 0.0 < moved < 1.0, "training continued from the restored weights"
