@@ -222,16 +222,16 @@ def load_variables(workdir: str | Path, config: Any, which: str = "best",
   # loads on one machine.
   anywhere = sharding.replicated(sharding.create_mesh())
   try:
-    try:
-      target = _model_target(workdir, config, anywhere)
-      state = _restore_model_subtrees(manager, step, target)
-    except ValueError as e:
-      # The model built here does not name the checkpoint's arrays (e.g. code that changed
-      # a layer name since): read the whole state as saved, as before.
-      logging.info("Partial restore of %s failed (%s); restoring the whole state.", directory, e)
-      state = manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=anywhere))
-      )["state"]
+    state = _restore_model_subtrees(manager, step, _model_target(workdir, config, anywhere))
+  except ValueError as e:
+    # The model built here does not name the checkpoint's arrays (no config.json and another
+    # config, or a layer renamed since): read the whole state as saved, as before.
+    logging.info("Partial restore of %s failed (%s); restoring the whole state.", directory, e)
+    manager.close()
+    manager, _, _ = _read_only(workdir, which)  # A fresh manager: the first kept its handler.
+    state = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=anywhere))
+    )["state"]
   finally:
     manager.close()
   logging.info("Loaded %s checkpoint at step %d from %s", which, step, directory)

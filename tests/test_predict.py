@@ -473,6 +473,16 @@ def test_predict_reads_only_params_and_batch_stats(run, predictor, audio_dir, tm
   np.testing.assert_allclose(
       predict.Predictor.from_workdir(other).predict_waveform(wave, RATE), expected, atol=1e-6)
 
+  # No config.json and a config with another head (fine-tuning): the model built from the
+  # config does not name the checkpoint's arrays, so the whole state is read as saved.
+  bare = tmp_path / "no_config"
+  shutil.copytree(run["workdir"] / "best", bare / "best")
+  head = run["config"].copy_and_resolve_references()
+  head.num_classes = 3
+  variables = checkpointing.load_variables(bare, head, check_config=False)
+  np.testing.assert_array_equal(variables["params"]["logits"]["kernel"],
+                                run["state"].params["logits"]["kernel"])
+
 
 def test_broken_symlinks_are_failed_files_with_a_reason(run, predictor, tmp_path, capsys):
   """Issue 10 item 10: a dangling link in a folder was silently dropped."""
