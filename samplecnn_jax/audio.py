@@ -2,9 +2,10 @@
 
 `load_audio` reads WAV, FLAC, OGG/Vorbis, MP3 (and the other formats libsndfile knows) with
 soundfile, reading only the frames a clip needs, mixes channels to mono and resamples with
-soxr through librosa. Every way a file can be unusable (missing, empty, not audio,
-truncated, undecodable, NaN samples) raises `AudioError`, whose `kind` and `reason` end up
-in `prepare`'s report. librosa 1.0 decodes through soundfile only (no audioread), so there
+soxr through librosa. Every way a file can be unusable (missing or a broken symlink,
+unreadable, empty, not audio, truncated, undecodable, NaN samples) raises `AudioError`, whose
+`kind` and `reason` end up in `prepare`'s report. File names that are not valid UTF-8 are
+opened by their bytes (`os.fsencode`), so they read like any other. librosa 1.0 decodes through soundfile only (no audioread), so there
 is no second decoder to fall back on: formats libsndfile cannot read (AAC/M4A, WMA) are
 reported as `unsupported_format`. This module does no file writing and knows no datasets.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +34,9 @@ INT16_SCALE = np.float32(1.0 / 32768.0)  # int16 PCM -> float32 in [-1, 1).
 RESAMPLE_TYPE = "soxr_hq"  # librosa's default: soxr high quality.
 
 # AudioError kinds, as counted in report.json.
-ERROR_KINDS = ("missing", "empty", "unsupported_format", "truncated", "corrupt", "invalid")
+ERROR_KINDS = (
+    "missing", "unreadable", "empty", "unsupported_format", "truncated", "corrupt", "invalid",
+)  # fmt: skip
 
 # libsndfile logs "data : 64000 (should be 31978)" when a WAV header promises more audio
 # than the file holds; it then quietly returns the shorter audio.
@@ -103,9 +107,21 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
   return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def _as_path(path: str | bytes | os.PathLike) -> Path:
+  """A Path from str, bytes (decoded with surrogate escapes, as `os.fsdecode`) or PathLike."""
+  return Path(os.fsdecode(path))
+
+
+def _decoder_name(path: Path) -> str:
+  """The decoder libsndfile picks for a file, named by its extension (for messages)."""
+  return path.suffix.lower().lstrip(".") or "audio"
+
+
 def _open(path: Path) -> sf.SoundFile:
+  """`sf.SoundFile` on the path's file-system bytes (`os.fsencode`), so that names that are
+  not valid UTF-8 (surrogate-escaped by `os.fsdecode`) open like any other."""
   try:
-    return sf.SoundFile(path)
+    return sf.SoundFile(os.fsencode(path))
   except sf.LibsndfileError as e:
     message = e.error_string
     if "not recognised" in message or "unknown format" in message.lower():
@@ -115,18 +131,58 @@ def _open(path: Path) -> sf.SoundFile:
           f"not an audio format libsndfile {sf.__libsndfile_version__} can read ({message}); "
           "convert it to WAV or FLAC, e.g. `ffmpeg -i IN OUT.wav`",
       ) from None
-    raise AudioError(path, "corrupt", f"cannot open: {message}") from None
+    # `_open_checked` has already opened the file itself, so libsndfile's "File does not
+    # exist" (what its MP3 decoder says of garbage) or "System error" is its decoder giving
+    # up on the bytes, not a missing file.
+    raise AudioError(
+        path,
+        "corrupt",
+        f"not a readable audio file ({_decoder_name(path)} decoder: libsndfile "
+        f"{sf.__libsndfile_version__} error {e.code}, the file's bytes are not audio it "
+        "can decode)",
+    ) from None
   except Exception as e:  # soundfile can raise RuntimeError/TypeError on odd headers.
     raise AudioError(path, "corrupt", f"cannot open: {type(e).__name__}: {e}") from None
 
 
-def _open_checked(path: Path) -> sf.SoundFile:
-  """Opens `path` for reading, first raising `AudioError` for a missing, empty or truncated
-  file (a WAV whose header promises more audio than the file holds)."""
-  if not path.is_file():
-    raise AudioError(path, "missing", "file not found")
-  if path.stat().st_size == 0:
+def _check_file(path: Path) -> None:
+  """Raises `AudioError` saying why `path` cannot be read as a file, before libsndfile (whose
+  messages for these cases are "File does not exist" or "System error")."""
+  try:
+    info = os.stat(path)
+  except FileNotFoundError:
+    if os.path.islink(path):
+      target = os.fsdecode(os.readlink(path))
+      raise AudioError(
+          path, "missing", f"broken symbolic link: it points to {target}, which does not exist"
+      ) from None
+    raise AudioError(path, "missing", "file not found") from None
+  except PermissionError:
+    raise AudioError(
+        path, "unreadable", "permission denied: a folder on its path cannot be searched"
+    ) from None
+  except OSError as e:
+    raise AudioError(path, "unreadable", f"cannot stat the file: {e.strerror}") from None
+  if not stat.S_ISREG(info.st_mode):
+    raise AudioError(path, "missing", "not a regular file (a folder, pipe or device)")
+  if info.st_size == 0:
     raise AudioError(path, "empty", "file is empty (0 bytes)")
+  try:
+    with open(path, "rb") as f:
+      f.read(1)
+  except PermissionError:
+    raise AudioError(
+        path, "unreadable", "permission denied: the file is not readable by this user "
+        "(e.g. `chmod a+r FILE`)"
+    ) from None
+  except OSError as e:
+    raise AudioError(path, "unreadable", f"cannot read the file: {e.strerror}") from None
+
+
+def _open_checked(path: Path) -> sf.SoundFile:
+  """Opens `path` for reading, first raising `AudioError` for a missing, unreadable, empty
+  or truncated file (a WAV whose header promises more audio than the file holds)."""
+  _check_file(path)
   f = _open(path)
   try:
     if f.frames <= 0:
@@ -175,7 +231,7 @@ def load_audio(
         f"need sample_rate > 0, offset >= 0, duration > 0 or None; got {sample_rate}, "
         f"{offset}, {duration} for {path}"
     )
-  path = Path(path)
+  path = _as_path(path)
   with _open_checked(path) as f:
     native_sr, declared = f.samplerate, f.frames
     start = int(round(offset * native_sr))
@@ -220,7 +276,7 @@ def _resample_margin(native_sr: int) -> int:
 def file_info(path: str | os.PathLike) -> dict[str, int]:
   """Native sample rate, frame count and channels of a file, without decoding it (raises
   `AudioError` as `load_audio` does for missing, empty or truncated files)."""
-  path = Path(os.fsdecode(path)) if isinstance(path, bytes) else Path(path)
+  path = _as_path(path)
   with _open_checked(path) as f:
     return {"sample_rate": f.samplerate, "frames": f.frames, "channels": f.channels}
 
@@ -246,7 +302,7 @@ def read_segments(
 
   from samplecnn_jax.input_pipeline import segment_starts  # Lazy: it imports this module.
 
-  path = Path(os.fsdecode(path)) if isinstance(path, bytes) else Path(path)
+  path = _as_path(path)
   with _open_checked(path) as f:
     native_sr, declared = f.samplerate, f.frames
     length = ceil(declared * sample_rate / native_sr)  # Samples after resampling.

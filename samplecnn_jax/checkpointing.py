@@ -294,26 +294,63 @@ def latest_meta(workdir: str | Path) -> tuple[int, dict[str, Any]]:
   return step, meta
 
 
+def _model_target(workdir: str | Path, config: Any, where: Any) -> dict[str, Any]:
+  """Abstract {'params', 'batch_stats'} (shapes, dtypes, `where` sharding) of the model that
+  wrote the workdir's checkpoints: built from its config.json (else `config`), so a
+  fine-tuning config with another head still names the source model's arrays."""
+  import jax  # Lazy: only loading variables needs the model.
+  import jax.numpy as jnp
+
+  from samplecnn_jax import models
+
+  try:
+    config = workdir_files.read_config(workdir)
+  except FileNotFoundError:
+    pass
+  model = models.create_model(config.model, config.num_classes)
+  dummy = jax.ShapeDtypeStruct((1, config.input_size), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+  target = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), target)
+
+
+def _restore_model_subtrees(manager: ocp.CheckpointManager, step: int, target: dict) -> dict:
+  """Reads only `target`'s arrays (Orbax partial restore): the optimizer state, the RNG and
+  anything else in the checkpoint are neither read nor required to match or be intact."""
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+  return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+
 def load_variables(workdir: str | Path, config: Any, which: str = "best",
                    check_config: bool = True) -> dict[str, Any]:
   """The model variables {'params', 'batch_stats'} of a workdir's best or latest checkpoint.
 
-  For inference and visualisation: no optimizer or data state is built. `check_config=False`
-  skips the config check, for fine-tuning (`transfer.py` matches the variables one by one).
+  For inference and visualisation: no optimizer or data state is built, and only the
+  params and batch_stats arrays are read (a checkpoint whose optimizer state is damaged,
+  missing or of another optimizer still loads). `check_config=False` skips the config
+  check, for fine-tuning (`transfer.py` matches the variables one by one).
   """
   if which not in ("best", "latest"):
     raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
   if check_config:
     check_config_matches(workdir, config)
   manager, directory, step = _read_only(workdir, which)
-  # Arrays come back with their saved sharding when this job has the topology that wrote
-  # them, else replicated over this job's devices: a checkpoint of a multi-host run loads on
-  # one machine.
+  # Arrays come back replicated over this job's devices: a checkpoint of a multi-host run
+  # loads on one machine.
   anywhere = sharding.replicated(sharding.create_mesh())
-  restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=anywhere))
-  )
-  manager.close()
-  state = restored["state"]
+  try:
+    state = _restore_model_subtrees(manager, step, _model_target(workdir, config, anywhere))
+  except ValueError as e:
+    # The model built here does not name the checkpoint's arrays (no config.json and another
+    # config, or a layer renamed since): read the whole state as saved, as before.
+    logging.info("Partial restore of %s failed (%s); restoring the whole state.", directory, e)
+    manager.close()
+    manager, _, _ = _read_only(workdir, which)  # A fresh manager: the first kept its handler.
+    state = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=anywhere))
+    )["state"]
+  finally:
+    manager.close()
   logging.info("Loaded %s checkpoint at step %d from %s", which, step, directory)
   return {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -529,7 +529,9 @@ def find_audio_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], li
   """Expands folders (recursively, sorted, hidden entries skipped) to their audio files.
 
   Returns (files, notes): a path given directly is always kept (a missing or non-audio file
-  is then reported by prediction); `notes` names folders that held no audio file.
+  is then reported by prediction), and so is a broken symbolic link with an audio name found
+  in a folder (reported as failed, with its target); `notes` names folders that held no
+  audio file.
   """
   files, notes = [], []
   for path in map(Path, paths):
@@ -538,7 +540,7 @@ def find_audio_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], li
       continue
     found = sorted(
         p for p in path.rglob("*")
-        if p.suffix.lower() in audio.AUDIO_EXTENSIONS and p.is_file()
+        if p.suffix.lower() in audio.AUDIO_EXTENSIONS and (p.is_file() or _broken_link(p))
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not found:
@@ -548,8 +550,22 @@ def find_audio_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], li
   return files, notes
 
 
+def _broken_link(path: Path) -> bool:
+  return path.is_symlink() and not path.exists()
+
+
+def display_name(path: str | os.PathLike) -> str:
+  """A printable form of a path: bytes that are not UTF-8 shown as `\\xNN` (for tables and
+  plot titles; JSON and CSV outputs keep the exact name, see docs/predict.md)."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def write_json(results: list[dict], out: io.TextIOBase, meta: dict[str, Any]) -> None:
-  """`{...meta, "files": [one record per file]}` as indented JSON."""
+  """`{...meta, "files": [one record per file]}` as indented JSON.
+
+  ASCII-only (`ensure_ascii`): a file name that is not UTF-8 is written with `\\udcXX`
+  escapes, and `os.fsencode(json.load(f)["files"][i]["file"])` gives its bytes back.
+  """
   json.dump({**meta, "files": results}, out, indent=2, allow_nan=False)
   out.write("\n")
 
@@ -557,7 +573,9 @@ def write_json(results: list[dict], out: io.TextIOBase, meta: dict[str, Any]) ->
 def write_csv(results: list[dict], out: io.TextIOBase, labels: LabelInfo) -> None:
   """One row per file: file, error, top_k, above_threshold, [eval_label], one column per class.
 
-  Multi-label cells join labels with ';'; top_k cells are `label:score` pairs.
+  Multi-label cells join labels with ';'; top_k cells are `label:score` pairs. Open `out`
+  with `errors="surrogateescape"` (as `main` does): a file name that is not UTF-8 is then
+  written as its bytes, read back with the same errors handler.
   """
   extra = ["eval_label"] if labels.eval_label_map is not None else []
   writer = csv.writer(out)
@@ -595,7 +613,7 @@ def write_timeline(
                     extent=(0.0, end, -0.5, len(classes) - 0.5), interpolation="nearest")
   ax.set_yticks(range(len(classes)), classes)
   ax.set_xlabel("time (s)")
-  ax.set_title(name)
+  ax.set_title(display_name(name))
   figure.colorbar(image, ax=ax, label="score")
   figure.savefig(out / f"{name}.timeline.png", dpi=80, bbox_inches="tight")
   return csv_path
@@ -603,10 +621,11 @@ def write_timeline(
 
 def format_table(results: list[dict], threshold: float) -> str:
   """Human-readable lines: file, top-k labels with scores, labels above the threshold."""
-  width = min(max((len(r["file"]) for r in results), default=4), 60)
+  names = [display_name(r["file"]) for r in results]
+  width = min(max((len(name) for name in names), default=4), 60)
   lines = []
-  for r in results:
-    name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3):]
+  for r, name in zip(results, names, strict=True):
+    name = name if len(name) <= width else "..." + name[-(width - 3):]
     if r["error"]:
       lines.append(f"{name:<{width}}  ERROR {r['error']}")
       continue
@@ -725,7 +744,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       "input_size": predictor.input_size, "segments": predictor.num_segments,
       "threshold": threshold, "top_k": args.top_k, "labels": list(predictor.labels.vocabulary),
   }
-  out = open(args.output, "w", newline="") if args.output else sys.stdout
+  if args.output:  # surrogateescape: a file name that is not UTF-8 is written as its bytes.
+    out = open(args.output, "w", newline="", encoding="utf-8", errors="surrogateescape")
+  else:
+    out = sys.stdout
+    if fmt == "csv" and hasattr(out, "reconfigure"):
+      out.reconfigure(errors="surrogateescape")
   try:
     if fmt == "json":
       write_json(results, out, meta)

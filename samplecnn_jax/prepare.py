@@ -11,7 +11,9 @@ ArrayRecord shards in a deterministic order, and writes `clip_lengths.npy` per s
 
 Bad audio never stops the job: missing, empty, unreadable, truncated and wrong-format files
 are skipped and listed in report.json with the reason; silent files are kept (they are valid
-audio) and listed as warnings. An interrupted run resumes: a shard whose file and sidecar
+audio) and listed as warnings. But a run whose skips leave a split or a class with no clip
+fails (`UnusableStoreError`, exit 1, report.json written, no manifest), and a class with few
+train clips is a warning that names it. An interrupted run resumes: a shard whose file and sidecar
 `OUT/.prepare/<shard>.json` exist and match is kept, so re-running gives the same bytes as
 an uninterrupted run. This module knows no dataset layout and does no training-time I/O.
 """
@@ -43,7 +45,15 @@ PROGRESS_DIR = ".prepare"  # Per-shard sidecars that make a run resumable.
 PREPARE_VERSION = 1  # Bump when the bytes of a prepared clip change, to void old sidecars.
 SPLIT_ORDER = ("train", "valid", "test")  # Manifest order; other splits follow as listed.
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_COMMON_FLAGS = ("dataset", "src", "out", "workers", "sample_rate", "shard_size", "quiet")
+_COMMON_FLAGS = (
+    "dataset", "src", "out", "workers", "sample_rate", "shard_size", "quiet", "min_class_clips",
+)  # fmt: skip
+MIN_CLASS_CLIPS = 5  # Fewer written train clips than this: a warning that names the class.
+
+
+class UnusableStoreError(RuntimeError):
+  """Decoding left a split or a class with no clip: the store is not finished (no manifest);
+  report.json has every skip reason and `counts` (exit status 1 from the CLI)."""
 
 
 # --- One clip ---------------------------------------------------------------------------
@@ -127,9 +137,23 @@ def plan_shards(clips: list[ClipSpec], shard_size: int) -> dict[str, list[Shard]
   return plan
 
 
+def _file_state(path: str) -> list[int] | None:
+  """Size, modification time and mode of a clip's file (None when it cannot be stat'ed): a
+  file fixed, replaced or made readable since a run reported it changes its shard's
+  fingerprint, so the next run reads it again."""
+  if not path:
+    return None
+  try:
+    info = os.stat(path)
+  except OSError:
+    return None
+  return [info.st_size, info.st_mtime_ns, info.st_mode]
+
+
 def _fingerprint(shard: Shard, context: list) -> str:
-  """Hash of everything that decides a shard's bytes (its clips, rate, options, versions)."""
-  specs = [dataclasses.astuple(clip) for clip in shard.clips]
+  """Hash of everything that decides a shard's bytes (its clips and their files' size and
+  mtime, rate, options, versions)."""
+  specs = [[*dataclasses.astuple(clip), _file_state(clip.path)] for clip in shard.clips]
   text = json.dumps([PREPARE_VERSION, store.FORMAT_VERSION, context, specs], default=str)
   return hashlib.sha256(text.encode()).hexdigest()
 
@@ -277,6 +301,7 @@ def prepare(
     workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
+    min_class_clips: int = MIN_CLASS_CLIPS,
     **options: Any,
 ) -> dict[str, Any]:
   """Prepares dataset `name` from `src` into `out` and returns the manifest.
@@ -289,10 +314,14 @@ def prepare(
     workers: decoding processes; None = one per core; <= 1 decodes in this process.
     shard_size: clips per shard.
     progress: show a tqdm progress bar on stderr.
+    min_class_clips: a class with fewer written train clips is a warning (report.json
+      `class_warnings`, naming it).
     **options: the dataset's own options, passed to its lister.
 
   Raises:
     LayoutError: missing metadata, wrong layout or bad options (message says what to fix).
+    UnusableStoreError: a split or a class lost every clip to skipping; report.json is
+      written (every reason, and the counts), the manifest is not.
   """
   if sample_rate <= 0 or shard_size <= 0:
     raise ValueError(f"sample_rate and shard_size must be > 0, got {sample_rate}, {shard_size}")
@@ -340,6 +369,10 @@ def prepare(
     (out / split).mkdir(exist_ok=True)
   _remove_stale_files(out, plan)
   report = _report(name, src, sample_rate, listing, plan, infos)
+  report.update(_check_counts(listing, plan, infos, min_class_clips))
+  if report["errors"]:
+    store.write_json(out / store.REPORT, report)  # Every reason is kept; no manifest.
+    raise UnusableStoreError(_unusable_message(name, out, report))
   manifest = _manifest(name, src, sample_rate, shard_size, listing, options, plan, infos, report)
   for split, split_shards in plan.items():
     lengths = [n for shard in split_shards for n in infos[shard.name]["clip_lengths"]]
@@ -371,6 +404,63 @@ def _report(name, src, sample_rate, listing, plan, infos) -> dict[str, Any]:
       "skipped": skipped,
       "warnings": warnings,
   }
+
+
+def _check_counts(listing, plan, infos, min_class_clips: int) -> dict[str, Any]:
+  """Clips listed and written per split and per class, and what they make unusable.
+
+  `errors`: a split that lost every clip, a class that lost every file (fatal: training on
+  such a store would silently lack them). `class_warnings`: a class with fewer than
+  `min_class_clips` written train clips, or none left in a split where it had some.
+  """
+  vocabulary = listing.vocabulary
+  splits: dict[str, dict[str, int]] = {}
+  classes = {name: {"listed": {}, "written": {}} for name in vocabulary}
+  for split, split_shards in plan.items():
+    splits[split] = {"listed": 0, "written": 0}
+    for shard in split_shards:
+      skipped = {entry["clip_id"] for entry in infos[shard.name]["skipped"]}
+      for clip in shard.clips:
+        written = clip.clip_id not in skipped
+        splits[split]["listed"] += 1
+        splits[split]["written"] += written
+        for label in clip.labels:
+          counts = classes[vocabulary[label]]
+          counts["listed"][split] = counts["listed"].get(split, 0) + 1
+          counts["written"][split] = counts["written"].get(split, 0) + written
+  errors, warnings = [], []
+  for split, count in splits.items():
+    if count["written"] == 0:
+      errors.append(f"split {split!r}: none of its {count['listed']} clips could be read")
+  for name, count in classes.items():
+    listed, written = sum(count["listed"].values()), sum(count["written"].values())
+    if listed and not written:
+      errors.append(f"class {name!r}: every one of its {listed} files was skipped")
+      continue
+    if not listed:
+      continue
+    lost = [split for split, n in count["listed"].items() if n and not count["written"][split]]
+    train = count["written"].get("train", 0)
+    if "train" in plan and train < min_class_clips:
+      warnings.append(f"class {name!r} has only {train} train clips (fewer than "
+                      f"{min_class_clips}); written per split: {count['written']}")
+    elif lost:
+      warnings.append(f"class {name!r} has no clip left in {', '.join(lost)} (all skipped); "
+                      f"written per split: {count['written']}")
+  return {"counts": {"splits": splits, "classes": classes}, "errors": errors,
+          "class_warnings": warnings}
+
+
+def _unusable_message(name: str, out: Path, report: dict[str, Any]) -> str:
+  splits = ", ".join(f"{split} {c['written']}/{c['listed']}"
+                     for split, c in report["counts"]["splits"].items())
+  kinds = ", ".join(f"{kind} {n}" for kind, n in report["skipped_by_kind"].items()) or "none"
+  return (
+      f"{name}: the prepared store would be unusable: " + "; ".join(report["errors"])
+      + f". Clips written/listed per split: {splits}; skipped {report['num_skipped']} "
+      f"({kinds}). Every reason is in {out / store.REPORT}; fix or remove those files and "
+      "run again (finished shards are kept)."
+  )
 
 
 def _manifest(name, src, sample_rate, shard_size, listing, options, plan, infos, report):
@@ -432,6 +522,8 @@ def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sample_rate", type=int, default=16000, help="stored sample rate, Hz")
     p.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_SIZE, help="clips per shard")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--min_class_clips", type=int, default=MIN_CLASS_CLIPS,
+                   help="warn about classes with fewer written train clips than this")
     if name == dataset:
       _add_dataset_arguments(p, name)
   return parser
@@ -451,16 +543,23 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         shard_size=args.shard_size,
         progress=not args.quiet,
+        min_class_clips=args.min_class_clips,
         **options,
     )
   except LayoutError as e:
     print(f"prepare {args.dataset}: error: {e}", file=sys.stderr)
     return 2
+  except UnusableStoreError as e:
+    print(f"prepare {args.dataset}: error: {e}", file=sys.stderr)
+    return 1
   rate = manifest["sample_rate"]
   for split, info in manifest["splits"].items():
     seconds = info["num_samples"] / rate
     shards = len(info["shards"])
     print(f"{split}: {info['num_clips']} clips, {seconds / 3600:.2f} h, {shards} shards")
+  report = json.loads((Path(args.out) / store.REPORT).read_text())
+  for warning in report.get("class_warnings", []):
+    print(f"prepare {args.dataset}: warning: {warning}", file=sys.stderr)
   print(
       f"skipped {manifest['skipped']}, warnings {manifest['warnings']} "
       f"(details in {Path(args.out) / store.REPORT}); store: {Path(args.out) / store.MANIFEST}"

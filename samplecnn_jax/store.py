@@ -8,7 +8,11 @@ Layout of a prepared folder (written by `samplecnn_jax.prepare`, read by the inp
 
 A record is a msgpack map: `clip_id` (str), `audio` (int16 little-endian mono PCM bytes),
 `labels` (list of class indices into the manifest vocabulary; one index for multi-class
-data) and `source` (the file it came from, relative to the raw dataset folder).
+data) and `source` (the file it came from, relative to the raw dataset folder). A file name
+that is not valid UTF-8 keeps its bytes: `clip_id` and `source` are written and read with
+Python's `surrogateescape` (as `os.fsdecode` gives them), so `os.fsencode(record["source"])`
+is the name on disk; the JSON files escape such characters as `\\udcXX` (json.loads + fsencode
+give the bytes back).
 
 Shards are written to a temporary name and renamed when complete, so a shard that exists
 under its final name is whole; the manifest is written last, so a folder with a manifest
@@ -50,12 +54,13 @@ def encode_clip(clip_id: str, audio: np.ndarray, labels: Sequence[int], source: 
           "source": source,
       },
       use_bin_type=True,
+      unicode_errors="surrogateescape",  # Non-UTF-8 file names keep their bytes.
   )
 
 
 def decode_clip(record: bytes) -> dict[str, Any]:
   """Inverse of `encode_clip`: audio as int16 numpy, labels as an int32 array."""
-  item = msgpack.unpackb(record, raw=False)
+  item = msgpack.unpackb(record, raw=False, unicode_errors="surrogateescape")
   return {
       "clip_id": item["clip_id"],
       "audio": np.frombuffer(item["audio"], dtype="<i2"),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -179,3 +184,91 @@ def test_real_esc50_clip_resampled_from_44k(shared_data):
   spectrum[np.fft.rfftfreq(len(native), 1 / 44100) > 7500] = 0
   low_rms = np.sqrt(np.mean(np.fft.irfft(spectrum, len(native)) ** 2))
   assert np.sqrt(np.mean(y**2)) == pytest.approx(low_rms, rel=0.05)
+
+
+def non_utf8_path(folder, stem: bytes = b"caf\xe9", suffix: str = ".wav"):
+  """`folder/<stem><suffix>` as os.fsdecode gives it (surrogate escapes); skips where the
+  file system refuses names that are not UTF-8."""
+  path = os.path.join(os.fsencode(folder), stem + suffix.encode())
+  try:
+    open(path, "wb").close()
+  except OSError as e:
+    pytest.skip(f"this file system refuses non-UTF-8 names: {e}")
+  return Path(os.fsdecode(path))
+
+
+def test_non_utf8_file_name_decodes(tmp_path):
+  """Issue 10 item 7: soundfile gets the name's bytes; before, such a file was 'corrupt'."""
+  path = non_utf8_path(tmp_path)
+  sf.write(os.fsencode(path), _sine(440, 0.5, 16000), 16000, subtype="PCM_16")
+  expected = sf.read(os.fsencode(path), dtype="float32")[0]
+  for name in (path, str(path), os.fsencode(path)):
+    np.testing.assert_allclose(load_audio(name, 16000), expected, atol=1e-6)
+  assert audio.file_info(path)["frames"] == 8000
+  segments, _ = audio.read_segments(path, 16000, 4000, 2)
+  assert segments.shape == (2, 4000) and segments.any()
+
+
+def _reason(path) -> tuple[str, str]:
+  with pytest.raises(AudioError) as info:
+    load_audio(path, 16000)
+  return info.value.kind, info.value.reason
+
+
+@pytest.mark.skipif(not MP3_SUPPORTED, reason=f"libsndfile {sf.__libsndfile_version__} lacks MP3")
+def test_random_bytes_mp3_is_not_reported_as_a_missing_file(tmp_path):
+  """Issue 10 item 9: libsndfile says "File does not exist" of an MP3 it cannot decode."""
+  junk = tmp_path / "junk.mp3"
+  junk.write_bytes(np.random.default_rng(0).bytes(5000))
+  kind, reason = _reason(junk)
+  assert kind == "corrupt"
+  assert reason.startswith("not a readable audio file (mp3 decoder:"), reason
+  assert "does not exist" not in reason
+
+
+def _load_as_nobody(path) -> tuple[str, str]:
+  """(kind, reason) of loading `path` in a forked child running as user `nobody` (root reads
+  any file, so a chmod 000 file is only unreadable to another user)."""
+  read, write = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # The child: drop to nobody, load, send the result, exit without cleanup.
+    try:
+      os.setgid(65534)
+      os.setuid(65534)
+      try:
+        load_audio(path, 16000)
+        message = "ok\nloaded"
+      except AudioError as e:
+        message = f"{e.kind}\n{e.reason}"
+      os.write(write, message.encode())
+    finally:
+      os._exit(0)
+  os.close(write)
+  with os.fdopen(read) as f:
+    kind, reason = f.read().split("\n", 1)
+  os.waitpid(pid, 0)
+  return kind, reason
+
+
+def test_unreadable_file_says_permission_denied():
+  """Issue 10 item 9: a chmod 000 file was "System error"; now "permission denied"."""
+  folder = Path(tempfile.mkdtemp())  # Not under pytest's 0700 tmp folders: nobody must reach it.
+  try:
+    folder.chmod(0o755)
+    path = folder / "locked.wav"
+    sf.write(path, _sine(440, 0.2, 16000), 16000)
+    path.chmod(0o000)
+    if os.geteuid() == 0:
+      kind, reason = _load_as_nobody(path)
+    else:
+      kind, reason = _reason(path)
+    assert kind == "unreadable" and reason.startswith("permission denied"), (kind, reason)
+  finally:
+    shutil.rmtree(folder)
+
+
+def test_broken_symlink_names_its_target(tmp_path):
+  link = tmp_path / "gone.wav"
+  link.symlink_to(tmp_path / "moved_away.wav")
+  kind, reason = _reason(link)
+  assert kind == "missing" and "broken symbolic link" in reason and "moved_away.wav" in reason

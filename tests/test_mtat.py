@@ -161,8 +161,12 @@ def test_real_published_split_lists(shared_data: Path):
 
 
 def test_prepare_end_to_end(raw: Path):
-  """Real mp3 decoding through `prepare`; a corrupt mp3 is reported, not fatal."""
+  """Real mp3 decoding through `prepare`; a corrupt mp3 is reported, and when it was the
+  only clip of a split the run fails (issue 10 item 8) until it is fixed."""
+  import json
+
   import numpy as np
+  import pytest
   import soundfile
 
   from samplecnn_jax import prepare
@@ -171,14 +175,21 @@ def test_prepare_end_to_end(raw: Path):
   for mp3_path in ("0/a-1-0-29.mp3", "5/b-1-0-29.mp3", "c/c-1-0-29.mp3", "0/a-1-29-58.mp3"):
     soundfile.write(raw / mp3_path, tone, 16000, format="MP3")
   (raw / "d" / "d-1-0-29.mp3").write_bytes(b"not an mp3" * 100)
+  with pytest.raises(prepare.UnusableStoreError, match="split 'test': none of its 1 clips"):
+    prepare.prepare("mtat", raw, raw / "out", workers=1, progress=False, num_tags=3)
+  report = json.loads((raw / "out" / "report.json").read_text())
+  assert report["skipped_by_kind"] == {"corrupt": 1, "metadata": 3}
+  assert report["counts"]["splits"]["test"] == {"listed": 1, "written": 0}
+
+  soundfile.write(raw / "d" / "d-1-0-29.mp3", tone, 16000, format="MP3")  # The fix.
   manifest = prepare.prepare("mtat", raw, raw / "out", workers=1, progress=False, num_tags=3)
   assert {split: info["num_clips"] for split, info in manifest["splits"].items()} == {
       "train": 3,
       "valid": 1,
-      "test": 0,
+      "test": 1,
   }
   assert manifest["vocabulary"] == ["guitar", "no vocals", "piano"]
   assert manifest["tag_counts"] == {"guitar": 4, "no vocals": 4, "piano": 4}
-  assert manifest["skipped"] == 4  # 3 metadata problems and the corrupt mp3.
+  assert manifest["skipped"] == 3  # The 3 metadata problems.
   lengths = np.load(raw / "out" / "train" / "clip_lengths.npy")
   assert lengths.tolist() == [8000, 8000, 8000]

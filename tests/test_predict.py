@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -400,3 +401,100 @@ def test_timeline_streams_segments_at_the_hop_and_writes_csv_and_png(run, predic
   assert rows[0].split(",") == ["start_s", "end_s", *run["vocabulary"]]
   assert len(rows) == expected_count + 1
   assert (out / "long.wav.timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_non_utf8_file_names_round_trip_through_json_and_csv(run, tmp_path, capsys):
+  """Issue 10 item 7: `--output=x.csv` crashed after the header and such a file was
+  'corrupt'; now it is scored, and JSON and CSV give its bytes back via os.fsencode."""
+  folder = os.fsencode(tmp_path / "names")
+  os.mkdir(folder)
+  good, bad = os.path.join(folder, b"caf\xe9.wav"), os.path.join(folder, b"\xff\xfe.wav")
+  try:
+    sf.write(good, _tone(0.5, RATE, 440, 40), RATE, subtype="PCM_16")
+  except (OSError, sf.LibsndfileError) as e:
+    pytest.skip(f"this file system refuses non-UTF-8 names: {e}")
+  with open(bad, "wb") as f:
+    f.write(b"RIFF" + np.random.default_rng(1).bytes(400))
+  argv = [f"--workdir={run['workdir']}", os.fsdecode(folder), "--no_progress"]
+  out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
+  assert predict.main([*argv, f"--output={out_csv}"]) == 0
+  with open(out_csv, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    rows = {os.fsencode(row["file"]): row for row in csv.DictReader(f)}
+  assert set(rows) == {good, bad}
+  assert rows[good]["error"] == "" and float(rows[good][run["vocabulary"][0]]) > 0
+  assert rows[bad]["error"]
+  assert predict.main([*argv, f"--output={out_json}"]) == 0
+  out_json.read_bytes().decode("ascii")  # ASCII JSON: \udcXX escapes.
+  records = {os.fsencode(r["file"]): r for r in json.loads(out_json.read_text())["files"]}
+  assert set(records) == {good, bad} and records[good]["error"] is None
+  for name in rows:
+    assert float(rows[name][run["vocabulary"][0]] or "nan") == pytest.approx(
+        records[name]["scores"].get(run["vocabulary"][0], float("nan")), abs=1e-6, nan_ok=True)
+  capsys.readouterr()
+  assert predict.main(argv) == 0  # The table shows the bytes as \xNN.
+  assert "caf\\xe9.wav" in capsys.readouterr().out
+
+
+def _rename_opt_state_arrays(workdir) -> None:
+  """Makes the best checkpoint's optimizer state point at arrays that are not stored (what a
+  damaged or removed opt_state, or one of another optimizer, looks like to a full restore)."""
+  [path] = (workdir / "best").glob("*/state/_METADATA")
+  metadata = json.loads(path.read_text())
+  tree = {}
+  for key, value in metadata["tree_metadata"].items():
+    if key.startswith("('opt_state'"):
+      keys = value["key_metadata"]
+      keys = [keys[0], {"key": "lost", "key_type": keys[0]["key_type"]}, *keys[1:]]
+      value = {**value, "key_metadata": keys}
+      key = str(tuple(k["key"] for k in keys))
+    tree[key] = value
+  path.write_text(json.dumps({**metadata, "tree_metadata": tree}))
+
+
+def test_predict_reads_only_params_and_batch_stats(run, predictor, audio_dir, tmp_path):
+  """Issue 10 item 10: a checkpoint whose opt_state is damaged, or of another structure,
+  still predicts (Orbax partial restore of params and batch_stats only)."""
+  wave = _tone(0.7, RATE, 880, 31)
+  expected = predictor.predict_waveform(wave, RATE)
+  damaged = tmp_path / "damaged_opt"
+  shutil.copytree(run["workdir"], damaged)
+  _rename_opt_state_arrays(damaged)
+  np.testing.assert_allclose(
+      predict.Predictor.from_workdir(damaged).predict_waveform(wave, RATE), expected, atol=1e-6)
+  assert predict.main([f"--workdir={damaged}", str(audio_dir / "a_int16_mono_16k.wav"),
+                       f"--output={tmp_path / 'out.json'}"]) == 0
+
+  other = tmp_path / "other_optimizer"
+  shutil.copytree(run["workdir"], other, ignore=shutil.ignore_patterns("best"))
+  state = run["state"].replace(opt_state={"something": np.zeros((3, 2), np.float32)})
+  ckpt = checkpointing.Checkpointer(other)
+  ckpt.save_best(state, {"best_value": 0.5, "best_step": 0})
+  ckpt.close()
+  np.testing.assert_allclose(
+      predict.Predictor.from_workdir(other).predict_waveform(wave, RATE), expected, atol=1e-6)
+
+  # No config.json and a config with another head (fine-tuning): the model built from the
+  # config does not name the checkpoint's arrays, so the whole state is read as saved.
+  bare = tmp_path / "no_config"
+  shutil.copytree(run["workdir"] / "best", bare / "best")
+  head = run["config"].copy_and_resolve_references()
+  head.num_classes = 3
+  variables = checkpointing.load_variables(bare, head, check_config=False)
+  np.testing.assert_array_equal(variables["params"]["logits"]["kernel"],
+                                run["state"].params["logits"]["kernel"])
+
+
+def test_broken_symlinks_are_failed_files_with_a_reason(run, predictor, tmp_path, capsys):
+  """Issue 10 item 10: a dangling link in a folder was silently dropped."""
+  folder = tmp_path / "links"
+  folder.mkdir()
+  sf.write(folder / "real.wav", _tone(0.5, RATE, 440, 41), RATE)
+  (folder / "gone.wav").symlink_to(tmp_path / "moved.wav")
+  files, _ = predict.find_audio_files([folder])
+  assert [f.name for f in files] == ["gone.wav", "real.wav"]
+  results = _by_name(predictor.predict_files(files))
+  assert results["gone.wav"]["error"].startswith("missing: broken symbolic link")
+  assert "moved.wav" in results["gone.wav"]["error"] and results["real.wav"]["error"] is None
+  assert predict.main([f"--workdir={run['workdir']}", str(folder), "--no_progress"]) == 0
+  out = capsys.readouterr()
+  assert "gone.wav  ERROR missing: broken symbolic link" in out.out and "1 failed" in out.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -268,3 +269,131 @@ def test_cli_layout_errors_exit_nonzero_without_traceback(tmp_path, capsys):
   assert "expected one sub-folder per class" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "o" / store.MANIFEST).exists()
+
+
+def _non_utf8(folder: Path, stem: bytes) -> Path:
+  """`folder/<stem>` as os.fsdecode gives it; skips where the file system refuses the name."""
+  path = os.path.join(os.fsencode(folder), stem)
+  try:
+    open(path, "wb").close()
+  except OSError as e:
+    pytest.skip(f"this file system refuses non-UTF-8 names: {e}")
+  return Path(os.fsdecode(path))
+
+
+def test_non_utf8_file_names_are_prepared_and_round_trip(tmp_path, capsys):
+  """Issue 10 item 7: such a name aborted `prepare folder` (exit 2) and its audio was
+  'corrupt'; now it is read, and the store and report give its bytes back via fsencode."""
+  src = tmp_path / "raw"
+  for folder in ("train/dog", "train/cat", "test/dog", "test/cat"):
+    (src / folder).mkdir(parents=True)
+    for i in range(2):
+      sf.write(src / folder / f"{i}.wav", _noise(0.2, 16000, seed=i), 16000)
+  good = _non_utf8(src / "train/dog", b"caf\xe9.wav")
+  pcm = audio.to_int16(_noise(0.3, 16000, seed=9))
+  sf.write(os.fsencode(good), pcm, 16000, subtype="PCM_16")
+  _non_utf8(src / "train/cat", b"\xff\xfe.wav").write_bytes(b"not audio" * 100)
+  out = tmp_path / "out"
+  argv = ["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet",
+          "--min_class_clips", "1"]  # fmt: skip
+  assert prepare.main(argv) == 0, capsys.readouterr().err
+  clips = store.ClipSource(out, "train")
+  records = {os.fsencode(clips[i]["source"]): clips[i] for i in range(len(clips))}
+  np.testing.assert_array_equal(records[b"train/dog/caf\xe9.wav"]["audio"], pcm)
+  assert os.fsencode(records[b"train/dog/caf\xe9.wav"]["clip_id"]) == b"train/dog/caf\xe9.wav"
+  report = json.loads((out / store.REPORT).read_text())  # ASCII JSON with \udcXX escapes.
+  [bad] = report["skipped"]
+  assert os.fsencode(bad["source"]) == b"train/cat/\xff\xfe.wav"
+  assert bad["kind"] == "unsupported_format"
+  assert (src / os.fsdecode(os.fsencode(bad["source"]))).exists()
+
+
+def _classes(tmp_path, files: dict[str, str]) -> Path:
+  """A split-folder dataset: {relative path: 'ok' | 'bad'}."""
+  src = tmp_path / "raw"
+  for i, (relative, state) in enumerate(sorted(files.items())):
+    (src / relative).parent.mkdir(parents=True, exist_ok=True)
+    if state == "ok":
+      sf.write(src / relative, _noise(0.2, 16000, seed=i), 16000)
+    else:
+      (src / relative).write_text("this is no audio file\n" * 20)
+  return src
+
+
+def test_a_split_or_class_with_no_clip_left_fails_with_the_counts(tmp_path, capsys):
+  """Issue 10 item 8: such a store used to be written, and the CLI exited 0."""
+  files = {f"train/dog/d{i}.wav": "ok" for i in range(6)}
+  files |= {f"train/cat/c{i}.wav": "bad" for i in range(3)}
+  files |= {"test/dog/t0.wav": "bad", "test/cat/t1.wav": "bad"}
+  src = _classes(tmp_path, files)
+  out = tmp_path / "out"
+  with pytest.raises(prepare.UnusableStoreError) as info:
+    _run(src, out)
+  message = str(info.value)
+  assert "split 'test': none of its 2 clips could be read" in message
+  assert "class 'cat': every one of its 4 files was skipped" in message
+  assert "train 6/9, test 0/2" in message and "unsupported_format 5" in message
+  assert not (out / store.MANIFEST).exists()
+  report = json.loads((out / store.REPORT).read_text())
+  assert report["num_skipped"] == 5 and len(report["skipped"]) == 5  # Every reason kept.
+  assert all(entry["reason"] for entry in report["skipped"])
+  assert report["counts"]["splits"] == {"train": {"listed": 9, "written": 6},
+                                        "test": {"listed": 2, "written": 0}}
+  assert report["counts"]["classes"]["cat"] == {"listed": {"train": 3, "test": 1},
+                                                "written": {"train": 0, "test": 0}}
+  argv = ["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet"]
+  assert prepare.main(argv) == 1
+  err = capsys.readouterr().err
+  assert "unusable" in err and "class 'cat'" in err and "Traceback" not in err
+
+
+def test_a_class_with_few_train_clips_is_a_warning_that_names_it(tmp_path, capsys):
+  files = {f"train/dog/d{i}.wav": "ok" for i in range(6)}
+  files |= {"train/cat/c0.wav": "ok", "train/cat/c1.wav": "bad", "train/cat/c2.wav": "bad"}
+  files |= {"test/dog/t0.wav": "ok", "test/cat/t1.wav": "ok"}
+  src = _classes(tmp_path, files)
+  out = tmp_path / "out"
+  argv = ["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet"]
+  assert prepare.main(argv) == 0
+  err = capsys.readouterr().err
+  assert "warning: class 'cat' has only 1 train clips (fewer than 5)" in err
+  assert "'dog'" not in err
+  report = json.loads((out / store.REPORT).read_text())
+  assert len(report["class_warnings"]) == 1 and "'cat'" in report["class_warnings"][0]
+  assert report["errors"] == [] and report["num_skipped"] == 2
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="libsndfile lacks MP3")
+def test_a_file_fixed_after_being_reported_is_read_again(tmp_path):
+  """Issue 10 item 9: the reason says what is wrong, and a later run re-reads the fixed file
+  (the shard fingerprint has each file's size and mtime, not only its name)."""
+  files = {f"train/dog/d{i}.wav": "ok" for i in range(3)}
+  files |= {f"train/cat/c{i}.wav": "ok" for i in range(3)}
+  src = _classes(tmp_path, files)
+  song = src / "train/cat/song.mp3"
+  song.write_bytes(np.random.default_rng(0).bytes(5000))
+  out = tmp_path / "out"
+  _run(src, out, shard_size=16, min_class_clips=1)
+  [entry] = json.loads((out / store.REPORT).read_text())["skipped"]
+  assert entry["source"] == "train/cat/song.mp3"
+  assert entry["reason"].startswith("not a readable audio file (mp3 decoder:"), entry
+  sf.write(song, _noise(1.0, 16000, seed=3), 16000, format="MP3")  # The fix.
+  manifest = _run(src, out, shard_size=16, min_class_clips=1)
+  assert manifest["skipped"] == 0 and manifest["splits"]["train"]["num_clips"] == 7
+  clips = store.ClipSource(out, "train")
+  assert "train/cat/song.mp3" in {clips[i]["clip_id"] for i in range(len(clips))}
+
+
+def test_broken_symlinks_are_reported_with_their_target(tmp_path):
+  """Issue 10 item 10: a dangling link is a skipped file with a reason, never dropped."""
+  files = {f"train/dog/d{i}.wav": "ok" for i in range(2)}
+  files |= {f"train/cat/c{i}.wav": "ok" for i in range(2)}
+  src = _classes(tmp_path, files)
+  (src / "train/dog/link.wav").symlink_to(tmp_path / "nowhere.wav")
+  (src / "train/bird").symlink_to(tmp_path / "bird_folder_moved")  # A class folder link.
+  out = tmp_path / "out"
+  _run(src, out, min_class_clips=1)
+  reasons = {e["source"]: e["reason"] for e in json.loads((out / store.REPORT).read_text())["skipped"]}
+  assert reasons["train/dog/link.wav"].startswith("broken symbolic link")
+  assert "nowhere.wav" in reasons["train/dog/link.wav"]
+  assert "bird_folder_moved" in reasons["train/bird"]

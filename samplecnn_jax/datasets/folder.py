@@ -71,7 +71,8 @@ def hash_split(key: str, valid_fraction: float, test_fraction: float) -> str:
         f"need valid and test fractions >= 0 with a sum < 1, got {valid_fraction} + "
         f"{test_fraction}"
     )
-  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  # surrogateescape: a name that is not valid UTF-8 hashes as its file-system bytes.
+  digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
   unit = int.from_bytes(digest[:8], "big") / 2.0**64
   if unit < test_fraction:
     return "test"
@@ -95,6 +96,11 @@ def _audio_files(folder: Path) -> list[Path]:
 
 def _subfolders(folder: Path) -> list[Path]:
   return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _broken_links(folder: Path) -> list[Path]:
+  """Symbolic links in `folder` whose target does not exist (reported, never dropped)."""
+  return sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists())
 
 
 def _check_src(src: Path) -> Path:
@@ -142,6 +148,10 @@ def list_folder(
       skipped.append(
           {"source": path.relative_to(src).as_posix(), "reason": "not inside a class folder"}
       )
+    for path in _broken_links(root):  # Links in a class folder are listed and fail to decode.
+      target = os.fsdecode(os.readlink(path))
+      skipped.append({"source": path.relative_to(src).as_posix(),
+                      "reason": f"broken symbolic link: it points to {target}, which does not exist"})
     for folder in class_folders:
       audio = _audio_files(folder)
       if not audio:
