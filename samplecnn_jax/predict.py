@@ -169,15 +169,21 @@ def score_segment_stream(
 
   Segments are packed into fixed `(batch_size, input_size)` batches regardless of which
   clip they come from (one compile for any mix of clips); the last batch is zero-padded.
+  When every segment fits in one batch, that batch is cut to the next power of two rows
+  instead (a few short files then cost a small forward pass, not a full padded batch).
   `score_batch` maps a batch to segment probabilities; a clip's scores are the mean of its
   segments', as in evaluation (`metrics.clip_level_scores`).
   """
   batch = np.zeros((batch_size, input_size), np.float32)
   owners: list[_OpenClip] = []
   queue: collections.deque[_OpenClip] = collections.deque()
+  full_batches = 0
 
   def run_batch():
-    probs = score_batch(batch)
+    nonlocal full_batches
+    rows = batch_size if full_batches else min(batch_size, 1 << (len(owners) - 1).bit_length())
+    full_batches += rows == batch_size
+    probs = score_batch(batch[:rows])
     for row, clip in enumerate(owners):
       clip.rows.append(probs[row])
       clip.remaining -= 1

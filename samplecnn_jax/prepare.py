@@ -412,6 +412,7 @@ def _check_counts(listing, plan, infos, min_class_clips: int) -> dict[str, Any]:
   `errors`: a split that lost every clip, a class that lost every file (fatal: training on
   such a store would silently lack them). `class_warnings`: a class with fewer than
   `min_class_clips` written train clips, or none left in a split where it had some.
+  `split_warnings`: train, valid or test is missing (training needs all three).
   """
   vocabulary = listing.vocabulary
   splits: dict[str, dict[str, int]] = {}
@@ -428,7 +429,14 @@ def _check_counts(listing, plan, infos, min_class_clips: int) -> dict[str, Any]:
           counts = classes[vocabulary[label]]
           counts["listed"][split] = counts["listed"].get(split, 0) + 1
           counts["written"][split] = counts["written"].get(split, 0) + written
-  errors, warnings = [], []
+  errors, warnings, split_warnings = [], [], []
+  for split in ("train", "valid", "test"):
+    if split not in plan:
+      split_warnings.append(
+          f"the store has no {split!r} split (it has: {', '.join(sorted(plan))}); training "
+          f"refuses it unless --config.{'eval' if split == 'valid' else split}_split names "
+          f"another split. Give rows split={split} (prepare csv) or set the split fractions "
+          f"(prepare folder: --valid_fraction/--test_fraction)")
   for split, count in splits.items():
     if count["written"] == 0:
       errors.append(f"split {split!r}: none of its {count['listed']} clips could be read")
@@ -448,7 +456,7 @@ def _check_counts(listing, plan, infos, min_class_clips: int) -> dict[str, Any]:
       warnings.append(f"class {name!r} has no clip left in {', '.join(lost)} (all skipped); "
                       f"written per split: {count['written']}")
   return {"counts": {"splits": splits, "classes": classes}, "errors": errors,
-          "class_warnings": warnings}
+          "class_warnings": warnings, "split_warnings": split_warnings}
 
 
 def _unusable_message(name: str, out: Path, report: dict[str, Any]) -> str:
@@ -558,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     shards = len(info["shards"])
     print(f"{split}: {info['num_clips']} clips, {seconds / 3600:.2f} h, {shards} shards")
   report = json.loads((Path(args.out) / store.REPORT).read_text())
-  for warning in report.get("class_warnings", []):
+  for warning in report.get("split_warnings", []) + report.get("class_warnings", []):
     print(f"prepare {args.dataset}: warning: {warning}", file=sys.stderr)
   print(
       f"skipped {manifest['skipped']}, warnings {manifest['warnings']} "

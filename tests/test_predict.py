@@ -498,3 +498,21 @@ def test_broken_symlinks_are_failed_files_with_a_reason(run, predictor, tmp_path
   assert predict.main([f"--workdir={run['workdir']}", str(folder), "--no_progress"]) == 0
   out = capsys.readouterr()
   assert "gone.wav  ERROR missing: broken symbolic link" in out.out and "1 failed" in out.err
+
+
+def test_a_stream_that_fits_one_batch_runs_a_small_forward_pass():
+  """3 one-segment files run as 4 rows, not 64; longer streams keep the one full shape."""
+  shapes = []
+
+  def score(batch):
+    shapes.append(batch.shape)
+    return np.full((len(batch), 2), 0.5, np.float32) + batch[:, :1]
+
+  items = [(i, np.full((1, 5), i, np.float32)) for i in range(3)]
+  out = list(predict.score_segment_stream(items, score, batch_size=64, input_size=5))
+  assert shapes == [(4, 5)]
+  assert [k for k, _ in out] == [0, 1, 2] and out[2][1][0] == pytest.approx(2.5)
+  shapes.clear()
+  items = [(i, np.zeros((10, 5), np.float32)) for i in range(7)]  # 70 segments.
+  assert len(list(predict.score_segment_stream(items, score, batch_size=64, input_size=5))) == 7
+  assert shapes == [(64, 5), (64, 5)]

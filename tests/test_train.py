@@ -279,6 +279,8 @@ def test_store_without_a_validation_split_fails_before_training(tmp_path):
     rows.append(f"c{i}.wav,{'ab'[i % 2]},{'train' if i < 6 else 'test'}")
   (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
   prepare.prepare("csv", tmp_path / "labels.csv", tmp_path / "store", workers=1, progress=False)
+  report = json.loads((tmp_path / "store" / store.REPORT).read_text())
+  assert any("no 'valid' split" in w for w in report["split_warnings"]), "prepare warns too"
   config = tiny_config(str(tmp_path / "store"), dataset="csv", num_classes=2,
                        label_type="multi_class", metric="accuracy")
   with pytest.raises(ValueError, match=r"eval_split='valid'.*it has: test \(2 clips\), "
