@@ -68,12 +68,12 @@ def prepare(kind_args: list[str], out: Path) -> Path:
   return out
 
 
-def pretrain(args: argparse.Namespace, store: Path) -> tuple[Path, dict, float]:
-  """Trains the source run once (reused when its workdir already holds a test score)."""
+def pretrain(args: argparse.Namespace, store: Path) -> tuple[Path, dict, float | None]:
+  """Trains the source run once; reused (minutes None) when its workdir holds a test score."""
   config, _, extra = SOURCES[args.source]
   workdir = Path(args.cache_dir) / f"pretrain_{args.source}_w{args.base_width}_s{args.pretrain_steps}"
   metrics = workdir / "metrics_test.json"
-  start = time.time()
+  start, minutes = time.time(), None
   if not metrics.is_file():
     steps = args.pretrain_steps
     run([sys.executable, "-m", "samplecnn_jax.main", f"--config={config}",
@@ -81,7 +81,8 @@ def pretrain(args: argparse.Namespace, store: Path) -> tuple[Path, dict, float]:
          f"--config.num_train_steps={steps}", f"--config.steps_per_eval={max(1, steps // 3)}",
          f"--config.checkpoint_every_steps={max(1, steps // 3)}",
          f"--config.model.base_width={args.base_width}", *extra])
-  return workdir, json.loads(metrics.read_text()), (time.time() - start) / 60
+    minutes = (time.time() - start) / 60
+  return workdir, json.loads(metrics.read_text()), minutes
 
 
 def majority_rate(metrics: dict) -> float | None:
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
   seeds = [int(s) for s in args.seeds.split(",")]
   scores = ", ".join(f"{k} {v:.3f}" for k, v in pre.items() if isinstance(v, float))
   print(f"Pretrained on {args.source} ({args.pretrain_steps} steps, base_width "
-        f"{args.base_width}, seed 0, {pre_minutes:.1f} min): test {scores} on "
+        f"{args.base_width}, seed 0, "
+        f"{'reused' if pre_minutes is None else f'{pre_minutes:.1f} min'}): test {scores} on "
         f"{pre.get('num_clips')} clips (always answering the majority class: "
         f"{majority_rate(pre)}); {workdir}")
   print(f"Target: v0.02 excerpt, test split (75 clips, speaker-disjoint), best checkpoint by "
