@@ -7,7 +7,8 @@ trains on the v0.02 excerpt (333 / 72 / 75 clips, speaker-disjoint, 12 classes) 
 and condition with the same config and step budget, and prints a table of test accuracy
 (best checkpoint by validation loss, 75 test clips).
 
-  nice -n 15 python benchmarks/transfer.py --cache_dir=/tmp/transfer --seeds=0,1,2
+  nice -n 15 python benchmarks/transfer.py --cache_dir=/tmp/transfer  # v01, then:
+  nice -n 15 python benchmarks/transfer.py --cache_dir=/tmp/transfer --source=demo
 
 Conditions (--conditions): scratch, all (init_from, whole model trains), head (init_from,
 trainable=head), head_norecal (head with bn_recalibration_batches=0: the trunk's batch
@@ -104,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--steps", type=int, default=300, help="Steps of every target run.")
   parser.add_argument("--pretrain_steps", type=int, default=600)
-  parser.add_argument("--base_width", type=int, default=16)
+  parser.add_argument("--base_width", type=int, default=8)
   parser.add_argument("--conditions", default="scratch,all,head",
                       help=f"Comma-separated, from: {', '.join(CONDITIONS)}.")
   parser.add_argument("--smoke", action="store_true",
