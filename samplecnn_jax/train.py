@@ -357,6 +357,7 @@ def recalibrate_batch_stats(run: "Run", state: TrainState) -> TrainState:
   momentum 0.99 remembers ~100 steps of older weights, which short runs never outgrow).
   The batches come from their own seed's stream (seed + 1), read by index, so the training
   iterator and resumption are untouched. Parameters are not updated. N = 0: unchanged.
+  With config.trainable=head only the head's statistics are recomputed.
   """
   config = run.config
   num = int(config.bn_recalibration_batches)
@@ -369,7 +370,10 @@ def recalibrate_batch_stats(run: "Run", state: TrainState) -> TrainState:
     batch = sharding.global_batch(batches[k], run.mesh)
     stats = run.steps.batch_statistics(variables, batch)
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-  return state.replace(batch_stats=jax.tree.map(lambda x: x / num, total))
+  recalibrated = jax.tree.map(lambda x: x / num, total)
+  # A frozen trunk (trainable=head) keeps its loaded statistics; only the head's are redone.
+  return state.replace(
+      batch_stats=transfer.keep_frozen_stats(config, state.batch_stats, recalibrated))
 
 
 class CompiledSteps(NamedTuple):

@@ -29,10 +29,10 @@ def source_run(demo_store, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def frozen_run(demo_store, source_run, tmp_path_factory):
-  """A run started from `source_run` that trains only the head."""
+  """A run started from `source_run` that trains only the head (BN recalibration on)."""
   workdir = str(tmp_path_factory.mktemp("frozen"))
   config = tiny_config(demo_store, init_from=source_run, trainable="head",
-                       init_from_checkpoint="latest")
+                       init_from_checkpoint="latest", bn_recalibration_batches=2)
   train.train_and_evaluate(config, workdir)
   return config, workdir
 
