@@ -177,12 +177,12 @@ def score_segment_stream(
   batch = np.zeros((batch_size, input_size), np.float32)
   owners: list[_OpenClip] = []
   queue: collections.deque[_OpenClip] = collections.deque()
-  full_batches = 0
+  ran_full_batch = False  # After one full batch, the last one is padded to the same shape.
 
   def run_batch():
-    nonlocal full_batches
-    rows = batch_size if full_batches else min(batch_size, 1 << (len(owners) - 1).bit_length())
-    full_batches += rows == batch_size
+    nonlocal ran_full_batch
+    rows = batch_size if ran_full_batch else min(batch_size, 1 << (len(owners) - 1).bit_length())
+    ran_full_batch = rows == batch_size
     probs = score_batch(batch[:rows])
     for row, clip in enumerate(owners):
       clip.rows.append(probs[row])

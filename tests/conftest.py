@@ -43,6 +43,19 @@ def tiny_model(variant="rese2_multi", **overrides):
   return model, variables, x
 
 
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory) -> str:
+  """A small demo store (48/12/12 clips): enough for a few steps and a quick evaluation.
+
+  Module-scoped: each test module prepares its own; a module may define its own size.
+  """
+  from samplecnn_jax import prepare
+
+  out = tmp_path_factory.mktemp("demo")
+  prepare.prepare("demo", None, out, workers=1, num_train=48, num_valid=12, num_test=12)
+  return str(out)
+
+
 @pytest.fixture
 def shared_data() -> Path:
   """The real dataset excerpts beside the repository; skips when they are not there."""

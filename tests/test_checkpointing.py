@@ -17,14 +17,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from samplecnn_jax import checkpointing, input_pipeline, models, prepare, store, train
-
-
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory) -> str:
-  out = tmp_path_factory.mktemp("demo")
-  prepare.prepare("demo", None, out, workers=1, num_train=48, num_valid=12, num_test=12)
-  return str(out)
+from samplecnn_jax import checkpointing, input_pipeline, models, store, train
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ from conftest import REPO, load_config, tiny_config
 from samplecnn_jax import checkpointing, prepare, store, train, workdir
 
 
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory) -> str:
-  """A small demo store: enough clips for a few steps and a quick evaluation."""
-  out = tmp_path_factory.mktemp("demo")
-  prepare.prepare("demo", None, out, workers=1, num_train=48, num_valid=12, num_test=12)
-  return str(out)
-
-
 def final_params(workdir: str | Path, config) -> dict:
   return checkpointing.load_variables(workdir, config, which="latest")
 
