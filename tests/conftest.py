@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import jax
-import pytest
+# One XLA compilation cache per test session, shared by the xdist workers and every process
+# they start (main, the notebook kernel, multi-host workers): most tests train the same tiny
+# configs, and compiling them again in each test was most of the suite's time on 2 cores.
+# The pytest process (the xdist controller) makes it before the workers start, and they
+# inherit the variables; set before jax is imported, as jax reads them then. A cache hit
+# loads the executable XLA would have compiled, so no result changes.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="samplecnn_jax_xla_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
-from samplecnn_jax import models
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from samplecnn_jax import models  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  """The session's compilation cache goes with the session (the process that made it)."""
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
