@@ -44,6 +44,8 @@ from samplecnn_jax import cli, models, store
 
 TARGETS = ("pre_relu", "output")
 OPTIMIZERS = ("adam", "normalised_gradient")
+INITS = ("tone", "noise")
+TONE_PHASES = 4  # Phases (0, 90, 180, 270 degrees) of every probe tone of init='tone'.
 AUTO_CHUNK_SAMPLES = 2**20  # chunk_size=0: filters per batch = this // input length.
 
 
@@ -54,7 +56,10 @@ def default_config() -> ml_collections.ConfigDict:
   v.step_size = 0.2  # First step, as update RMS / input_rms; cosine-decays to 1/10 of it.
   v.optimizer = "normalised_gradient"  # normalised_gradient (g / RMS(g)) | adam.
   v.input_rms = 1e-3  # The estimate's RMS, held fixed (norm-constrained ascent).
-  v.init_rms = 0.1  # Starting-noise RMS, as a fraction of input_rms (the first step grows it).
+  v.init = "tone"  # tone: start at the filter's best probe tone, plus noise | noise: noise only.
+  v.tones = 96  # Log-spaced probe frequencies of init=tone (x 4 phases), lowest bin to Nyquist.
+  v.init_rms = 0.1  # Start's RMS (tone or noise), as a fraction of input_rms (steps grow it).
+  v.tone_noise = 0.1  # init=tone: the seed's noise added to the tone, as a fraction of its RMS.
   v.jitter = 0  # Random circular shift of the input by up to this many samples per step.
   v.tolerance = 1e-3  # Stop rule: relative change of the target over `window` steps below this.
   v.window = 10  # Steps the stop rule looks back.
@@ -194,7 +199,51 @@ def starting_noise(seed: int, layer: int, num_filters: int, length: int, rms: fl
   return noise * (rms / jnp.sqrt(jnp.mean(noise**2, axis=1, keepdims=True)))
 
 
+def tone_bank(num_tones: int, length: int, sample_rate: float, rms: float) -> np.ndarray:
+  """Probe tones of RMS `rms`: `(num_tones * TONE_PHASES, length)`, frequency-major.
+
+  Frequencies are log-spaced from the lowest rfft bin of `length` samples to just below
+  Nyquist (where a sine vanishes), each at TONE_PHASES phases: for the length-1 outputs of
+  deep layers the phase decides the max-pool frames, so it has to be probed too. Each tone
+  has a Hann window: an untapered tone responds equally at every position, the max pools
+  break the tie at the first one, at the zero-padded edge, and the ascent then climbs to a
+  truncated copy of the filter there (seen on the ground-truth network).
+  """
+  low, high = sample_rate / length, 0.49 * sample_rate
+  hz = np.geomspace(low, high, num_tones)
+  t = np.arange(length) / sample_rate
+  phases = 2 * np.pi * np.arange(TONE_PHASES) / TONE_PHASES
+  tones = np.sin(2 * np.pi * hz[:, None, None] * t + phases[None, :, None]).reshape(-1, length)
+  tones = tones * np.hanning(length)  # Tapered: the max pools then pick a central frame.
+  return (tones * (rms / np.sqrt(np.mean(tones**2, axis=1, keepdims=True)))).astype(np.float32)
+
+
+def best_tones(
+    model: models.SampleLevelCNN, variables: Any, layer: int, settings, length: int,
+    sample_rate: float,
+) -> np.ndarray:
+  """Per filter of `layer`, the probe tone (of `tone_bank`) with the highest target: `(F, L)`.
+
+  One forward pass of the whole bank serves every filter (no gradients), so this costs
+  about one ascent step. Starting the ascent there, rather than at noise, makes the start
+  a property of the filter: the ascent then climbs to the maximum nearest the filter's
+  preferred tone instead of one of the many seed-dependent local maxima of deep layers.
+  """
+  bank = tone_bank(settings.tones, length, sample_rate, settings.input_rms)
+  score = jax.jit(lambda v, x: jnp.mean(layer_activation(model, v, x, layer, settings.target),
+                                        axis=1))
+  batch = max(1, AUTO_CHUNK_SAMPLES // length)
+  scores = []
+  for first in range(0, len(bank), batch):
+    probes = bank[first : first + batch]
+    padded = np.concatenate([probes, np.zeros((batch - len(probes), length), np.float32)])
+    scores.append(np.asarray(score(variables, padded))[: len(probes)])
+  return bank[np.concatenate(scores).argmax(axis=0)]
+
+
 def _check_settings(settings) -> None:
+  if settings.init not in INITS:
+    raise ValueError(f"Unknown init {settings.init!r}; choose one of {', '.join(INITS)}.")
   if settings.target not in TARGETS:
     raise ValueError(f"Unknown target {settings.target!r}; choose one of {', '.join(TARGETS)}.")
   if settings.optimizer not in OPTIMIZERS:
@@ -204,13 +253,13 @@ def _check_settings(settings) -> None:
   if (settings.steps < 0 or settings.input_size < 3 or settings.chunk_size < 0
       or settings.jitter < 0 or settings.window < 1 or not settings.input_rms > 0
       or not settings.init_rms > 0 or settings.restarts < 1
-      or settings.stability_seeds < 1):
+      or settings.stability_seeds < 1 or settings.tones < 1 or settings.tone_noise < 0):
     raise ValueError(
         "Need steps >= 0, input_size >= 3, chunk_size >= 0, jitter >= 0, window >= 1, "
-        f"input_rms > 0 and stability_seeds >= 1; got steps={settings.steps}, "
+        f"input_rms > 0, tones >= 1, tone_noise >= 0 and stability_seeds >= 1; got steps={settings.steps}, "
         f"input_size={settings.input_size}, chunk_size={settings.chunk_size}, "
         f"jitter={settings.jitter}, window={settings.window}, input_rms={settings.input_rms}, "
-        f"stability_seeds={settings.stability_seeds}."
+        f"tones={settings.tones}, tone_noise={settings.tone_noise}, stability_seeds={settings.stability_seeds}."
     )
 
 
@@ -260,6 +309,10 @@ def estimate_layer(
   lrs = step_sizes(settings)
 
   start = time.perf_counter()
+  if settings.init == "tone":  # Start s: its filter's best tone, plus its own (smaller) noise.
+    tones = best_tones(model, variables, layer, settings, length, sample_rate)
+    tones = tones * (noise_rms / settings.input_rms)
+    noise = tones[np.arange(num_chunks * chunk) % num_filters] + settings.tone_noise * noise
   compiled = {} if compiled is None else compiled
   if not compiled:
     step, target, adam = _ascent_fns(model, layer, settings)

@@ -79,15 +79,25 @@ def test_band_pass_units_are_recovered_within_a_sixth_of_an_octave():
   assert np.all(np.abs(np.log2(result.peak_hz[:4] / truth)) < 1 / 6), (result.peak_hz[:4], truth)
   assert np.all(result.converged_step[:4] >= 0)  # The stop rule held before `steps`.
   for c, kernel in enumerate(_band_pass_kernels()):  # The estimate is the kernel in one frame.
-    energy = np.convolve(result.estimates[c] ** 2, np.ones(9), mode="valid")
-    frame = energy.argmax()
-    assert energy[frame] > 0.99 * np.sum(result.estimates[c] ** 2)
+    frame = np.abs(np.correlate(result.estimates[c], kernel, mode="valid")).argmax()
     bump = result.estimates[c, frame : frame + 9]
+    assert np.sum(bump**2) > 0.99 * np.sum(result.estimates[c] ** 2)
     assert bump @ kernel / np.linalg.norm(bump) / np.linalg.norm(kernel) > 0.99
   np.testing.assert_allclose(np.sqrt(np.mean(result.estimates**2, axis=1)), settings.input_rms, rtol=1e-4)
   # Sorted by peak frequency, and every estimate far from white noise (flatness 0.56).
   assert [f for f in result.order if f < 4] == [0, 1, 2, 3]
   assert np.all(result.flatness[:4] < 0.3)
+
+
+def test_probe_tones_have_the_input_rms_and_each_band_pass_unit_picks_its_band():
+  bank = visualize.tone_bank(96, 729, SAMPLE_RATE, 1e-3)
+  assert bank.shape == (96 * visualize.TONE_PHASES, 729)
+  np.testing.assert_allclose(np.sqrt(np.mean(bank.astype(np.float64) ** 2, axis=1)), 1e-3, rtol=1e-4)
+  model, variables = _band_pass_model()
+  tones = visualize.best_tones(model, variables, 6, visualize.default_config(), 729, SAMPLE_RATE)
+  hz = visualize.filter_spectra(tones[:4], SAMPLE_RATE)["peak_hz"]
+  truth = _peak_hz(_band_pass_kernels())
+  assert np.all(np.abs(np.log2(hz / truth)) < 1 / 3), (hz, truth)  # In the unit's band.
 
 
 def test_front_conv_estimates_are_the_filter_tiled_with_period_three():
@@ -187,6 +197,10 @@ def test_settings_errors_name_the_valid_choices():
   settings.target = "logits"
   with pytest.raises(ValueError, match="choose one of pre_relu, output"):
     visualize.visualize_filters(model, {}, settings)
+  settings = visualize.default_config()
+  settings.init = "zeros"
+  with pytest.raises(ValueError, match="Unknown init 'zeros'; choose one of tone, noise"):
+    visualize.visualize_filters(model, {}, settings)
 
 
 # --- Command line (untrained) and its files -------------------------------------------------
@@ -280,6 +294,19 @@ def test_every_filter_has_its_own_starting_noise_and_same_seed_same_estimates(cl
   settings.target = "output"
   (result,) = visualize.visualize_filters(model, variables, settings, SAMPLE_RATE)
   assert np.all(result.activation_trace[-1] >= result.activation_trace[0])
+
+
+def test_noise_init_also_recovers_the_band_pass_units_and_tone_init_is_seed_independent():
+  model, variables = _band_pass_model()
+  settings = visualize.default_config()
+  settings.update(dict(layers=(6,), init="noise"))
+  (result,) = visualize.visualize_filters(model, variables, settings, SAMPLE_RATE)
+  truth = _peak_hz(_band_pass_kernels())
+  assert np.all(np.abs(np.log2(result.peak_hz[:4] / truth)) < 1 / 6), (result.peak_hz[:4], truth)
+  # With the tone start, two seeds differ only by their small noise: the same spectra.
+  settings.update(dict(init="tone", stability_seeds=2))
+  (result,) = visualize.visualize_filters(model, variables, settings, SAMPLE_RATE)
+  assert np.all(result.seed_r[:4] > 0.99) and np.all(result.seed_peaks_agree[:4])
 
 
 def test_restarts_keep_the_best_start_of_each_filter():
