@@ -1,9 +1,9 @@
 """Filter visualisation by activation maximisation, as in `paper.md` section 4.
 
 For every filter of a convolutional layer, gradient ascent finds the input waveform that
-maximises the filter's mean activation, starting from random noise; the magnitude spectrum
-of each estimate, log-compressed and sorted by peak frequency, is drawn as one image per
-layer. The method is in importable functions (`visualize_filters`, `plot_filters`,
+maximises the filter's mean activation, starting from its best probe tone; the magnitude
+spectrum of each estimate, log-compressed and sorted by peak frequency, is drawn as one image
+per layer. The method is in importable functions (`visualize_filters`, `plot_filters`,
 `save_filters`, `run`) for Python and Colab; `python -m samplecnn_jax.visualize` is the
 command line on top (see `docs/visualize.md`).
 
@@ -288,7 +288,8 @@ def estimate_layer(
   (`converged_step` records t, -1 if it never met the rule) while the others go on, so its
   estimate does not depend on its chunk-mates, and a chunk ends when all its filters have
   converged or after `steps` steps. `seed` overrides `settings.seed`; `compiled`, a dict
-  kept between calls for the same layer and settings, reuses the compiled steps.
+  kept between calls for the same layer and settings, reuses the compiled steps and the
+  tone sweep.
   """
   _check_settings(settings)
   _check_layers([layer], model.num_blocks + 1)
@@ -304,17 +305,18 @@ def estimate_layer(
   chunk = min(chunk, starts)
   num_chunks = -(-starts // chunk)
   noise_rms = settings.init_rms * settings.input_rms
-  noise = starting_noise(seed, layer, num_chunks * chunk, length, noise_rms)
+  starts_x = starting_noise(seed, layer, num_chunks * chunk, length, noise_rms)
   variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
   lrs = step_sizes(settings)
 
   start = time.perf_counter()
-  if settings.init == "tone":  # Start s: its filter's best tone, plus its own (smaller) noise.
-    tones = best_tones(model, variables, layer, settings, length, sample_rate)
-    tones = tones * (noise_rms / settings.input_rms)
-    noise = tones[np.arange(num_chunks * chunk) % num_filters] + settings.tone_noise * noise
   compiled = {} if compiled is None else compiled
-  if not compiled:
+  if settings.init == "tone":  # Start s: its filter's best tone, plus its own (smaller) noise.
+    if "tones" not in compiled:  # The sweep does not depend on the seed: once per layer.
+      compiled["tones"] = best_tones(model, variables, layer, settings, length, sample_rate)
+    tones = compiled["tones"] * (noise_rms / settings.input_rms)
+    starts_x = tones[np.arange(num_chunks * chunk) % num_filters] + settings.tone_noise * starts_x
+  if "step" not in compiled:
     step, target, adam = _ascent_fns(model, layer, settings)
     x_shape = jax.ShapeDtypeStruct((chunk, length), jnp.float32)
     f_shape = jax.ShapeDtypeStruct((chunk,), jnp.int32)
@@ -332,7 +334,7 @@ def estimate_layer(
   estimates, traces, stops = [], [], []
   for first in range(0, starts, chunk):
     filters = jnp.asarray(np.arange(first, first + chunk, dtype=np.int32) % num_filters)
-    x = noise[first : first + chunk]  # Last chunk padded with extra noise: one shape.
+    x = starts_x[first : first + chunk]  # Last chunk padded with extra starts: one shape.
     adam_state = adam.init(x)
     keep = min(chunk, starts - first)
     stop = np.full(chunk, -1)
