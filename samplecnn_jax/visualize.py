@@ -232,7 +232,7 @@ def best_tones(
   bank = tone_bank(settings.tones, length, sample_rate, settings.input_rms)
   score = jax.jit(lambda v, x: jnp.mean(layer_activation(model, v, x, layer, settings.target),
                                         axis=1))
-  batch = max(1, AUTO_CHUNK_SAMPLES // length)
+  batch = min(len(bank), max(1, AUTO_CHUNK_SAMPLES // length))  # No rows of zeros to score.
   scores = []
   for first in range(0, len(bank), batch):
     probes = bank[first : first + batch]
@@ -311,11 +311,6 @@ def estimate_layer(
 
   start = time.perf_counter()
   compiled = {} if compiled is None else compiled
-  if settings.init == "tone":  # Start s: its filter's best tone, plus its own (smaller) noise.
-    if "tones" not in compiled:  # The sweep does not depend on the seed: once per layer.
-      compiled["tones"] = best_tones(model, variables, layer, settings, length, sample_rate)
-    tones = compiled["tones"] * (noise_rms / settings.input_rms)
-    starts_x = tones[np.arange(num_chunks * chunk) % num_filters] + settings.tone_noise * starts_x
   if "step" not in compiled:
     step, target, adam = _ascent_fns(model, layer, settings)
     x_shape = jax.ShapeDtypeStruct((chunk, length), jnp.float32)
@@ -331,6 +326,11 @@ def estimate_layer(
     )
   step, target, adam = compiled["step"], compiled["target"], compiled["adam"]
   compile_seconds = time.perf_counter() - start
+  if settings.init == "tone":  # Start s: its filter's best tone, plus its own (smaller) noise.
+    if "tones" not in compiled:  # The sweep does not depend on the seed: once per layer.
+      compiled["tones"] = best_tones(model, variables, layer, settings, length, sample_rate)
+    tones = compiled["tones"] * (noise_rms / settings.input_rms)
+    starts_x = tones[np.arange(num_chunks * chunk) % num_filters] + settings.tone_noise * starts_x
   estimates, traces, stops = [], [], []
   for first in range(0, starts, chunk):
     filters = jnp.asarray(np.arange(first, first + chunk, dtype=np.int32) % num_filters)
