@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.standardize = False  # Standardise waveforms with audio_mean / audio_std.
   c.audio_mean = 0.0  # Mean subtracted when standardize=True.
   c.audio_std = 1.0  # Std divided by when standardize=True.
+  c.normalize_rms = 0.0  # Scale each segment to this RMS (train, eval, predict); 0 = off.
   c.train_split = "train"  # Split to train on.
   c.eval_split = "valid"  # Split to validate on during training.
   c.test_split = "test"  # Split scored with the best checkpoint at the end.

@@ -270,6 +270,32 @@ def test_standardisation_applies_mean_and_std(tiny_store):
                              process=ALONE)
 
 
+def test_rms_normalisation_scales_every_segment_to_the_target_level(tiny_store):
+  config = tiny_config(normalize_rms=0.1)
+  batch = next(ip.create_train_iterator(config, tiny_store, seed=0, process=ALONE))["audio"]
+  np.testing.assert_allclose(np.sqrt(np.mean(batch ** 2, axis=-1)), 0.1, rtol=1e-4)
+  raw_eval = next(iter(ip.create_eval_iterator(tiny_config(), tiny_store, "valid", process=ALONE)))
+  eval_batch = next(iter(ip.create_eval_iterator(config, tiny_store, "valid", process=ALONE)))
+  level = np.sqrt(np.mean(raw_eval["audio"] ** 2, axis=-1, keepdims=True))
+  np.testing.assert_allclose(eval_batch["audio"], raw_eval["audio"] * 0.1 / level, rtol=1e-4,
+                             atol=1e-7)
+
+
+def test_rms_normalisation_leaves_silence_near_silent_and_rejects_negative_levels(tiny_store):
+  """Digital silence (padding, dropouts) must not be blown up to full level or divided by 0."""
+  scale = ip.Standardize(enabled=False, mean=0.0, std=1.0, rms=0.1)
+  audio = np.zeros((2, 64), np.float32)
+  audio[1, ::2] = 1e-6  # Far below the floor: scaled as if at RMS_FLOOR.
+  out = scale(audio.copy())
+  assert np.all(np.isfinite(out)) and np.all(out[0] == 0)
+  np.testing.assert_allclose(out[1, ::2], 1e-6 * 0.1 / ip.RMS_FLOOR, rtol=1e-5)
+  legacy = tiny_config()
+  del legacy["normalize_rms"]  # A config saved before the field existed: off.
+  assert ip.Standardize.from_config(legacy).rms == 0
+  with pytest.raises(ValueError, match="normalize_rms must be >= 0"):
+    ip.create_train_iterator(tiny_config(normalize_rms=-1.0), tiny_store, seed=0, process=ALONE)
+
+
 def test_time_shift_moves_the_crop_with_zero_fill_deterministically(tiny_store):
   shift_ms = 8 * 1000 / 16000  # 8 samples.
   clean = take_rows(ip.create_train_iterator(tiny_config(), tiny_store, seed=2, process=ALONE), 40)

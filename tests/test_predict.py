@@ -313,6 +313,21 @@ def test_config_json_from_before_a_field_existed_still_loads(run, predictor, tmp
   np.testing.assert_allclose(old.predict_waveform(wave, RATE), expected, atol=1e-6)
 
 
+def test_rms_normalisation_of_the_run_makes_predictions_level_invariant(run, predictor, tmp_path):
+  """config.normalize_rms is read from the workdir, so predict scales inputs as training did."""
+  workdir = tmp_path / "rms"
+  shutil.copytree(run["workdir"], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["normalize_rms"] = 0.1
+  (workdir / "config.json").write_text(json.dumps(saved))
+  normalised = predict.Predictor.from_workdir(workdir)
+  wave = 0.05 * _tone(0.7, RATE, 880, 30) / np.abs(_tone(0.7, RATE, 880, 30)).max()
+  quiet, loud = normalised.predict_waveform(wave, RATE), normalised.predict_waveform(8 * wave, RATE)
+  np.testing.assert_allclose(quiet, loud, atol=1e-5)
+  assert not np.allclose(predictor.predict_waveform(wave, RATE),
+                         predictor.predict_waveform(8 * wave, RATE), atol=1e-5)
+
+
 def test_streamed_segments_equal_whole_file_decoding(predictor, tmp_path):
   """Issue 10 item 11: only the scored frames are read, with the whole-file result."""
   from samplecnn_jax import audio, input_pipeline
