@@ -100,6 +100,8 @@ def test_small_data_argument_turns_on_the_recipe_and_combines_with_a_variant():
   assert small.bn_recalibration_batches > 0 and small.augment.mixup_alpha > 0
   assert small.optimizer == "adamw" and small.schedule == "cosine"
   assert small.model.block == paper.model.block
+  assert small.model.base_width < paper.model.base_width  # Narrow for hundreds of clips.
+  assert small.normalize_rms == paper.normalize_rms == 0  # Measured: within noise (docs).
   both = load_config("speech_commands", "samplecnn,small_data")
   assert both.model.variant == "samplecnn" and both.augment.gain_db == small.augment.gain_db
   assert config_base.parse_arg("rese2_multi,small_data,bf16", "samplecnn") == (
