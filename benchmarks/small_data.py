@@ -42,12 +42,13 @@ ROWS = {
 def run_one(data_dir: str, arg: str, extra: list[str], seed: int, steps: int, width: int,
             evals: int = 3) -> float:
   """Trains one model and returns its test accuracy (best checkpoint, `evals` validations)."""
+  every = max(1, steps // evals)
   with tempfile.TemporaryDirectory() as workdir:
     config = "configs/speech_commands.py" + (f":{arg}" if arg else "")
     cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--config={config}",
            f"--workdir={workdir}", f"--config.data_dir={data_dir}", f"--config.seed={seed}",
-           f"--config.num_train_steps={steps}", f"--config.steps_per_eval={max(1, steps // evals)}",
-           f"--config.checkpoint_every_steps={max(1, steps // evals)}",
+           f"--config.num_train_steps={steps}", f"--config.steps_per_eval={every}",
+           f"--config.checkpoint_every_steps={every}",
            f"--config.model.base_width={width}", *COMMON, *extra]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
     return json.loads((Path(workdir) / "metrics_test.json").read_text())["accuracy"]

@@ -117,7 +117,7 @@ RMS_FLOOR = 1e-4  # Segments quieter than this (about -80 dBFS) are scaled as if
 class Standardize:
   """Optional input scaling, applied in place to batches in training, evaluation and prediction.
 
-  `rms > 0` scales each segment to that RMS first (per-clip loudness normalisation: real
+  `rms > 0` scales each segment to that RMS first (loudness normalisation: real
   recordings differ in level by tens of dB, which a few hundred clips cannot teach the model
   to ignore); `enabled` then applies the dataset standardisation (x - mean) / std.
   """
@@ -131,7 +131,7 @@ class Standardize:
   def from_config(cls, config) -> Standardize:
     if config.standardize and not config.audio_std > 0:
       raise ValueError(f"config.audio_std must be > 0 to standardise, got {config.audio_std}.")
-    rms = float(config.get("normalize_rms", 0.0))  # Configs saved before the field: off.
+    rms = float(config.normalize_rms)  # Old config.json: 0 via workdir.read_config.
     if rms < 0:
       raise ValueError(f"config.normalize_rms must be >= 0 (0 = off), got {rms}.")
     return cls(bool(config.standardize), float(config.audio_mean), float(config.audio_std), rms)

@@ -7,6 +7,7 @@ it holds, and labels, crops, segments and padding can be checked exactly.
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import grain
 import numpy as np
 import pytest
 
-from samplecnn_jax import config_base, store
+from samplecnn_jax import config_base, store, workdir
 from samplecnn_jax import input_pipeline as ip
 
 INPUT_SIZE = 16
@@ -281,7 +282,8 @@ def test_rms_normalisation_scales_every_segment_to_the_target_level(tiny_store):
                              atol=1e-7)
 
 
-def test_rms_normalisation_leaves_silence_near_silent_and_rejects_negative_levels(tiny_store):
+def test_rms_normalisation_leaves_silence_near_silent_and_rejects_negative_levels(tiny_store,
+                                                                                 tmp_path):
   """Digital silence (padding, dropouts) must not be blown up to full level or divided by 0."""
   scale = ip.Standardize(enabled=False, mean=0.0, std=1.0, rms=0.1)
   audio = np.zeros((2, 64), np.float32)
@@ -289,8 +291,10 @@ def test_rms_normalisation_leaves_silence_near_silent_and_rejects_negative_level
   out = scale(audio.copy())
   assert np.all(np.isfinite(out)) and np.all(out[0] == 0)
   np.testing.assert_allclose(out[1, ::2], 1e-6 * 0.1 / ip.RMS_FLOOR, rtol=1e-5)
-  legacy = tiny_config()
-  del legacy["normalize_rms"]  # A config saved before the field existed: off.
+  saved = json.loads(tiny_config().to_json_best_effort())
+  del saved["normalize_rms"]  # A config.json written before the field existed: off.
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(saved))
+  legacy = workdir.read_config(tmp_path)
   assert ip.Standardize.from_config(legacy).rms == 0
   with pytest.raises(ValueError, match="normalize_rms must be >= 0"):
     ip.create_train_iterator(tiny_config(normalize_rms=-1.0), tiny_store, seed=0, process=ALONE)

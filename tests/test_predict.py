@@ -321,7 +321,8 @@ def test_rms_normalisation_of_the_run_makes_predictions_level_invariant(run, pre
   saved["normalize_rms"] = 0.1
   (workdir / "config.json").write_text(json.dumps(saved))
   normalised = predict.Predictor.from_workdir(workdir)
-  wave = 0.05 * _tone(0.7, RATE, 880, 30) / np.abs(_tone(0.7, RATE, 880, 30)).max()
+  tone = _tone(0.7, RATE, 880, 30)
+  wave = 0.05 * tone / np.abs(tone).max()
   quiet, loud = normalised.predict_waveform(wave, RATE), normalised.predict_waveform(8 * wave, RATE)
   np.testing.assert_allclose(quiet, loud, atol=1e-5)
   assert not np.allclose(predictor.predict_waveform(wave, RATE),
