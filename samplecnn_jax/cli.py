@@ -1,18 +1,171 @@
-"""The flag convention of the command-line tools: `--snake_case`, as absl spells them.
+"""The one command-line convention of the tools: absl flags, exit codes 0 / 1 / 2, one-line errors.
 
-`main` and `visualize` use absl flags (`--config.model.base_width`, `--workdir`); `prepare`
-and `predict` use argparse through `FlagParser`, so every tool spells a multi-word flag
-with underscores (`--sample_rate`, `--split_rule`, `--top_k`). The dashed spelling that
-prepare and predict used before (`--sample-rate`) still works, hidden from `--help`, and
-prints a note naming the new spelling. `parse_absl` is the one absl parse of the tools that
-run without `absl.app` (baseline, visualize), so they report bad flags alike.
+Every tool (`main`, `prepare`, `predict`, `visualize`, `baseline`) is an engine (a module a
+notebook imports) plus a thin command whose `main(argv=None) -> int` is
+
+  def main(argv=None):
+    return cli.run("python -m samplecnn_jax.TOOL", _define_flags, _command, argv)
+
+so that all of them share:
+- one parser family, absl, on a private `FlagValues` (a tool runs in-process, in tests and
+  notebooks, as often as needed), one spelling (`--snake_case`, `--flag=value` or
+  `--flag value`), `--help`, and `--verbose` (tracebacks instead of one-line errors);
+- exit codes: 0 done, 1 some inputs failed (the others were processed and reported), 2 usage
+  or configuration error (nothing was done);
+- every user mistake answered in one line, `PROG: error: WHAT. FIX`, on stderr.
+
+This module knows no engine; engines raise `UsageError` (or `ValueError` / `OSError`, which
+the commands report the same way) and never exit.
 """
 
 from __future__ import annotations
 
-import argparse
+import difflib
+import importlib.util
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from absl import flags
+
+EXIT_DONE = 0  # Everything asked for was done.
+EXIT_SOME_FAILED = 1  # Some inputs failed (reported); the rest was done.
+EXIT_USAGE = 2  # A usage or configuration error: nothing was done.
+
+CHECKPOINTS = ("best", "latest")  # The checkpoints of a workdir a reader can ask for.
+
+
+class UsageError(Exception):
+  """A user mistake. Its message is one line: what was wrong, then the flag or command that
+  fixes it."""
+
+
+# Errors a command reports in one line (exit 2) unless --verbose: user mistakes, and the
+# engines' errors about their inputs (missing files, bad values, damaged checkpoints).
+USER_ERRORS = (UsageError, OSError, ValueError)
+
+
+def run(
+    prog: str,
+    define_flags: Callable[[flags.FlagValues], Any],
+    command: Callable[[flags.FlagValues, list[str]], int | None],
+    argv: Sequence[str] | None = None,
+    *,
+    positional: str | None = None,
+) -> int:
+  """Parses `argv` (argv[0] is the program) and runs `command(flag_values, positional_args)`.
+
+  `define_flags(flag_values)` defines the tool's flags; `positional` names the positional
+  arguments in messages (e.g. "FILE_OR_FOLDER"), and None rejects any. Returns the exit code:
+  `command`'s return value (None is 0), or 2 after printing one line for a flag error or a
+  `USER_ERRORS` exception (re-raised with `--verbose`).
+  """
+  argv = list(sys.argv if argv is None else argv)
+  flag_values = flags.FlagValues()
+  flags.DEFINE_bool("verbose", False, "Show the traceback of an error, not one line.",
+                    flag_values=flag_values)
+  define_flags(flag_values)
+  if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
+    usage = f"usage: {prog} [flags]" + (f" {positional} [...]" if positional else "")
+    print(f"{usage}\n\n{flag_values.get_help()}")
+    return EXIT_DONE
+  try:
+    check_config_overrides(argv)
+    rest = flag_values(argv)[1:]
+  except (flags.Error, UsageError) as error:
+    return _report(prog, f"{_first_line(error)}. Run `{prog} --help` for the flags.")
+  except Exception as error:  # noqa: BLE001 -- a config file that fails to load.
+    if "--verbose" in argv:
+      raise
+    return _report(prog, _first_line(error))
+  if rest and positional is None:
+    return _report(prog, f"unexpected arguments {rest}: every input is a --flag=value. "
+                   f"Run `{prog} --help` for the flags.")
+  try:
+    code = command(flag_values, rest)
+  except USER_ERRORS as error:
+    if flag_values["verbose"].value:
+      raise
+    return _report(prog, _first_line(error))
+  return EXIT_DONE if code is None else int(code)
+
+
+def _first_line(error: BaseException) -> str:
+  """The message of an error, as one line (KeyError's quotes dropped)."""
+  text = error.args[0] if isinstance(error, KeyError) and error.args else error
+  lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+  return " ".join(lines) or type(error).__name__
+
+
+def _report(prog: str, message: str) -> int:
+  print(f"{prog}: error: {message.rstrip('.')}.", file=sys.stderr)
+  return EXIT_USAGE
+
+
+def define_checkpoint(flag_values: flags.FlagValues, default: str = "best") -> None:
+  """`--checkpoint=best|latest`: which checkpoint of a workdir a reader loads."""
+  flags.DEFINE_enum("checkpoint", default, list(CHECKPOINTS),
+                    "Checkpoint of the workdir to load: best (by validation) or latest.",
+                    flag_values=flag_values)
+
+
+def define_config(flag_values: flags.FlagValues, help_text: str) -> None:
+  """`--config=FILE.py[:ARG]` with `--config.FIELD=VALUE` overrides (ml_collections)."""
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, help_text, flag_values=flag_values,
+                                  lock_config=True)
+
+
+def check_config_overrides(argv: Sequence[str], flag: str = "config") -> None:
+  """Raises `UsageError` with the closest valid names when `--config.FIELD=...` names no field.
+
+  ml_collections reports an unknown override as a bare `AttributeError: "'nope'"`
+  traceback; this loads the config file named by `--config=PATH[:ARG]` first and checks
+  every override's dotted path against it, before anything runs.
+  """
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  overrides = []
+  for arg in argv[1:]:
+    for prefix in (f"--{flag}.", f"--no{flag}."):
+      if arg.startswith(prefix):
+        overrides.append(arg[len(prefix):].split("=", 1)[0])
+  if not overrides or not config_arg:
+    return
+  path, _, config_argument = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_config_for_checking", path)
+  if spec is None or spec.loader is None:
+    return  # The config flag reports a missing config file itself.
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config(*([config_argument] if config_argument else []))
+  except Exception:  # noqa: BLE001 -- the config flag's own loading reports the real error.
+    return
+  fields = sorted(_dotted_fields(config))
+  for name in overrides:
+    if name in fields or any(f.startswith(name + ".") for f in fields):
+      continue
+    close = (difflib.get_close_matches(name, fields, n=5, cutoff=0.6)
+             or difflib.get_close_matches(name, fields, n=3, cutoff=0.0))
+    raise UsageError(
+        f"--{flag}.{name}: {path} has no field {name!r}. Closest valid names: "
+        f"{', '.join(close)} (every field is listed, with a comment, in {path} and "
+        "samplecnn_jax/config_base.py)"
+    )
+
+
+def _dotted_fields(config: Any, prefix: str = "") -> list[str]:
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if hasattr(value, "items") and not isinstance(value, dict):
+      names.extend(_dotted_fields(value, prefix + key + "."))
+  return names
+
+
+# --- Legacy (removed once every tool uses run) ---------------------------------------
+import argparse  # noqa: E402
 
 
 class _DeprecatedSpelling(argparse.Action):
@@ -69,53 +222,3 @@ def parse_absl(define_flags: Any, argv: list[str]) -> Any | None:
   if len(rest) > 1:
     raise SystemExit(f"Unexpected arguments: {rest[1:]}")
   return flag_values
-
-
-def check_config_overrides(argv: list[str], flag: str = "config") -> None:
-  """Exits with the closest valid names when `--config.FIELD=...` names no field of the config.
-
-  ml_collections reports an unknown override as a bare `AttributeError: "'nope'"`
-  traceback; this loads the config file named by `--config=PATH[:ARG]` first and checks
-  every override's dotted path against it, before anything runs.
-  """
-  import difflib
-  import importlib.util
-
-  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
-  overrides = []
-  for arg in argv[1:]:
-    for prefix in (f"--{flag}.", f"--no{flag}."):
-      if arg.startswith(prefix):
-        overrides.append(arg[len(prefix):].split("=", 1)[0])
-  if not overrides or not config_arg:
-    return
-  path, _, config_argument = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_config_for_checking", path)
-  if spec is None or spec.loader is None:
-    return  # absl reports a missing config file itself.
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    config = module.get_config(*([config_argument] if config_argument else []))
-  except Exception:  # noqa: BLE001 -- absl's own loading reports the real error.
-    return
-  fields = sorted(_dotted_fields(config))
-  for name in overrides:
-    if name in fields or any(f.startswith(name + ".") for f in fields):
-      continue
-    close = (difflib.get_close_matches(name, fields, n=5, cutoff=0.6)
-             or difflib.get_close_matches(name, fields, n=3, cutoff=0.0))
-    hint = f" Closest valid names: {', '.join(close)}."
-    raise SystemExit(
-        f"--{flag}.{name}: {path} has no field {name!r}.{hint} Every field is listed, with "
-        f"a comment, in {path} and samplecnn_jax/config_base.py."
-    )
-
-
-def _dotted_fields(config: Any, prefix: str = "") -> list[str]:
-  names = []
-  for key, value in config.items():
-    names.append(prefix + key)
-    if hasattr(value, "items") and not isinstance(value, dict):
-      names.extend(_dotted_fields(value, prefix + key + "."))
-  return names

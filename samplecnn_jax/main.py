@@ -89,5 +89,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.check_config_overrides(sys.argv)
+  try:
+    cli.check_config_overrides(sys.argv)
+  except cli.UsageError as error:
+    sys.exit(f"main: error: {error}")
   app.run(main)

@@ -50,6 +50,6 @@ def test_prepare_and_predict_take_underscores_and_old_dashes():
 ])
 def test_unknown_config_override_names_the_closest_fields(override, expected):
   argv = ["main", f"--config={REPO / 'configs' / 'speech_commands.py'}:small_data", override]
-  with pytest.raises(SystemExit, match=expected):
+  with pytest.raises(cli.UsageError, match=expected):
     cli.check_config_overrides(argv)
   cli.check_config_overrides(argv[:2] + ["--config.model.remat=true", "--config.augment.gain_db=3"])
