@@ -24,6 +24,7 @@ import difflib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from absl import flags
@@ -70,23 +71,28 @@ def run(
     print(f"{usage}\n\n{flag_values.get_help()}")
     return EXIT_DONE
   try:
+    check_config_file(argv)
     check_config_overrides(argv)
     rest = flag_values(argv)[1:]
-  except (flags.Error, UsageError) as error:
-    return _report(prog, f"{_first_line(error)}. Run `{prog} --help` for the flags.")
+  except UsageError as error:
+    return report(prog, error)
+  except flags.Error as error:
+    if "Traceback (most recent call last)" in str(error):  # A config file's get_config raised.
+      return report(prog, _raised_by_config(error))
+    return report(prog, f"{_first_line(error)}. Run `{prog} --help` for the flags")
   except Exception as error:  # noqa: BLE001 -- a config file that fails to load.
     if "--verbose" in argv:
       raise
-    return _report(prog, _first_line(error))
+    return report(prog, error)
   if rest and positional is None:
-    return _report(prog, f"unexpected arguments {rest}: every input is a --flag=value. "
+    return report(prog, f"unexpected arguments {rest}: every input is a --flag=value. "
                    f"Run `{prog} --help` for the flags.")
   try:
     code = command(flag_values, rest)
   except USER_ERRORS as error:
     if flag_values["verbose"].value:
       raise
-    return _report(prog, _first_line(error))
+    return report(prog, error)
   return EXIT_DONE if code is None else int(code)
 
 
@@ -97,7 +103,16 @@ def _first_line(error: BaseException) -> str:
   return " ".join(lines) or type(error).__name__
 
 
-def _report(prog: str, message: str) -> int:
+def _raised_by_config(error: flags.Error) -> str:
+  """`--config=SPEC: MESSAGE` from absl's wrapping of an exception raised by get_config."""
+  last = [line for line in str(error).splitlines() if line.strip()][-1]
+  spec = str(error).split(": ", 1)[0].removeprefix("flag ")
+  return f"{spec}: {last.split(': ', 1)[-1]}"
+
+
+def report(prog: str, error: BaseException | str) -> int:
+  """Prints `PROG: error: MESSAGE.` (one line) on stderr; returns `EXIT_USAGE`."""
+  message = error if isinstance(error, str) else _first_line(error)
   print(f"{prog}: error: {message.rstrip('.')}.", file=sys.stderr)
   return EXIT_USAGE
 
@@ -109,39 +124,65 @@ def define_checkpoint(flag_values: flags.FlagValues, default: str = "best") -> N
                     flag_values=flag_values)
 
 
-def define_config(flag_values: flags.FlagValues, help_text: str) -> None:
-  """`--config=FILE.py[:ARG]` with `--config.FIELD=VALUE` overrides (ml_collections)."""
+def define_config(flag_values: flags.FlagValues, help_text: str, argv: Sequence[str],
+                  config: Any = None) -> None:
+  """`--config=FILE.py[:ARG]` with `--config.FIELD=VALUE` overrides (ml_collections).
+
+  ml_collections finds the overrides in `argv` (the arguments `run` will parse; by default
+  it would look at `sys.argv`). With `config` given, the flag starts from that ConfigDict
+  instead of a file (e.g. the config a workdir recorded), open to the same overrides.
+  """
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, help_text, flag_values=flag_values,
-                                  lock_config=True)
+  if config is None:
+    config_flags.DEFINE_config_file("config", None, help_text, flag_values=flag_values,
+                                    lock_config=True, sys_argv=list(argv))
+  else:
+    config_flags.DEFINE_config_dict("config", config, help_text, flag_values=flag_values,
+                                    lock_config=True, sys_argv=list(argv))
 
 
-def check_config_overrides(argv: Sequence[str], flag: str = "config") -> None:
+def check_config_file(argv: Sequence[str], flag: str = "config") -> None:
+  """Raises `UsageError` when `--config=FILE.py[:ARG]` names a file that does not exist."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+  path = Path((spec or "").partition(":")[0])
+  if spec and path.suffix == ".py" and not path.is_file():
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    names = ", ".join(sorted(p.name for p in configs.glob("*.py"))) if configs.is_dir() else ""
+    found = f" (the project's configs: {configs}/ {names})" if names else ""
+    raise UsageError(f"--{flag}={spec}: no such config file{found}")
+
+
+def check_config_overrides(argv: Sequence[str], flag: str = "config", *, config: Any = None,
+                           source: str | None = None) -> None:
   """Raises `UsageError` with the closest valid names when `--config.FIELD=...` names no field.
 
   ml_collections reports an unknown override as a bare `AttributeError: "'nope'"`
-  traceback; this loads the config file named by `--config=PATH[:ARG]` first and checks
-  every override's dotted path against it, before anything runs.
+  traceback; this checks every override's dotted path against `config` (named `source` in
+  the message) or, by default, the config file named by `--config=PATH[:ARG]`, before
+  anything runs.
   """
-  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
   overrides = []
   for arg in argv[1:]:
     for prefix in (f"--{flag}.", f"--no{flag}."):
       if arg.startswith(prefix):
         overrides.append(arg[len(prefix):].split("=", 1)[0])
-  if not overrides or not config_arg:
+  if not overrides:
     return
-  path, _, config_argument = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_config_for_checking", path)
-  if spec is None or spec.loader is None:
-    return  # The config flag reports a missing config file itself.
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    config = module.get_config(*([config_argument] if config_argument else []))
-  except Exception:  # noqa: BLE001 -- the config flag's own loading reports the real error.
-    return
+  if config is None:
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+    if not config_arg:
+      return
+    source, _, config_argument = config_arg.partition(":")
+    spec = importlib.util.spec_from_file_location("_config_for_checking", source)
+    if spec is None or spec.loader is None:
+      return  # The config flag reports a missing config file itself.
+    module = importlib.util.module_from_spec(spec)
+    try:
+      spec.loader.exec_module(module)
+      config = module.get_config(*([config_argument] if config_argument else []))
+    except Exception:  # noqa: BLE001 -- the config flag's own loading reports the real error.
+      return
   fields = sorted(_dotted_fields(config))
   for name in overrides:
     if name in fields or any(f.startswith(name + ".") for f in fields):
@@ -149,9 +190,9 @@ def check_config_overrides(argv: Sequence[str], flag: str = "config") -> None:
     close = (difflib.get_close_matches(name, fields, n=5, cutoff=0.6)
              or difflib.get_close_matches(name, fields, n=3, cutoff=0.0))
     raise UsageError(
-        f"--{flag}.{name}: {path} has no field {name!r}. Closest valid names: "
-        f"{', '.join(close)} (every field is listed, with a comment, in {path} and "
-        "samplecnn_jax/config_base.py)"
+        f"--{flag}.{name}: {source} has no field {name!r}. Closest valid names: "
+        f"{', '.join(close)} (every field is listed, with a comment, in "
+        "samplecnn_jax/config_base.py and the config files)"
     )
 
 
