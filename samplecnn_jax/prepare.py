@@ -508,8 +508,8 @@ _COMMON_FLAGS = ("src", "out", "workers", "sample_rate", "shard_size", "quiet", 
 
 def _define_flags(flag_values: flags.FlagValues, dataset: str | None) -> None:
   """The flags every dataset has, then `dataset`'s own (its module's flag definer)."""
-  def define(kind, name, default, help_text, **kwargs):
-    kind(name, default, help_text, flag_values=flag_values, module_name=PROG.split()[-1],
+  def define(kind, name, default, help_text, **kwargs):  # Grouped so in --help, not __main__.
+    kind(name, default, help_text, flag_values=flag_values, module_name="samplecnn_jax.prepare",
          **kwargs)
 
   define(flags.DEFINE_string, "src", None, "Raw dataset folder (for csv: the CSV file); not "

@@ -16,8 +16,10 @@ give the bytes back).
 
 Shards are written to a temporary name and renamed when complete, so a shard that exists
 under its final name is whole; the manifest is written last, so a folder with a manifest
-is a finished store. Readers open it once with `Store.open(OUT)` (manifest read and checked
-once, then passed around; `Store.check_matches(config)` checks a run config against it).
+is a finished store. `Manifest` is the one reader and writer of manifest.json (code reads its
+fields, never the JSON's keys). Readers open a store once with `Store.open(OUT)` (manifest
+read and checked once, then passed around; `Store.check_matches(config)` checks a run config
+against it).
 This module does no decoding or resampling: that is `prepare`'s job.
 """
 
@@ -188,12 +190,12 @@ class Manifest:
     return data
 
   @classmethod
-  def from_json(cls, data: dict[str, Any], source: str = MANIFEST) -> Manifest:
-    """Inverse of `to_json`; missing optional fields take their defaults."""
+  def from_json(cls, data: dict[str, Any], path: str = MANIFEST) -> Manifest:
+    """Inverse of `to_json`; missing optional fields take their defaults (`path`: for errors)."""
     missing = [key for key in ("sample_rate", "label_type", "vocabulary", "splits")
                if key not in data]
     if missing:
-      raise ValueError(f"{source} has no {', '.join(missing)}: prepare the dataset again.")
+      raise ValueError(f"{path} has no {', '.join(missing)}: prepare the dataset again.")
     known = {field.name for field in dataclasses.fields(cls)} - {"extra"}
     values = {key: value for key, value in data.items() if key in known}
     values["vocabulary"] = tuple(data["vocabulary"])

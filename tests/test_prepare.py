@@ -252,6 +252,10 @@ def test_cli_demo_passes_dataset_flags(tmp_path, capsys):
   assert prepare.main(argv) == 0
   manifest = store.Manifest.read(tmp_path)
   assert manifest.options["seed"] == 7 and manifest.extra["generator"]["seed"] == 7
+  # The dataset's flags only, in their order: what the resume fingerprints always hashed.
+  assert list(manifest.options.items()) == [
+      ("seed", 7), ("num_train", 5), ("num_valid", 1), ("num_test", 1), ("clip_seconds", 2.0)
+  ]  # fmt: skip
   assert manifest.splits["train"].num_clips == 5
   assert "train: 5 clips" in capsys.readouterr().out
 
