@@ -111,11 +111,13 @@ def read_labels(
     candidates = [Path(path)]
   else:
     candidates = [Path(workdir) / LABELS_FILE]
+    if data_dir is not None:
+      candidates.append(Path(data_dir) / store.MANIFEST)
   for candidate in candidates:
+    if candidate.is_file() and candidate.name == store.MANIFEST:
+      return store.Manifest.read(candidate.parent).label_record(), str(candidate)
     if candidate.is_file():
       return json.loads(candidate.read_text()), str(candidate)
-  if not path and data_dir is not None and (Path(data_dir) / store.MANIFEST).is_file():
-    return store.Manifest.read(data_dir).label_record(), str(Path(data_dir) / store.MANIFEST)
   return None
 
 

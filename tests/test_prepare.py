@@ -247,8 +247,8 @@ def test_listing_mistakes_are_caught_before_decoding(tmp_path, monkeypatch):
 
 
 def test_cli_demo_passes_dataset_flags(tmp_path, capsys):
-  argv = ["prepare", "demo", "--out", str(tmp_path), "--num_train", "5", "--num_valid", "1", "--num_test", "1",
-          "--seed", "7", "--workers", "1", "--quiet"]  # fmt: skip
+  argv = ["prepare", "demo", "--out", str(tmp_path), "--num_train", "5", "--num_valid", "1",
+          "--num_test", "1", "--seed", "7", "--workers", "1", "--quiet"]  # fmt: skip
   assert prepare.main(argv) == 0
   manifest = store.Manifest.read(tmp_path)
   assert manifest.options["seed"] == 7 and manifest.extra["generator"]["seed"] == 7
@@ -283,7 +283,7 @@ def test_cli_layout_errors_exit_2_in_one_line(tmp_path, capsys):
     (["demo", "--out", "o", "--shard_size", "0"], "--shard_size"),
     (["demo", "--out", "o", "extra"], "unexpected arguments ['extra']"),
     (["folder", "--out", "o", "--label_type", "auto"], "Unknown command line flag 'label_type'"),
-    (["folder", "--out", "o", "--valid_fraction", "1.5"], "--valid_fraction=1.5: must be in [0, 1)"),
+    (["folder", "--out", "o", "--valid_fraction", "1.5"], "--valid_fraction=1.5: must be in"),
     (["dcase2017", "--out", "o", "--split_rule", "x"], "--split_rule"),
 ])  # fmt: skip
 def test_cli_usage_errors_exit_2_in_one_line(tmp_path, capsys, monkeypatch, argv, expected):

@@ -54,7 +54,8 @@ def define_lister_flags(
     if choices and name in choices:
       flags.DEFINE_enum(name, default, list(choices[name]), help_text, **where)
       continue
-    define = (flags.DEFINE_integer if isinstance(default, int)
+    define = (flags.DEFINE_bool if isinstance(default, bool)
+              else flags.DEFINE_integer if isinstance(default, int)
               else flags.DEFINE_float if isinstance(default, float) else flags.DEFINE_string)
     define(name, default, help_text, **where)
 

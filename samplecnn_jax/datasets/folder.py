@@ -32,7 +32,7 @@ SPLIT_ALIASES = {
     "validation": "valid",
     "test": "test",
 }
-CSV_LABEL_TYPES = ("auto", "multi_class", "multi_label")  # `prepare csv --label_type`; auto: by rows.
+CSV_LABEL_TYPES = ("auto", "multi_class", "multi_label")  # `prepare csv --label_type`.
 CSV_HEADER_HELP = "a header row `path,label` or `path,label,split`"
 
 
