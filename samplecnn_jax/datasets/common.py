@@ -2,8 +2,10 @@
 
 A dataset module only reads its metadata and folder layout and says which audio belongs
 where; decoding, resampling and writing are done once for all datasets by
-`samplecnn_jax.prepare`. Each module exposes `list_clips(src: Path, **options) -> Listing`
-and raises `LayoutError` (with what was expected where) when the layout is wrong.
+`samplecnn_jax.prepare`. Each module exposes `list_clips(src: Path, **options) -> Listing`,
+which raises `LayoutError` (with what was expected where) when the layout is wrong, and
+`define_flags(flag_values)`, which makes those options `prepare` flags
+(`define_lister_flags`: the lister's defaults are the flags' defaults).
 """
 
 from __future__ import annotations
