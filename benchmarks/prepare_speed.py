@@ -52,8 +52,9 @@ def run_case(root: Path, case, count: int, seconds: float, workers: int) -> dict
       valid_fraction=0.0, test_fraction=0.0,
   )  # fmt: skip
   wall = time.perf_counter() - start
-  audio_seconds = manifest["splits"]["train"]["num_samples"] / manifest["sample_rate"]
-  assert manifest["splits"]["train"]["num_clips"] == count, manifest["skipped"]
+  train = manifest.splits["train"]
+  audio_seconds = train.num_samples / manifest.sample_rate
+  assert train.num_clips == count, manifest.skipped
   return {
       "format": label,
       "files": count,

@@ -112,15 +112,15 @@ def split_features(prepared: store.Store, split: str) -> SplitFeatures:
   source = prepared.clips(split)
   if len(source) == 0:
     raise ValueError(f"Split {split!r} of {prepared.path} has no clips.")
-  rate = int(manifest["sample_rate"])
+  rate = manifest.sample_rate
   rows, clip_labels = [], []
   for index in range(len(source)):
     clip = source[index]
     rows.append(clip_features(clip["audio"], rate))
     clip_labels.append(clip["labels"])
   features = {name: np.stack([row[name] for row in rows]) for name in FEATURES}
-  num_classes = len(manifest["vocabulary"])
-  if manifest["label_type"] == "multi_class":
+  num_classes = len(manifest.vocabulary)
+  if manifest.label_type == "multi_class":
     labels = np.asarray([int(labels[0]) for labels in clip_labels], np.int64)
   else:
     labels = np.zeros((len(clip_labels), num_classes), np.int64)
@@ -205,13 +205,13 @@ def metric_kinds(label_type: str, metric: str = "auto") -> tuple[str, ...]:
   return (metric,)
 
 
-def score_split(scores: np.ndarray, labels: np.ndarray, manifest: dict[str, Any],
+def score_split(scores: np.ndarray, labels: np.ndarray, manifest: store.Manifest,
                 kinds: Sequence[str], f_score_threshold: float = 0.5) -> dict[str, Any]:
   """The numbers `main` writes for a split (same keys), from clip scores and labels."""
   result: dict[str, Any] = {"num_clips": int(len(labels))}
   for kind in kinds:
     if kind == "accuracy":
-      options = {"eval_label_map": manifest.get("eval_label_map")}
+      options = {"eval_label_map": manifest.eval_label_map}
       result.update(metrics.compute_metrics(kind, labels, scores, **options))
       result["confusion_matrix"] = metrics.confusion_matrix(labels, scores, **options).tolist()
       continue
@@ -260,7 +260,7 @@ def run(data_dir: str | Path, out_dir: str | Path = ".", *,
   models = _check_names("models", models, MODELS)
   prepared = store.Store.open(data_dir)
   manifest = prepared.manifest
-  label_type = manifest["label_type"]
+  label_type = manifest.label_type
   kinds = metric_kinds(label_type, metric)
   splits = (train_split, *eval_splits)
   for split in splits:
@@ -273,7 +273,7 @@ def run(data_dir: str | Path, out_dir: str | Path = ".", *,
   train = data[train_split]
   if label_type == "multi_class" and len(np.unique(train.labels)) < 2:
     raise ValueError(f"Split {train_split!r} of {data_dir} has fewer than 2 classes.")
-  num_classes = len(manifest["vocabulary"])
+  num_classes = len(manifest.vocabulary)
   # Multi-label classes that training never (or always) sees.
   constant = train.labels.min(axis=0) == train.labels.max(axis=0)
   scores: dict[str, dict[str, dict[str, Any]]] = {split: {} for split in eval_splits}

@@ -3,11 +3,15 @@
   python -m samplecnn_jax.prepare demo --out prepared/demo
   python -m samplecnn_jax.prepare folder --src my_sounds/ --out prepared/my_sounds
   python -m samplecnn_jax.prepare DATASET --src RAW_DIR --out PREPARED_DIR [--workers N]
+  python -m samplecnn_jax.prepare DATASET --help    # the common flags and DATASET's own
 
 Each dataset module lists its clips (`datasets.get_lister`); this module decodes them in
 parallel (one process per core), writes int16 clips at `--sample_rate` to fixed-size
 ArrayRecord shards in a deterministic order, and writes `clip_lengths.npy` per split,
-`report.json` and, last, `manifest.json` (layout in `samplecnn_jax/store.py`).
+`report.json` and, last, the `store.Manifest` (`manifest.json`; layout in `store.py`).
+`prepare(...)` is the engine (a notebook calls it); `main` is the command (`cli.run`): exit
+0 when the store is written, 1 when decoding left it unusable (below), 2 for a usage or
+layout error (nothing decoded), each error in one line.
 
 Bad audio never stops the job: missing, empty, unreadable, truncated and wrong-format files
 are skipped and listed in report.json with the reason; silent files are kept (they are valid
@@ -20,9 +24,9 @@ an uninterrupted run. This module knows no dataset layout and does no training-t
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -35,19 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import flags
 
 from samplecnn_jax import __version__, audio, cli, datasets, store
 from samplecnn_jax.datasets.common import LABEL_TYPES, ClipSpec, LayoutError, Listing
 
 DEFAULT_SHARD_SIZE = 512  # Clips per shard (about 16 MB of 1-s clips, 470 MB of 29-s clips).
-CLIP_LENGTHS = store.CLIP_LENGTHS  # Written per split (format in `store`).
 PROGRESS_DIR = ".prepare"  # Per-shard sidecars that make a run resumable.
 PREPARE_VERSION = 1  # Bump when the bytes of a prepared clip change, to void old sidecars.
 SPLIT_ORDER = ("train", "valid", "test")  # Manifest order; other splits follow as listed.
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_COMMON_FLAGS = (
-    "dataset", "src", "out", "workers", "sample_rate", "shard_size", "quiet", "min_class_clips",
-)  # fmt: skip
 MIN_CLASS_CLIPS = 5  # Fewer written train clips than this: a warning that names the class.
 
 
@@ -303,8 +304,8 @@ def prepare(
     progress: bool = True,
     min_class_clips: int = MIN_CLASS_CLIPS,
     **options: Any,
-) -> dict[str, Any]:
-  """Prepares dataset `name` from `src` into `out` and returns the manifest.
+) -> store.Manifest:
+  """Prepares dataset `name` from `src` into `out` and returns its manifest.
 
   Args:
     name: a key of `datasets.DATASETS`.
@@ -373,12 +374,27 @@ def prepare(
   if report["errors"]:
     store.write_json(out / store.REPORT, report)  # Every reason is kept; no manifest.
     raise UnusableStoreError(_unusable_message(name, out, report))
-  manifest = _manifest(name, src, sample_rate, shard_size, listing, options, plan, infos, report)
+  manifest = store.Manifest(
+      sample_rate=sample_rate,
+      label_type=listing.label_type,
+      vocabulary=tuple(listing.vocabulary),
+      splits=_split_infos(plan, infos),
+      dataset=name,
+      source=str(src) if src else None,
+      created_by=f"samplecnn_jax {__version__}",
+      options=_json_safe(options),
+      shard_size=shard_size,
+      skipped=report["num_skipped"],
+      warnings=report["num_warnings"],
+      eval_vocabulary=listing.eval_vocabulary,
+      eval_label_map=listing.eval_label_map,
+      extra=_json_safe(listing.extra),
+  )
   for split, split_shards in plan.items():
     lengths = [n for shard in split_shards for n in infos[shard.name]["clip_lengths"]]
-    _write_npy(out / split / CLIP_LENGTHS, np.asarray(lengths, dtype=np.int64))
+    _write_npy(out / split / store.CLIP_LENGTHS, np.asarray(lengths, dtype=np.int64))
   store.write_json(out / store.REPORT, report)
-  store.write_json(out / store.MANIFEST, manifest)  # Last: marks the store as finished.
+  manifest.write(out)  # Last: marks the store as finished.
   return manifest
 
 
@@ -471,108 +487,110 @@ def _unusable_message(name: str, out: Path, report: dict[str, Any]) -> str:
   )
 
 
-def _manifest(name, src, sample_rate, shard_size, listing, options, plan, infos, report):
+def _split_infos(plan, infos) -> dict[str, store.SplitInfo]:
   splits = {}
   for split, split_shards in plan.items():
     split_infos = [infos[shard.name] for shard in split_shards]
-    splits[split] = {
-        "num_clips": sum(info["num_records"] for info in split_infos),
-        "num_samples": sum(sum(info["clip_lengths"]) for info in split_infos),
-        "shards": [info["shard"] for info in split_infos if info["shard"]],
-        "clip_lengths": f"{split}/{CLIP_LENGTHS}",
-    }
-  manifest = {
-      "format_version": store.FORMAT_VERSION,
-      "dataset": name,
-      "sample_rate": sample_rate,
-      "label_type": listing.label_type,
-      "vocabulary": list(listing.vocabulary),
-      "splits": splits,
-      "source": str(src) if src else None,
-      "created_by": f"samplecnn_jax {__version__}",
-      "options": _json_safe(options),
-      "shard_size": shard_size,
-      "skipped": report["num_skipped"],
-      "warnings": report["num_warnings"],
-  }
-  clash = set(manifest) & set(listing.extra)
-  if clash:
-    raise ValueError(f"Listing.extra may not override manifest fields {sorted(clash)}")
-  return manifest | _json_safe(listing.extra)
+    splits[split] = store.SplitInfo(
+        num_clips=sum(info["num_records"] for info in split_infos),
+        num_samples=sum(sum(info["clip_lengths"]) for info in split_infos),
+        shards=tuple(info["shard"] for info in split_infos if info["shard"]),
+        clip_lengths=f"{split}/{store.CLIP_LENGTHS}",
+    )
+  return splits
 
 
 # --- Command line -----------------------------------------------------------------------
 
-
-def _add_dataset_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-  """Lets the dataset module add its flags: `add_arguments(parser[, dataset_name])`."""
-  add = getattr(datasets.get_module(name), "add_arguments", None)
-  if add is None:
-    return
-  if len(inspect.signature(add).parameters) >= 2:
-    add(parser, name)
-  else:
-    add(parser)
+PROG = "python -m samplecnn_jax.prepare"
+_COMMON_FLAGS = ("src", "out", "workers", "sample_rate", "shard_size", "quiet", "min_class_clips")
 
 
-def build_parser(dataset: str | None = None) -> argparse.ArgumentParser:
-  """The CLI; only `dataset`'s module is imported, to add its own flags."""
-  parser = cli.FlagParser(
-      prog="python -m samplecnn_jax.prepare",
-      description="Decode a raw dataset into the prepared store (see docs/data.md).",
+def _define_flags(flag_values: flags.FlagValues, dataset: str | None) -> None:
+  """The flags every dataset has, then `dataset`'s own (its module's flag definer)."""
+  def define(kind, name, default, help_text, **kwargs):  # Grouped so in --help, not __main__.
+    kind(name, default, help_text, flag_values=flag_values, module_name="samplecnn_jax.prepare",
+         **kwargs)
+
+  define(flags.DEFINE_string, "src", None, "Raw dataset folder (for csv: the CSV file); not "
+         "for demo.")
+  define(flags.DEFINE_string, "out", None, "Prepared folder to write (required).")
+  define(flags.DEFINE_integer, "workers", None, "Decoding processes (default: one per core).")
+  define(flags.DEFINE_integer, "sample_rate", 16000, "Stored sample rate, Hz.", lower_bound=1)
+  define(flags.DEFINE_integer, "shard_size", DEFAULT_SHARD_SIZE, "Clips per shard.",
+         lower_bound=1)
+  define(flags.DEFINE_bool, "quiet", False, "No progress bar.")
+  define(flags.DEFINE_integer, "min_class_clips", MIN_CLASS_CLIPS,
+         "Warn about classes with fewer written train clips than this.")
+  if dataset is not None:
+    datasets.get_flag_definer(dataset)(flag_values)
+
+
+def _command(dataset: str, flag_values: flags.FlagValues, _: list[str]) -> int:
+  if flag_values["out"].value is None:
+    raise cli.UsageError(f"--out is missing: name the prepared folder to write, e.g. "
+                         f"`{PROG} {dataset} --out prepared/{dataset}`")
+  common = {*_COMMON_FLAGS, "verbose"}
+  options = {name: flag_values[name].value for name in flag_values if name not in common}
+  src = flag_values["src"].value
+  out = Path(flag_values["out"].value)
+  try:
+    manifest = prepare(
+        dataset,
+        None if src is None else Path(src),
+        out,
+        sample_rate=flag_values["sample_rate"].value,
+        workers=flag_values["workers"].value,
+        shard_size=flag_values["shard_size"].value,
+        progress=not flag_values["quiet"].value,
+        min_class_clips=flag_values["min_class_clips"].value,
+        **options,
+    )
+  except UnusableStoreError as e:  # Decoded and reported, but no usable store.
+    print(f"{PROG} {dataset}: error: {e}", file=sys.stderr)
+    return cli.EXIT_SOME_FAILED
+  for split, info in manifest.splits.items():
+    seconds = info.num_samples / manifest.sample_rate
+    print(f"{split}: {info.num_clips} clips, {seconds / 3600:.2f} h, {len(info.shards)} shards")
+  report = json.loads((out / store.REPORT).read_text())
+  for warning in report.get("split_warnings", []) + report.get("class_warnings", []):
+    print(f"prepare {dataset}: warning: {warning}", file=sys.stderr)
+  print(
+      f"skipped {manifest.skipped}, warnings {manifest.warnings} "
+      f"(details in {out / store.REPORT}); store: {out / store.MANIFEST}"
   )
-  sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-  for name in datasets.DATASETS:
-    p = sub.add_parser(name, help=f"prepare {name}")
-    p.add_argument("--src", type=Path, default=None, help="raw dataset folder (not for demo)")
-    p.add_argument("--out", type=Path, required=True, help="prepared folder to write")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
-    p.add_argument("--sample_rate", type=int, default=16000, help="stored sample rate, Hz")
-    p.add_argument("--shard_size", type=int, default=DEFAULT_SHARD_SIZE, help="clips per shard")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--min_class_clips", type=int, default=MIN_CLASS_CLIPS,
-                   help="warn about classes with fewer written train clips than this")
-    if name == dataset:
-      _add_dataset_arguments(p, name)
-  return parser
+  return cli.EXIT_DONE
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else list(argv)
-  selected = argv[0] if argv and argv[0] in datasets.DATASETS else None
-  args = build_parser(selected).parse_args(argv)
-  options = {k: v for k, v in vars(args).items() if k not in _COMMON_FLAGS}
-  try:
-    manifest = prepare(
-        args.dataset,
-        args.src,
-        args.out,
-        sample_rate=args.sample_rate,
-        workers=args.workers,
-        shard_size=args.shard_size,
-        progress=not args.quiet,
-        min_class_clips=args.min_class_clips,
-        **options,
-    )
-  except LayoutError as e:
-    print(f"prepare {args.dataset}: error: {e}", file=sys.stderr)
-    return 2
-  except UnusableStoreError as e:
-    print(f"prepare {args.dataset}: error: {e}", file=sys.stderr)
-    return 1
-  rate = manifest["sample_rate"]
-  for split, info in manifest["splits"].items():
-    seconds = info["num_samples"] / rate
-    shards = len(info["shards"])
-    print(f"{split}: {info['num_clips']} clips, {seconds / 3600:.2f} h, {shards} shards")
-  report = json.loads((Path(args.out) / store.REPORT).read_text())
-  for warning in report.get("split_warnings", []) + report.get("class_warnings", []):
-    print(f"prepare {args.dataset}: warning: {warning}", file=sys.stderr)
-  print(
-      f"skipped {manifest['skipped']}, warnings {manifest['warnings']} "
-      f"(details in {Path(args.out) / store.REPORT}); store: {Path(args.out) / store.MANIFEST}"
-  )
-  return 0
+  """`python -m samplecnn_jax.prepare DATASET --out OUT [--src RAW] [flags]`.
+
+  The dataset comes first, so that only its module is imported and only its flags are
+  defined (`prepare demo --help` lists demo's). Exit codes: 0 the store is written (skipped
+  files are listed in report.json), 1 decoding left a split or a class with no clip (report
+  written, no manifest), 2 a usage or layout error (nothing decoded).
+  """
+  argv = list(sys.argv if argv is None else argv)
+  names = ", ".join(datasets.DATASETS)
+  dataset = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+  if dataset is None:
+    if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
+      code = cli.run(f"{PROG} DATASET", functools.partial(_define_flags, dataset=None),
+                     lambda *_: None, argv)
+      print(f"DATASET is one of {names}; `{PROG} DATASET --help` adds its own flags.")
+      return code
+    return _usage_error(f"name the dataset first: `{PROG} DATASET --out OUT [--src RAW]`, "
+                        f"DATASET one of {names}")
+  if dataset not in datasets.DATASETS:
+    return _usage_error(f"unknown dataset {dataset!r}. Valid datasets: {names} "
+                        f"(`{PROG} DATASET --help` lists a dataset's flags)")
+  return cli.run(f"{PROG} {dataset}", functools.partial(_define_flags, dataset=dataset),
+                 functools.partial(_command, dataset), [argv[0], *argv[2:]])
+
+
+def _usage_error(message: str) -> int:
+  print(f"{PROG}: error: {message}.", file=sys.stderr)
+  return cli.EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Layout of a prepared folder (written by `samplecnn_jax.prepare`, read by the input pipeline):
 
-  OUT/manifest.json                     what is in the store (see `Manifest` fields below)
+  OUT/manifest.json                     what is in the store (the fields of `Manifest`)
   OUT/report.json                       every file that was skipped, with the reason
   OUT/<split>/<split>-00000.array_record  clips of one split, one record per clip
 
@@ -16,8 +16,10 @@ give the bytes back).
 
 Shards are written to a temporary name and renamed when complete, so a shard that exists
 under its final name is whole; the manifest is written last, so a folder with a manifest
-is a finished store. Readers open it once with `Store.open(OUT)` (manifest read and checked
-once, then passed around; `Store.check_matches(config)` checks a run config against it).
+is a finished store. `Manifest` is the one reader and writer of manifest.json (code reads its
+fields, never the JSON's keys). Readers open a store once with `Store.open(OUT)` (manifest
+read and checked once, then passed around; `Store.check_matches(config)` checks a run config
+against it).
 This module does no decoding or resampling: that is `prepare`'s job.
 """
 
@@ -109,23 +111,137 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
   _atomic_replace(tmp, final)
 
 
-def read_manifest(prepared_dir: str | os.PathLike) -> dict[str, Any]:
-  """Reads `manifest.json`, explaining how to create the store when it is missing."""
-  path = Path(prepared_dir) / MANIFEST
-  if not path.exists():
-    raise FileNotFoundError(
-        f"No prepared dataset at {Path(prepared_dir)} (missing {MANIFEST}). Create it with "
-        f"`python -m samplecnn_jax.prepare DATASET --src RAW_DIR --out {Path(prepared_dir)}` "
-        f"(or `python -m samplecnn_jax.prepare demo --out {Path(prepared_dir)}` for the demo), "
-        f"or point --config.data_dir at an existing prepared folder."
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+  """One split of a store, as the manifest lists it."""
+
+  num_clips: int
+  num_samples: int  # Samples of all its clips together, at the store's rate.
+  shards: tuple[str, ...]  # Shard files relative to the store folder, in record order.
+  clip_lengths: str  # Relative path of the per-clip lengths (`CLIP_LENGTHS`).
+
+  def to_json(self) -> dict[str, Any]:
+    return {"num_clips": self.num_clips, "num_samples": self.num_samples,
+            "shards": list(self.shards), "clip_lengths": self.clip_lengths}
+
+  @classmethod
+  def from_json(cls, split: str, data: dict[str, Any]) -> SplitInfo:
+    return cls(
+        num_clips=int(data["num_clips"]),
+        num_samples=int(data["num_samples"]),
+        shards=tuple(data["shards"]),
+        clip_lengths=data.get("clip_lengths", f"{split}/{CLIP_LENGTHS}"),
     )
-  manifest = json.loads(path.read_text())
-  if manifest.get("format_version") != FORMAT_VERSION:
-    raise ValueError(
-        f"{path} has store format {manifest.get('format_version')}, this code reads "
-        f"{FORMAT_VERSION}: prepare the dataset again."
-    )
-  return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+  """`manifest.json`: what a prepared store holds. `prepare` writes it, everyone reads it here.
+
+  The first four fields are what every store has; the others have defaults, so that stores
+  written before a field existed still load. `extra` holds the dataset's own fields
+  (`Listing.extra`: split rule, dataset version, ...), written at the top level of the JSON
+  next to these, so the file reads the same whichever code wrote it.
+  """
+
+  sample_rate: int  # Hz of the stored audio.
+  label_type: str  # multi_label (sigmoid) | multi_class (softmax).
+  vocabulary: tuple[str, ...]  # Class names; record labels index into it.
+  splits: dict[str, SplitInfo]  # In prepare's order: train, valid, test, then the others.
+  dataset: str = ""  # The `prepare` dataset name.
+  source: str | None = None  # The raw folder or file it was prepared from (None: the demo).
+  created_by: str = ""  # "samplecnn_jax VERSION".
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)  # The dataset's flags.
+  shard_size: int | None = None  # Clips per shard.
+  skipped: int = 0  # Files skipped (reasons in report.json).
+  warnings: int = 0  # Files kept with a warning (in report.json).
+  # Speech Commands: the coarser classes it is scored on, and output class -> scoring class.
+  eval_vocabulary: tuple[str, ...] | None = None
+  eval_label_map: tuple[int, ...] | None = None
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+  format_version: int = FORMAT_VERSION
+
+  def __post_init__(self):
+    clash = set(self.extra) & _MANIFEST_KEYS
+    if clash:
+      raise ValueError(f"extra manifest fields may not override the fields {sorted(clash)}")
+
+  def to_json(self) -> dict[str, Any]:
+    """The JSON object of manifest.json (key order as written since format 1)."""
+    data = {
+        "format_version": self.format_version,
+        "dataset": self.dataset,
+        "sample_rate": self.sample_rate,
+        "label_type": self.label_type,
+        "vocabulary": list(self.vocabulary),
+        "splits": {split: info.to_json() for split, info in self.splits.items()},
+        "source": self.source,
+        "created_by": self.created_by,
+        "options": self.options,
+        "shard_size": self.shard_size,
+        "skipped": self.skipped,
+        "warnings": self.warnings,
+        **self.extra,
+    }
+    if self.eval_vocabulary is not None:
+      data["eval_vocabulary"] = list(self.eval_vocabulary)
+    if self.eval_label_map is not None:
+      data["eval_label_map"] = list(self.eval_label_map)
+    return data
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any], path: str = MANIFEST) -> Manifest:
+    """Inverse of `to_json`; missing optional fields take their defaults (`path`: for errors)."""
+    missing = [key for key in ("sample_rate", "label_type", "vocabulary", "splits")
+               if key not in data]
+    if missing:
+      raise ValueError(f"{path} has no {', '.join(missing)}: prepare the dataset again.")
+    known = {field.name for field in dataclasses.fields(cls)} - {"extra"}
+    values = {key: value for key, value in data.items() if key in known}
+    values["vocabulary"] = tuple(data["vocabulary"])
+    values["splits"] = {split: SplitInfo.from_json(split, info)
+                        for split, info in data["splits"].items()}
+    for key in ("eval_vocabulary", "eval_label_map"):
+      if data.get(key) is not None:
+        values[key] = tuple(data[key])
+    extra = {key: value for key, value in data.items() if key not in known}
+    return cls(**values, extra=extra)
+
+  @classmethod
+  def read(cls, prepared_dir: str | os.PathLike) -> Manifest:
+    """Reads `manifest.json`, explaining how to create the store when it is missing."""
+    path = Path(prepared_dir) / MANIFEST
+    if not path.exists():
+      raise FileNotFoundError(
+          f"No prepared dataset at {Path(prepared_dir)} (missing {MANIFEST}). Create it with "
+          f"`python -m samplecnn_jax.prepare DATASET --src RAW_DIR --out {Path(prepared_dir)}` "
+          f"(or `python -m samplecnn_jax.prepare demo --out {Path(prepared_dir)}` for the "
+          "demo), or point --config.data_dir at an existing prepared folder."
+      )
+    data = json.loads(path.read_text())
+    if data.get("format_version") != FORMAT_VERSION:
+      raise ValueError(
+          f"{path} has store format {data.get('format_version')}, this code reads "
+          f"{FORMAT_VERSION}: prepare the dataset again."
+      )
+    return cls.from_json(data, str(path))
+
+  def write(self, prepared_dir: str | os.PathLike) -> None:
+    """Writes `manifest.json` atomically; `prepare` does this last, once every shard is whole."""
+    write_json(Path(prepared_dir) / MANIFEST, self.to_json())
+
+  def label_record(self) -> dict[str, Any]:
+    """What a run needs to name its classes without the store (written as labels.json)."""
+    record: dict[str, Any] = {"vocabulary": list(self.vocabulary), "label_type": self.label_type}
+    if self.eval_vocabulary is not None:
+      record["eval_vocabulary"] = list(self.eval_vocabulary)
+    if self.eval_label_map is not None:
+      record["eval_label_map"] = list(self.eval_label_map)
+    return record
+
+
+# The top-level keys of manifest.json that `Manifest` owns (extra fields may not reuse them).
+_MANIFEST_KEYS = {field.name for field in dataclasses.fields(Manifest)} - {"extra"}
 
 
 class ClipSource:
@@ -169,26 +285,17 @@ class ClipSource:
 class Store:
   """A prepared store, opened once: its manifest is read and checked when it is opened.
 
-  Picklable (a path and a dict), so it travels to Grain worker processes with the
+  Picklable (a path and a `Manifest`), so it travels to Grain worker processes with the
   transforms that hold it. Everything here reads the in-memory manifest; only `clips`,
   `clip_lengths` and `clip_labels` touch the split's files.
   """
 
   path: str
-  manifest: dict[str, Any]
+  manifest: Manifest
 
   @classmethod
   def open(cls, prepared_dir: str | os.PathLike) -> Store:
-    return cls(str(prepared_dir), read_manifest(prepared_dir))
-
-  @property
-  def vocabulary(self) -> list[str]:
-    return list(self.manifest["vocabulary"])
-
-  def label_record(self) -> dict[str, Any]:
-    """What a run needs to name its classes without the store (written as labels.json)."""
-    keys = ("vocabulary", "label_type", "eval_vocabulary", "eval_label_map")
-    return {k: self.manifest[k] for k in keys if k in self.manifest}
+    return cls(str(prepared_dir), Manifest.read(prepared_dir))
 
   def check_matches(self, config: Any) -> None:
     """Raises ValueError when `config` does not fit this store's classes, labels or rate.
@@ -197,8 +304,8 @@ class Store:
     silently, so mismatches are reported up front with the flag that fixes them. This reads
     only the in-memory manifest.
     """
-    num_classes = len(self.manifest["vocabulary"])
-    label_type, sample_rate = self.manifest["label_type"], self.manifest["sample_rate"]
+    num_classes = len(self.manifest.vocabulary)
+    label_type, sample_rate = self.manifest.label_type, self.manifest.sample_rate
     checks = (
         ("num_classes", num_classes, f"{num_classes} classes in its vocabulary"),
         ("label_type", label_type, f"label_type {label_type!r}"),
@@ -212,9 +319,9 @@ class Store:
             f"this config)."
         )
 
-  def split_info(self, split: str) -> dict[str, Any]:
+  def split_info(self, split: str) -> SplitInfo:
     """The manifest entry of `split`, with a clear error for unknown splits."""
-    splits = self.manifest["splits"]
+    splits = self.manifest.splits
     if split not in splits:
       raise ValueError(
           f"Split {split!r} is not in {self.path}; it has: {', '.join(sorted(splits))}."
@@ -222,10 +329,10 @@ class Store:
     return splits[split]
 
   def num_clips(self, split: str) -> int:
-    return int(self.split_info(split)["num_clips"])
+    return self.split_info(split).num_clips
 
   def shard_paths(self, split: str) -> list[str]:
-    return [str(Path(self.path) / shard) for shard in self.split_info(split)["shards"]]
+    return [str(Path(self.path) / shard) for shard in self.split_info(split).shards]
 
   def clips(self, split: str) -> ClipSource:
     """Random access to the decoded clips of `split` (opened on first read)."""
@@ -238,8 +345,8 @@ class Store:
     decoding every record (slow, but correct).
     """
     info = self.split_info(split)
-    path = Path(self.path) / info.get("clip_lengths", f"{split}/{CLIP_LENGTHS}")
-    expected = int(info["num_clips"])
+    path = Path(self.path) / info.clip_lengths
+    expected = info.num_clips
     if path.exists():
       lengths = np.load(path).astype(np.int64)
       if lengths.shape != (expected,):
@@ -268,7 +375,7 @@ class Store:
     return clip_ids, labels
 
   def __repr__(self) -> str:
-    return f"Store({self.path!r}, splits={sorted(self.manifest['splits'])})"
+    return f"Store({self.path!r}, splits={sorted(self.manifest.splits)})"
 
 
 class _ClipMetadata:

@@ -79,11 +79,11 @@ def check_store_splits(config: ml_collections.ConfigDict, data: store.Store) -> 
   Without this a store with no validation split trains `steps_per_eval` steps (an hour of
   CPU with the defaults) and then crashes at the first validation, having saved nothing.
   """
-  splits = data.manifest["splits"]
-  have = ", ".join(f"{name} ({info['num_clips']} clips)" for name, info in sorted(splits.items()))
+  splits = data.manifest.splits
+  have = ", ".join(f"{name} ({info.num_clips} clips)" for name, info in sorted(splits.items()))
   for field in ("train_split", "eval_split", "test_split"):
     name = config[field]
-    if name not in splits or not splits[name]["num_clips"]:
+    if name not in splits or not splits[name].num_clips:
       fix = ("re-run `prepare` with a split column/list that has it (prepare csv: a `split` "
              "value of train, valid or test per row; prepare folder: --valid_fraction)")
       raise ValueError(
@@ -91,7 +91,7 @@ def check_store_splits(config: ml_collections.ConfigDict, data: store.Store) -> 
           f"name; it has: {have}. Point --config.{field} at one of these, or {fix}."
       )
   noise = input_pipeline.BACKGROUND_NOISE_SPLIT
-  if config.augment.noise_prob > 0 and not splits.get(noise, {}).get("num_clips"):
+  if config.augment.noise_prob > 0 and (noise not in splits or not splits[noise].num_clips):
     raise ValueError(
         f"config.augment.noise_prob={config.augment.noise_prob} mixes in background noise, but "
         f"the store {data.path} has no {noise!r} split (it has: {have}); only stores prepared "
@@ -503,7 +503,7 @@ class Evaluator:
   def _metric_options(self) -> dict[str, Any]:
     config = self.run.config
     if config.metric == "accuracy":
-      return {"eval_label_map": self.run.store.manifest.get("eval_label_map")}
+      return {"eval_label_map": self.run.store.manifest.eval_label_map}
     if config.metric == "f_score":
       return {"threshold": config.f_score_threshold}
     return {}
@@ -669,7 +669,7 @@ def _train(run: Run) -> dict[str, Any]:
   state, schedule = restore_state(run, ckpt, train_iter)
   if jax.process_index() == 0:  # Only once the restore worked: it describes these checkpoints.
     workdir_files.write_config(workdir, config)
-    workdir_files.write_labels(workdir, run.store.label_record())
+    workdir_files.write_labels(workdir, run.store.manifest.label_record())
     parameter_overview.log_parameter_overview(state.params)
   logging.info("Mesh %s over %d devices, %d processes; global batch %d",
                dict(run.mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)

@@ -114,6 +114,8 @@ def read_labels(
     if data_dir is not None:
       candidates.append(Path(data_dir) / store.MANIFEST)
   for candidate in candidates:
+    if candidate.is_file() and candidate.name == store.MANIFEST:
+      return store.Manifest.read(candidate.parent).label_record(), str(candidate)
     if candidate.is_file():
       return json.loads(candidate.read_text()), str(candidate)
   return None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from samplecnn_jax import baseline, metrics, prepare
+from samplecnn_jax import baseline, metrics, prepare, store
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,8 @@ def test_multi_class_store_scores_accuracy_and_confusion_matrix(tone_store, tmp_
 
 def test_eval_label_map_scores_in_the_evaluation_space():
   """A Speech Commands store's map: 4 training classes scored as 3 (two words -> unknown)."""
-  manifest = {"eval_label_map": [0, 1, 2, 2]}
+  manifest = store.Manifest(16000, "multi_class", ("a", "b", "c", "d"), {},
+                            eval_vocabulary=("a", "b", "c"), eval_label_map=(0, 1, 2, 2))
   labels = np.array([0, 1, 2, 3])
   scores = np.eye(4)[[0, 1, 3, 3]]  # The third clip (class 2) is predicted as class 3.
   result = baseline.score_split(scores, labels, manifest, ("accuracy",))

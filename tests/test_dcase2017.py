@@ -184,11 +184,11 @@ def test_prepare_end_to_end(raw: Path):
   from samplecnn_jax import prepare, store
 
   manifest = prepare.prepare("dcase2017", raw, raw / "out", workers=1, progress=False)
-  assert manifest["split_rule"] == "paper" and manifest["vocabulary"] == list(dcase2017.VOCABULARY)
-  assert sum(info["num_clips"] for info in manifest["splits"].values()) == 5
-  assert manifest["splits"]["test"]["num_clips"] == 2 and manifest["skipped"] == 3
+  assert manifest.extra["split_rule"] == "paper" and manifest.vocabulary == dcase2017.VOCABULARY
+  assert sum(info.num_clips for info in manifest.splits.values()) == 5
+  assert manifest.splits["test"].num_clips == 2 and manifest.skipped == 3
   records = {}
-  for split in manifest["splits"]:
+  for split in manifest.splits:
     source = store.ClipSource(raw / "out", split)
     records.update({r["clip_id"]: r for r in (source[i] for i in range(len(source)))})
   assert records["-abc_30.000_40.000.wav"]["labels"].tolist() == [0, 16]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 
 import pytest
+from absl import flags
 
-from samplecnn_jax import prepare
+from samplecnn_jax import datasets, prepare
 from samplecnn_jax.datasets import folder
 from samplecnn_jax.datasets.common import LayoutError
 
@@ -150,19 +150,17 @@ def test_csv_errors(tmp_path, files, kwargs, message):
     folder.list_csv(tmp_path, **kwargs)
 
 
-def test_prepare_cli_flags_for_folder_and_csv():
-  def flags(name):
-    parser = prepare.build_parser(name)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {opt for action in sub.choices[name]._actions for opt in action.option_strings}
+def test_prepare_cli_flags_for_folder_and_csv(capsys):
+  def flag_values(name, *argv):
+    values = flags.FlagValues()
+    datasets.get_flag_definer(name)(values)
+    values(["prepare", *argv])
+    return values
 
-  assert {"--valid_fraction", "--test_fraction"} <= flags("folder")
-  assert "--label_type" not in flags("folder")
-  assert {"--valid_fraction", "--test_fraction", "--label_type"} <= flags("csv")
-  args = prepare.build_parser("csv").parse_args(
-      ["csv", "--src", "x.csv", "--out", "o", "--label_type", "multi_label",
-       "--test_fraction", "0.3"]  # fmt: skip
-  )
+  assert {"valid_fraction", "test_fraction"} <= set(flag_values("folder"))
+  assert "label_type" not in set(flag_values("folder"))
+  assert {"valid_fraction", "test_fraction", "label_type"} <= set(flag_values("csv"))
+  args = flag_values("csv", "--label_type", "multi_label", "--test_fraction", "0.3")
   assert (args.label_type, args.test_fraction, args.valid_fraction) == ("multi_label", 0.3, 0.1)
-  with pytest.raises(SystemExit):
-    prepare.build_parser("folder").parse_args(["folder", "--out", "o", "--valid_fraction", "1.5"])
+  assert prepare.main(["prepare", "folder", "--out", "o", "--valid_fraction", "1.5"]) == 2
+  assert "--valid_fraction=1.5: must be in [0, 1)" in capsys.readouterr().err

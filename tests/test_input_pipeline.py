@@ -352,9 +352,9 @@ def test_background_noise_is_mixed_at_random_volume_and_clipped(tiny_store):
 
 def test_noise_augmentation_needs_a_background_noise_split(tmp_path):
   root = write_tiny_store(tmp_path)
-  manifest = store.read_manifest(root)
-  del manifest["splits"][ip.BACKGROUND_NOISE_SPLIT]
-  store.write_json(root / store.MANIFEST, manifest)
+  manifest = store.Manifest.read(root)
+  del manifest.splits[ip.BACKGROUND_NOISE_SPLIT]
+  manifest.write(root)
   config = tiny_config(**{"augment.noise_prob": 0.8})
   with pytest.raises(ValueError, match="'background_noise' is not in"):
     ip.create_train_iterator(config, store.Store.open(root), seed=0, process=ALONE)
@@ -517,8 +517,8 @@ def test_an_open_store_pickles_and_never_rereads_its_manifest(tiny_store, monkey
   clone = pickle.loads(pickle.dumps(tiny_store))
   assert clone.path == tiny_store.path and clone.manifest == tiny_store.manifest
   reads = []
-  real = store.read_manifest
-  monkeypatch.setattr(store, "read_manifest", lambda path: reads.append(path) or real(path))
+  real = store.Manifest.read
+  monkeypatch.setattr(store.Manifest, "read", lambda path: reads.append(path) or real(path))
   config = tiny_config(train_segments="all")
   next(ip.create_train_iterator(config, clone, seed=0, process=ALONE))
   list(ip.create_eval_iterator(config, clone, "valid", process=ALONE))

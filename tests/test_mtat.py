@@ -183,13 +183,13 @@ def test_prepare_end_to_end(raw: Path):
 
   soundfile.write(raw / "d" / "d-1-0-29.mp3", tone, 16000, format="MP3")  # The fix.
   manifest = prepare.prepare("mtat", raw, raw / "out", workers=1, progress=False, num_tags=3)
-  assert {split: info["num_clips"] for split, info in manifest["splits"].items()} == {
+  assert {split: info.num_clips for split, info in manifest.splits.items()} == {
       "train": 3,
       "valid": 1,
       "test": 1,
   }
-  assert manifest["vocabulary"] == ["guitar", "no vocals", "piano"]
-  assert manifest["tag_counts"] == {"guitar": 4, "no vocals": 4, "piano": 4}
-  assert manifest["skipped"] == 3  # The 3 metadata problems.
+  assert manifest.vocabulary == ("guitar", "no vocals", "piano")
+  assert manifest.extra["tag_counts"] == {"guitar": 4, "no vocals": 4, "piano": 4}
+  assert manifest.skipped == 3  # The 3 metadata problems.
   lengths = np.load(raw / "out" / "train" / "clip_lengths.npy")
   assert lengths.tolist() == [8000, 8000, 8000]

@@ -50,10 +50,10 @@ def run(tmp_path_factory):
   ckpt.save_best(state, {"best_value": 0.5, "best_step": 0})
   ckpt.close()
   workdir_files.write_config(workdir, config)
-  labels = {"vocabulary": manifest["vocabulary"], "label_type": manifest["label_type"]}
+  labels = {"vocabulary": list(manifest.vocabulary), "label_type": manifest.label_type}
   store.write_json(workdir / predict.LABELS_FILE, labels)
   return {"workdir": workdir, "config": config, "state": state, "data_dir": data_dir,
-          "vocabulary": manifest["vocabulary"], "root": root}
+          "vocabulary": list(manifest.vocabulary), "root": root}
 
 
 @pytest.fixture(scope="module")

@@ -60,18 +60,18 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def test_folder_store_manifest_records_lengths_and_report(raw, tmp_path):
   out = tmp_path / "out"
   manifest = _run(raw, out)
-  assert manifest == store.read_manifest(out)
-  assert manifest["format_version"] == store.FORMAT_VERSION
-  assert manifest["dataset"] == "folder" and manifest["sample_rate"] == 16000
-  assert manifest["vocabulary"] == ["cat", "dog"] and manifest["label_type"] == "multi_class"
-  assert manifest["source"] == str(raw.resolve())
-  assert manifest["created_by"] == f"samplecnn_jax {__version__}"
-  assert manifest["split_method"] == "folders"  # From Listing.extra.
-  assert (manifest["skipped"], manifest["warnings"]) == (4, 1)
-  train = manifest["splits"]["train"]
+  assert manifest == store.Manifest.read(out)
+  assert manifest.format_version == store.FORMAT_VERSION
+  assert manifest.dataset == "folder" and manifest.sample_rate == 16000
+  assert manifest.vocabulary == ("cat", "dog") and manifest.label_type == "multi_class"
+  assert manifest.source == str(raw.resolve())
+  assert manifest.created_by == f"samplecnn_jax {__version__}"
+  assert manifest.extra["split_method"] == "folders"  # From Listing.extra.
+  assert (manifest.skipped, manifest.warnings) == (4, 1)
+  train = manifest.splits["train"]
   # 8 listed train clips in shards of 2: c1 c2 | c3 c4 (both bad: no shard) | c5 d1 | d2 d3.
-  assert train["shards"] == [f"train/train-{i:05d}.array_record" for i in (0, 2, 3)]
-  assert train["num_clips"] == 5 and manifest["splits"]["test"]["num_clips"] == 2
+  assert train.shards == tuple(f"train/train-{i:05d}.array_record" for i in (0, 2, 3))
+  assert train.num_clips == 5 and manifest.splits["test"].num_clips == 2
 
   expected_lengths = {"c1": 8000, "c2": 8000, "d1": 8000, "d2": 12000, "d3": 16000}
   clips = store.ClipSource(out, "train")
@@ -81,14 +81,14 @@ def test_folder_store_manifest_records_lengths_and_report(raw, tmp_path):
   for record in records:
     name = Path(record["source"]).stem
     class_name = record["source"].split("/")[1]
-    assert record["labels"].tolist() == [manifest["vocabulary"].index(class_name)]
+    assert record["labels"].tolist() == [manifest.vocabulary.index(class_name)]
     assert len(record["audio"]) == expected_lengths[name], name
   d1 = next(r for r in records if r["clip_id"].endswith("d1.wav"))
   np.testing.assert_array_equal(d1["audio"], sf.read(raw / "train/dog/d1.wav", dtype="int16")[0])
-  lengths = np.load(out / "train" / prepare.CLIP_LENGTHS)
+  lengths = np.load(out / "train" / store.CLIP_LENGTHS)
   assert lengths.dtype == np.int64
   assert lengths.tolist() == [len(r["audio"]) for r in records]
-  assert train["num_samples"] == lengths.sum()
+  assert train.num_samples == lengths.sum()
 
   report = json.loads((out / store.REPORT).read_text())
   kinds = {"empty": 1, "metadata": 1, "truncated": 1, "unsupported_format": 1}
@@ -175,9 +175,9 @@ def test_demo_records_match_the_listing(tmp_path):
       "demo", None, tmp_path, workers=1, progress=False, shard_size=4,
       num_train=9, num_valid=3, num_test=2,
   )  # fmt: skip
-  assert manifest["vocabulary"] == list(demo.CLASSES) and manifest["label_type"] == "multi_label"
-  assert [manifest["splits"][s]["num_clips"] for s in ("train", "valid", "test")] == [9, 3, 2]
-  assert manifest["source"] is None and manifest["options"]["num_train"] == 9
+  assert manifest.vocabulary == demo.CLASSES and manifest.label_type == "multi_label"
+  assert [manifest.splits[s].num_clips for s in ("train", "valid", "test")] == [9, 3, 2]
+  assert manifest.source is None and manifest.options["num_train"] == 9
   listing = demo.list_clips(num_train=9, num_valid=3, num_test=2)
   specs = {clip.clip_id: clip for clip in listing.clips}
   for split in ("train", "valid", "test"):
@@ -224,7 +224,7 @@ def test_crops_with_offset_and_duration_and_synthesised_clips(tmp_path, monkeypa
   assert [(e["source"], e["kind"]) for e in report["skipped"]] == [
       ("meta.csv:7", "metadata"), ("long.wav", "invalid")
   ]  # fmt: skip
-  assert manifest["skipped"] == 2
+  assert manifest.skipped == 2
 
 
 def test_listing_mistakes_are_caught_before_decoding(tmp_path, monkeypatch):
@@ -247,18 +247,68 @@ def test_listing_mistakes_are_caught_before_decoding(tmp_path, monkeypatch):
 
 
 def test_cli_demo_passes_dataset_flags(tmp_path, capsys):
-  argv = ["demo", "--out", str(tmp_path), "--num_train", "5", "--num_valid", "1", "--num_test", "1",
-          "--seed", "7", "--workers", "1", "--quiet"]  # fmt: skip
+  argv = ["prepare", "demo", "--out", str(tmp_path), "--num_train", "5", "--num_valid", "1",
+          "--num_test", "1", "--seed", "7", "--workers", "1", "--quiet"]  # fmt: skip
   assert prepare.main(argv) == 0
-  manifest = store.read_manifest(tmp_path)
-  assert manifest["options"]["seed"] == 7 and manifest["generator"]["seed"] == 7
-  assert manifest["splits"]["train"]["num_clips"] == 5
+  manifest = store.Manifest.read(tmp_path)
+  assert manifest.options["seed"] == 7 and manifest.extra["generator"]["seed"] == 7
+  # The dataset's flags only, in their order: what the resume fingerprints always hashed.
+  assert list(manifest.options.items()) == [
+      ("seed", 7), ("num_train", 5), ("num_valid", 1), ("num_test", 1), ("clip_seconds", 2.0)
+  ]  # fmt: skip
+  assert manifest.splits["train"].num_clips == 5
   assert "train: 5 clips" in capsys.readouterr().out
 
 
-def test_cli_layout_errors_exit_nonzero_without_traceback(tmp_path, capsys):
-  assert prepare.main(["folder", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-  assert "needs --src" in capsys.readouterr().err
+def test_cli_layout_errors_exit_2_in_one_line(tmp_path, capsys):
+  assert prepare.main(["prepare", "folder", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+  err = capsys.readouterr().err
+  assert "needs --src" in err and len(err.strip().splitlines()) == 1
+  (tmp_path / "empty").mkdir()
+  argv = ["prepare", "folder", "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]
+  assert prepare.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "expected one sub-folder per class" in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "o" / store.MANIFEST).exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "name the dataset first"),
+    (["--out", "o"], "name the dataset first"),
+    (["nope", "--out", "o"], "unknown dataset 'nope'. Valid datasets: mtat, speech_commands"),
+    (["demo"], "--out is missing"),
+    (["demo", "--out", "o", "--bogus=1"], "Unknown command line flag 'bogus'"),
+    (["demo", "--out", "o", "--num-train", "3"], "Unknown command line flag 'num-train'"),
+    (["demo", "--out", "o", "--num_train", "many"], "--num_train"),
+    (["demo", "--out", "o", "--shard_size", "0"], "--shard_size"),
+    (["demo", "--out", "o", "extra"], "unexpected arguments ['extra']"),
+    (["folder", "--out", "o", "--label_type", "auto"], "Unknown command line flag 'label_type'"),
+    (["folder", "--out", "o", "--valid_fraction", "1.5"], "--valid_fraction=1.5: must be in"),
+    (["dcase2017", "--out", "o", "--split_rule", "x"], "--split_rule"),
+])  # fmt: skip
+def test_cli_usage_errors_exit_2_in_one_line(tmp_path, capsys, monkeypatch, argv, expected):
+  monkeypatch.chdir(tmp_path)
+  assert prepare.main(["prepare", *argv]) == 2
+  err = capsys.readouterr().err
+  assert expected in err and err.count("\n") == 1, err
+  assert err.startswith("python -m samplecnn_jax.prepare")
+  assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_lists_the_chosen_datasets_flags(capsys):
+  assert prepare.main(["prepare", "demo", "--help"]) == 0
+  text = capsys.readouterr().out
+  assert "--num_train" in text and "--out" in text and "--split_rule" not in text
+  assert prepare.main(["prepare", "dcase2017", "--help"]) == 0
+  text = capsys.readouterr().out
+  assert "--split_rule" in text and "--num_train" not in text
+  assert prepare.main(["prepare", "--help"]) == 0
+  text = capsys.readouterr().out
+  assert "--src" in text and "mtat, speech_commands, dcase2017, folder, csv, demo" in text
+
+
+@pytest.mark.slow
+def test_cli_subprocess_exit_codes_without_traceback(tmp_path):
   (tmp_path / "empty").mkdir()
   result = subprocess.run(
       [sys.executable, "-m", "samplecnn_jax.prepare", "folder", "--src", str(tmp_path / "empty"),
@@ -269,6 +319,14 @@ def test_cli_layout_errors_exit_nonzero_without_traceback(tmp_path, capsys):
   assert "expected one sub-folder per class" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "o" / store.MANIFEST).exists()
+  result = subprocess.run(
+      [sys.executable, "-m", "samplecnn_jax.prepare", "demo", "--out", str(tmp_path / "d"),
+       "--num_train", "3", "--num_valid", "1", "--num_test", "1", "--workers", "1", "--quiet",
+       "--min_class_clips", "0"],
+      capture_output=True, text=True, cwd=REPO, timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  assert store.Manifest.read(tmp_path / "d").splits["train"].num_clips == 3
 
 
 def _non_utf8(folder: Path, stem: bytes) -> Path:
@@ -294,7 +352,7 @@ def test_non_utf8_file_names_are_prepared_and_round_trip(tmp_path, capsys):
   sf.write(os.fsencode(good), pcm, 16000, subtype="PCM_16")
   _non_utf8(src / "train/cat", b"\xff\xfe.wav").write_bytes(b"not audio" * 100)
   out = tmp_path / "out"
-  argv = ["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet",
+  argv = ["prepare", "folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet",
           "--min_class_clips", "1"]  # fmt: skip
   assert prepare.main(argv) == 0, capsys.readouterr().err
   clips = store.ClipSource(out, "train")
@@ -341,7 +399,7 @@ def test_a_split_or_class_with_no_clip_left_fails_with_the_counts(tmp_path, caps
                                         "test": {"listed": 2, "written": 0}}
   assert report["counts"]["classes"]["cat"] == {"listed": {"train": 3, "test": 1},
                                                 "written": {"train": 0, "test": 0}}
-  argv = ["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet"]
+  argv = ["prepare", "folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet"]
   assert prepare.main(argv) == 1
   err = capsys.readouterr().err
   assert "unusable" in err and "class 'cat'" in err and "Traceback" not in err
@@ -353,7 +411,7 @@ def test_a_class_with_few_train_clips_is_a_warning_that_names_it(tmp_path, capsy
   files |= {"test/dog/t0.wav": "ok", "test/cat/t1.wav": "ok"}
   src = _classes(tmp_path, files)
   out = tmp_path / "out"
-  argv = ["folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet"]
+  argv = ["prepare", "folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet"]
   assert prepare.main(argv) == 0
   err = capsys.readouterr().err
   assert "warning: class 'cat' has only 1 train clips (fewer than 5)" in err
@@ -379,7 +437,7 @@ def test_a_file_fixed_after_being_reported_is_read_again(tmp_path):
   assert entry["reason"].startswith("not a readable audio file (mp3 decoder:"), entry
   sf.write(song, _noise(1.0, 16000, seed=3), 16000, format="MP3")  # The fix.
   manifest = _run(src, out, shard_size=16, min_class_clips=1)
-  assert manifest["skipped"] == 0 and manifest["splits"]["train"]["num_clips"] == 7
+  assert manifest.skipped == 0 and manifest.splits["train"].num_clips == 7
   clips = store.ClipSource(out, "train")
   assert "train/cat/song.mp3" in {clips[i]["clip_id"] for i in range(len(clips))}
 

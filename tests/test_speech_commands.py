@@ -67,18 +67,18 @@ def test_silence_crops_are_one_second_inside_the_recordings_and_seeded(subset: P
 
 
 def test_eval_label_map_scores_twelve_classes(subset: Path):
-  extra = sc.list_clips(subset, silence_percentage=0).extra
-  assert extra["eval_vocabulary"] == [
+  listing = sc.list_clips(subset, silence_percentage=0)
+  assert listing.eval_vocabulary == (
       "_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off", "stop",
       "go",
-  ]  # fmt: skip
-  label_map = extra["eval_label_map"]
+  )  # fmt: skip
+  label_map = listing.eval_label_map
   assert len(label_map) == 31
   for index, word in enumerate(sc.VOCABULARY):
-    expected = word if word in extra["eval_vocabulary"] else "_unknown_"
-    assert extra["eval_vocabulary"][label_map[index]] == expected
+    expected = word if word in listing.eval_vocabulary else "_unknown_"
+    assert listing.eval_vocabulary[label_map[index]] == expected
   assert collections.Counter(label_map)[1] == 20  # The 20 non-command words.
-  assert extra["silence_clips"] == {"train": 0, "valid": 0, "test": 0}
+  assert listing.extra["silence_clips"] == {"train": 0, "valid": 0, "test": 0}
 
 
 def test_paper_rule_trains_on_the_testing_list(subset: Path):
@@ -175,9 +175,9 @@ def test_prepare_end_to_end(subset: Path, tmp_path: Path):
   from samplecnn_jax import prepare, store
 
   manifest = prepare.prepare("speech_commands", subset, tmp_path / "out", workers=1, progress=False)
-  counts = {split: info["num_clips"] for split, info in manifest["splits"].items()}
+  counts = {split: info.num_clips for split, info in manifest.splits.items()}
   assert counts == {"train": 226, "valid": 49, "test": 57, "background_noise": 6}
-  assert manifest["eval_label_map"] == list(sc.EVAL_LABEL_MAP) and manifest["skipped"] == 0
+  assert manifest.eval_label_map == sc.EVAL_LABEL_MAP and manifest.skipped == 0
   valid = store.ClipSource(tmp_path / "out", "valid")
   records = [valid[i] for i in range(len(valid))]
   silence = [r for r in records if r["clip_id"].startswith("_silence_/")]

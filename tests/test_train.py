@@ -193,8 +193,8 @@ def test_eval_only_mode_scores_a_chosen_split(demo_store, tmp_path):
 
 def test_setup_reads_the_store_manifest_once_per_run(demo_store, tmp_path, monkeypatch):
   reads = []
-  real = store.read_manifest
-  monkeypatch.setattr(store, "read_manifest", lambda path: reads.append(path) or real(path))
+  real = store.Manifest.read
+  monkeypatch.setattr(store.Manifest, "read", lambda path: reads.append(path) or real(path))
   train.train_and_evaluate(tiny_config(demo_store, num_train_steps=3), str(tmp_path))
   assert reads == [demo_store]
 

@@ -35,7 +35,7 @@ def test_read_config_from_a_file_or_explains_what_is_missing(tmp_path):
 
 def test_labels_come_from_the_workdir_then_the_store(tmp_path):
   data_dir = tmp_path / "store"
-  store.write_json(data_dir / store.MANIFEST, {"vocabulary": ["a"], "label_type": "multi_class"})
+  store.Manifest(16000, "multi_class", ("a",), {}).write(data_dir)
   record, source = workdir.read_labels(tmp_path, data_dir)
   assert record["vocabulary"] == ["a"] and source.endswith(store.MANIFEST)
   workdir.write_labels(tmp_path, {"vocabulary": ["b"], "label_type": "multi_label"})

@@ -2,19 +2,23 @@
 
 A dataset module only reads its metadata and folder layout and says which audio belongs
 where; decoding, resampling and writing are done once for all datasets by
-`samplecnn_jax.prepare`. Each module exposes `list_clips(src: Path, **options) -> Listing`
-and raises `LayoutError` (with what was expected where) when the layout is wrong.
+`samplecnn_jax.prepare`. Each module exposes `list_clips(src: Path, **options) -> Listing`,
+which raises `LayoutError` (with what was expected where) when the layout is wrong, and
+`define_flags(flag_values)`, which makes those options `prepare` flags
+(`define_lister_flags`: the lister's defaults are the flags' defaults).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from absl import flags
 
 # How a clip's labels are read: several tags each (sigmoid) or exactly one class (softmax).
 LABEL_TYPES = ("multi_label", "multi_class")
@@ -31,6 +35,31 @@ def open_maybe_gz(path: Path, binary: bool = False) -> IO:
   """
   opener = gzip.open if path.name.endswith(".gz") else open
   return opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8", newline="")
+
+
+def define_lister_flags(
+    flag_values: flags.FlagValues,
+    lister: Callable[..., Any],
+    help_texts: Mapping[str, str],
+    choices: Mapping[str, Sequence[str]] | None = None,
+) -> None:
+  """Defines a `prepare` flag for each keyword argument of `lister` named in `help_texts`.
+
+  The flag's default is the argument's default, so a command line and a direct call of the
+  lister agree; the default's type picks the flag's kind (None: a string), and a name in
+  `choices` is an enum of those values.
+  """
+  parameters = inspect.signature(lister).parameters
+  where = {"flag_values": flag_values, "module_name": lister.__module__}  # --help groups.
+  for name, help_text in help_texts.items():
+    default = parameters[name].default
+    if choices and name in choices:
+      flags.DEFINE_enum(name, default, list(choices[name]), help_text, **where)
+      continue
+    define = (flags.DEFINE_bool if isinstance(default, bool)
+              else flags.DEFINE_integer if isinstance(default, int)
+              else flags.DEFINE_float if isinstance(default, float) else flags.DEFINE_string)
+    define(name, default, help_text, **where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,5 +85,31 @@ class Listing:
   clips: list[ClipSpec]  # Every clip, all splits.
   skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {source, reason}.
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # More manifest fields.
+  # Classes it is scored on when coarser than `vocabulary` (Speech Commands: 31 -> 12), and
+  # each vocabulary index's class there (`store.Manifest` fields of the same names).
+  eval_vocabulary: tuple[str, ...] | None = None
+  eval_label_map: tuple[int, ...] | None = None
   # For generated data (the demo): returns float32 audio at the target rate for a clip.
   synthesize: Callable[[ClipSpec], np.ndarray] | None = None
+
+
+def published_listing(
+    name: str,
+    vocabulary: Sequence[str],
+    label_type: str,
+    clips: list[ClipSpec],
+    skipped: list[dict[str, str]],
+    *,
+    version: str,
+    split_rule: str,
+    details: dict[str, Any],
+    **fields: Any,
+) -> Listing:
+  """The listing of a published dataset (MTAT, Speech Commands, DCASE 2017).
+
+  Its manifest fields start with the release (`dataset_version`) and the split protocol
+  (`split_rule`), so that every store of such a dataset says which of the papers' setups it
+  holds; the dataset's `details` follow. `fields` are further `Listing` fields.
+  """
+  extra = {"dataset_version": version, "split_rule": split_rule, **details}
+  return Listing(name, list(vocabulary), label_type, clips, skipped, extra, **fields)

@@ -11,13 +11,14 @@ depend on which YouTube clips a user managed to download. Nothing is decoded her
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
+from samplecnn_jax.datasets import common
 from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing, open_maybe_gz
 
 # The 17 classes in the order of the official sound_event_list_17_classes.txt.
@@ -54,29 +55,17 @@ VALID_FRACTION = 0.1
 SEED = 123  # random_state of the authors' JSTSP 2019 code (sampleaudio lib/data/dcs.py).
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """The `prepare dcase2017` flags."""
-  parser.add_argument(
-      "--split_rule",
-      choices=tuple(SPLIT_RULES),
-      default="paper",
-      help="paper: train/valid from the training set, test = testing set (488). saudio: "
-      "training+testing sets pooled for train/valid, test = evaluation set (1,103).",
-  )
-  parser.add_argument(
-      "--valid_fraction",
-      type=float,
-      default=VALID_FRACTION,
-      help="Fraction of each class's files drawn into the validation split (default 0.1).",
-  )
-  parser.add_argument(
-      "--seed", type=int, default=SEED, help="Seed of the validation sample (default 123)."
-  )
-  parser.add_argument(
-      "--metadata_dir",
-      default=None,
-      help="Folder searched for the ground-truth files (default: anywhere under --src).",
-  )
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The `prepare dcase2017` flags: the options of `list_clips`."""
+  common.define_lister_flags(flag_values, list_clips, {
+      "split_rule": "paper: train/valid from the training set, test = testing set (488). "
+                    "saudio: training+testing sets pooled for train/valid, test = evaluation "
+                    "set (1,103).",
+      "valid_fraction": "Fraction of each class's files drawn into the validation split.",
+      "seed": "Seed of the validation sample.",
+      "metadata_dir": "Folder searched for the ground-truth files (default: anywhere under "
+                      "--src).",
+  }, choices={"split_rule": SPLIT_RULES})
 
 
 def read_weak_labels(path: Path) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
@@ -190,15 +179,10 @@ def list_clips(
       source = str(path.relative_to(src))
       clips.append(ClipSpec(file, str(path), split, tuple(sorted(file_labels)), source=source))
 
-  return Listing(
-      name="dcase2017",
-      vocabulary=list(VOCABULARY),
-      label_type="multi_label",
-      clips=clips,
-      skipped=skipped,
-      extra={
-          "dataset_version": "DCASE 2017 Task 4 subtask A",
-          "split_rule": split_rule,
+  return common.published_listing(
+      "dcase2017", VOCABULARY, "multi_label", clips, skipped,
+      version="DCASE 2017 Task 4 subtask A", split_rule=split_rule,
+      details={
           "train_valid_from": [GROUND_TRUTH[name] for name in pooled],
           "test_from": GROUND_TRUTH[test_set],
           "valid_rule": f"per class round({valid_fraction} * n) files, RandomState({seed})",

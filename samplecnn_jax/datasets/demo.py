@@ -18,13 +18,14 @@ and says nothing about real-world audio.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
+from samplecnn_jax.datasets import common
 from samplecnn_jax.datasets.common import ClipSpec, Listing
 
 NEEDS_SOURCE = False  # `prepare demo` takes no --src.
@@ -163,15 +164,15 @@ def synthesize_clip(
   return mix.astype(np.float32)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """The demo's own `prepare` flags."""
-  parser.add_argument("--seed", type=int, default=0, help="seed the whole dataset is made from")
-  parser.add_argument("--num_train", type=int, default=1200, help="training clips")
-  parser.add_argument("--num_valid", type=int, default=300, help="validation clips")
-  parser.add_argument("--num_test", type=int, default=300, help="test clips")
-  parser.add_argument(
-      "--clip_seconds", type=float, default=2.0, help="mean clip length; clips vary x0.75-1.5"
-  )
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The demo's own `prepare` flags: the options of `list_clips`."""
+  common.define_lister_flags(flag_values, list_clips, {
+      "seed": "Seed the whole dataset is made from.",
+      "num_train": "Training clips.",
+      "num_valid": "Validation clips.",
+      "num_test": "Test clips.",
+      "clip_seconds": "Mean clip length, s; clips vary x0.75-1.5.",
+  })
 
 
 def list_clips(
@@ -183,7 +184,6 @@ def list_clips(
     num_test: int = 300,
     clip_seconds: float = 2.0,
     sample_rate: int = SAMPLE_RATE,
-    **_,
 ) -> Listing:
   """Lists the demo clips (`src` is ignored); `Listing.synthesize` makes their audio."""
   if min(num_train, num_valid, num_test) < 0 or clip_seconds <= 0:

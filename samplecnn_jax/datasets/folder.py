@@ -13,13 +13,15 @@ lists files; it does not open them.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import os
 from pathlib import Path
 
+from absl import flags
+
 from samplecnn_jax.audio import AUDIO_EXTENSIONS
+from samplecnn_jax.datasets import common
 from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
 
 # Split folder names / split column values, and the split they mean.
@@ -30,38 +32,28 @@ SPLIT_ALIASES = {
     "validation": "valid",
     "test": "test",
 }
-LABEL_TYPES = ("auto", "multi_class", "multi_label")
+CSV_LABEL_TYPES = ("auto", "multi_class", "multi_label")  # `prepare csv --label_type`.
 CSV_HEADER_HELP = "a header row `path,label` or `path,label,split`"
 
 
-def _fraction(text: str) -> float:
-  value = float(text)
-  if not 0.0 <= value < 1.0:
-    raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-  return value
+def define_folder_flags(flag_values: flags.FlagValues) -> None:
+  """The `prepare folder` flags: the shares of files hashed into valid and test."""
+  common.define_lister_flags(flag_values, list_folder, {
+      f"{split}_fraction": f"Share of files hashed into '{split}' when there are no split "
+                           "folders/column, in [0, 1)." for split in ("valid", "test")
+  })
+  for name in ("valid_fraction", "test_fraction"):
+    flags.register_validator(name, lambda value: 0.0 <= value < 1.0, "must be in [0, 1)",
+                             flag_values=flag_values)
 
 
-def add_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
-  """Flags of `prepare folder` and `prepare csv`."""
-  parser.add_argument(
-      "--valid_fraction",
-      type=_fraction,
-      default=0.1,
-      help="share of files hashed into 'valid' when there are no split folders/column",
-  )
-  parser.add_argument(
-      "--test_fraction",
-      type=_fraction,
-      default=0.1,
-      help="share of files hashed into 'test' when there are no split folders/column",
-  )
-  if dataset == "csv":
-    parser.add_argument(
-        "--label_type",
-        choices=LABEL_TYPES,
-        default="auto",
-        help="auto: multi_label if any row has several ';'-separated labels, else multi_class",
-    )
+def define_csv_flags(flag_values: flags.FlagValues) -> None:
+  """The `prepare csv` flags: those of `folder`, and the label type."""
+  define_folder_flags(flag_values)
+  common.define_lister_flags(flag_values, list_csv, {
+      "label_type": "auto: multi_label if any row has several ';'-separated labels, else "
+                    "multi_class.",
+  }, choices={"label_type": CSV_LABEL_TYPES})
 
 
 def hash_split(key: str, valid_fraction: float, test_fraction: float) -> str:
@@ -111,7 +103,7 @@ def _check_src(src: Path) -> Path:
 
 
 def list_folder(
-    src: Path, *, valid_fraction: float = 0.1, test_fraction: float = 0.1, **_
+    src: Path, *, valid_fraction: float = 0.1, test_fraction: float = 0.1
 ) -> Listing:
   """Lists SRC/<class>/... (hash split) or SRC/<split>/<class>/... as a multi-class dataset."""
   src = _check_src(src)
@@ -227,11 +219,10 @@ def list_csv(
     label_type: str = "auto",
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    **_,
 ) -> Listing:
   """Lists the files of a `path,label[,split]` CSV (labels `a;b` make it multi-label)."""
-  if label_type not in LABEL_TYPES:
-    raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
+  if label_type not in CSV_LABEL_TYPES:
+    raise ValueError(f"label_type must be one of {CSV_LABEL_TYPES}, got {label_type!r}")
   csv_path = _find_csv(_check_src(src))
   root = csv_path.parent
   rows = _read_rows(csv_path)

@@ -9,12 +9,14 @@ decode audio (unreadable mp3s are reported by `prepare`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
+from absl import flags
+
+from samplecnn_jax.datasets import common
 from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing, open_maybe_gz
 
 ANNOTATIONS = "annotations_final.csv"
@@ -31,24 +33,15 @@ SPLIT_LIST_FILES = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """The `prepare mtat` flags."""
-  parser.add_argument(
-      "--num_tags", type=int, default=NUM_TAGS, help="Most frequent tags to keep (default 50)."
-  )
-  defaults = {"train": TRAIN_FOLDERS, "valid": VALID_FOLDERS, "test": TEST_FOLDERS}
-  for split, default in defaults.items():
-    parser.add_argument(
-        f"--{split}_folders",
-        default=default,
-        help=f"mp3 folders (hex digits) of the {split} split (default {default}).",
-    )
-  parser.add_argument(
-      "--split_lists",
-      default=None,
-      help="Folder with train/valid/test_list_pub.cP of jongpillee/music_dataset_split: use "
-      "that exact split (15,244 / 1,529 / 4,332) instead of the folder rule.",
-  )
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The `prepare mtat` flags: the options of `list_clips`."""
+  common.define_lister_flags(flag_values, list_clips, {
+      "num_tags": "Most frequent tags to keep.",
+      **{f"{split}_folders": f"mp3 folders (hex digits) of the {split} split."
+         for split in ("train", "valid", "test")},
+      "split_lists": "Folder with train/valid/test_list_pub.cP of jongpillee/music_dataset_split: "
+                     "use that exact split (15,244 / 1,529 / 4,332) instead of the folder rule.",
+  })
 
 
 def _plain_or_gz(path: Path) -> Path | None:
@@ -124,7 +117,7 @@ def _folder_split(train: str, valid: str, test: str) -> dict[str, str]:
     for folder in folders:
       if folder not in FOLDERS or folder in split_of:
         raise ValueError(
-            f"--{split}-folders {folders!r}: folders are the hex digits {FOLDERS}, each in "
+            f"--{split}_folders {folders!r}: folders are the hex digits {FOLDERS}, each in "
             f"at most one split (train {train!r}, valid {valid!r}, test {test!r})."
         )
       split_of[folder] = split
@@ -160,7 +153,7 @@ def list_clips(
   list_split = read_split_lists(Path(split_lists)) if split_lists else None
 
   tags, rows, skipped = read_annotations(src / ANNOTATIONS)
-  counts = [sum(column) for column in zip(*(flags for _, flags in rows), strict=True)]
+  counts = [sum(column) for column in zip(*(tagged for _, tagged in rows), strict=True)]
   counts = counts or [0] * len(tags)
   columns = top_tag_columns(counts, num_tags)
   vocabulary = [tags[column] for column in columns]
@@ -172,9 +165,9 @@ def list_clips(
     return folder_split.get(mp3_path.split("/", 1)[0])
 
   clips, seen, without_tags, unassigned = [], set(), 0, 0
-  for mp3_path, flags in rows:
+  for mp3_path, tagged in rows:
     split = split_of(mp3_path)
-    labels = tuple(sorted(label_of_column[c] for c in label_of_column if flags[c]))
+    labels = tuple(sorted(label_of_column[c] for c in label_of_column if tagged[c]))
     if split is None:
       unassigned += 1
     elif not labels:
@@ -198,15 +191,10 @@ def list_clips(
     split_rule = f"split lists {', '.join(SPLIT_LIST_FILES.values())} from {split_lists}"
   else:
     split_rule = f"folders: train {train_folders}, valid {valid_folders}, test {test_folders}"
-  return Listing(
-      name="mtat",
-      vocabulary=vocabulary,
-      label_type="multi_label",
-      clips=clips,
-      skipped=skipped,
-      extra={
-          "dataset_version": "MagnaTagATune (annotations_final.csv, 25,863 clips)",
-          "split_rule": split_rule,
+  return common.published_listing(
+      "mtat", vocabulary, "multi_label", clips, skipped,
+      version="MagnaTagATune (annotations_final.csv, 25,863 clips)", split_rule=split_rule,
+      details={
           "tag_rule": f"top {num_tags} tags by count over all clips; ties by column order",
           "tag_counts": {tags[column]: counts[column] for column in columns},
           "clips_without_top_tags": without_tags,

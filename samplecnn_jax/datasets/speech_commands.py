@@ -2,7 +2,7 @@
 
 Lists the clips for the paper's protocol: 31 training classes (the 30 words and `_silence_`),
 scored as 12 classes at test (`_silence_`, `_unknown_` and the 10 commands; the other 20
-words count as `_unknown_`). Every split keeps 31-class labels; `Listing.extra` carries the
+words count as `_unknown_`). Every split keeps 31-class labels; the listing carries the
 12-class `eval_vocabulary` and the `eval_label_map` that scoring applies. Silence examples
 are 1-s crops of the `_background_noise_` recordings, and the recordings themselves form the
 `background_noise` split for noise augmentation (labelled `_silence_`, the class they are the
@@ -13,13 +13,14 @@ how long the noise recordings are).
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import numpy as np
 import soundfile
+from absl import flags
 
+from samplecnn_jax.datasets import common
 from samplecnn_jax.datasets.common import ClipSpec, LayoutError, Listing
 
 SILENCE = "_silence_"
@@ -40,31 +41,18 @@ SILENCE_PERCENTAGE = 10.0  # TensorFlow's default.
 SEED = 59185  # TensorFlow's default random seed for the data partition.
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """The `prepare speech_commands` flags."""
-  parser.add_argument(
-      "--split_rule",
-      choices=SPLIT_RULES,
-      default="lists",
-      help="lists: train / validation_list / testing_list. paper: the testing_list clips join "
-      "train (the paper's 57,929 training files; it tested on Kaggle's leaderboard).",
-  )
-  parser.add_argument(
-      "--test_src",
-      default=None,
-      help="The extracted official test archive speech_commands_test_set_v0.01 (folders "
-      "_silence_, _unknown_ and the 10 commands): it becomes the test split; with "
-      "--split_rule lists the testing_list clips become split dev_test.",
-  )
-  parser.add_argument(
-      "--silence_percentage",
-      type=float,
-      default=SILENCE_PERCENTAGE,
-      help="Silence crops per split, in percent of the split's word clips (default 10).",
-  )
-  parser.add_argument(
-      "--seed", type=int, default=SEED, help="Seed for the silence crops (default 59185)."
-  )
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """The `prepare speech_commands` flags: the options of `list_clips`."""
+  common.define_lister_flags(flag_values, list_clips, {
+      "split_rule": "lists: train / validation_list / testing_list. paper: the testing_list "
+                    "clips join train (the paper's 57,929 training files; it tested on "
+                    "Kaggle's leaderboard).",
+      "test_src": "The extracted official test archive speech_commands_test_set_v0.01 "
+                  "(folders _silence_, _unknown_ and the 10 commands): it becomes the test "
+                  "split; with --split_rule lists the testing_list clips become split dev_test.",
+      "silence_percentage": "Silence crops per split, in percent of the split's word clips.",
+      "seed": "Seed for the silence crops.",
+  }, choices={"split_rule": SPLIT_RULES})
 
 
 def _read_list(path: Path) -> set[str]:
@@ -208,20 +196,15 @@ def list_clips(
     test_source = f"official test archive {test_archive}"
   else:
     test_source = "none" if split_rule == "paper" else TESTING_LIST
-  return Listing(
-      name="speech_commands",
-      vocabulary=list(VOCABULARY),
-      label_type="multi_class",
-      clips=clips,
-      skipped=skipped,
-      extra={
-          "dataset_version": "v0.01",
-          "split_rule": split_rule,
+  return common.published_listing(
+      "speech_commands", VOCABULARY, "multi_class", clips, skipped,
+      version="v0.01", split_rule=split_rule,
+      details={
           "test_source": test_source,
           "silence_percentage": silence_percentage,
           "silence_clips": silence_counts,
           "seed": seed,
-          "eval_vocabulary": list(EVAL_VOCABULARY),
-          "eval_label_map": list(EVAL_LABEL_MAP),
       },
+      eval_vocabulary=EVAL_VOCABULARY,
+      eval_label_map=EVAL_LABEL_MAP,
   )
