@@ -26,14 +26,13 @@ from matplotlib.figure import Figure
 
 from samplecnn_jax import cli, filters, store
 from samplecnn_jax import workdir as workdir_files
-from samplecnn_jax.filters import LayerFilters
 
 # --- Figures and files --------------------------------------------------------------------
 
 MAX_KHZ = 8.0  # The paper's y axis: 0-8 kHz (or up to Nyquist if that is lower).
 
 
-def _draw_layer(ax, result: LayerFilters, sample_rate: float, floor_db: float):
+def _draw_layer(ax, result: filters.LayerFilters, sample_rate: float, floor_db: float):
   num_filters = result.estimates.shape[0]
   image = ax.imshow(
       result.log_magnitude[result.order].T,
@@ -50,7 +49,7 @@ def _draw_layer(ax, result: LayerFilters, sample_rate: float, floor_db: float):
 
 
 def plot_runs(
-    runs: Sequence[tuple[str, Sequence[LayerFilters]]],
+    runs: Sequence[tuple[str, Sequence[filters.LayerFilters]]],
     sample_rate: float = 16000.0,
     floor_db: float = 60.0,
 ) -> Figure:
@@ -84,14 +83,16 @@ def plot_runs(
 
 
 def plot_filters(
-    results: Sequence[LayerFilters], sample_rate: float = 16000.0, floor_db: float = 60.0,
+    results: Sequence[filters.LayerFilters], sample_rate: float = 16000.0, floor_db: float = 60.0,
     name: str = "",
 ) -> Figure:
   """One run's Figure 2: `plot_runs` with a single column."""
   return plot_runs([(name, results)], sample_rate, floor_db)
 
 
-def plot_layer(result: LayerFilters, sample_rate: float = 16000.0, floor_db: float = 60.0) -> Figure:
+def plot_layer(
+    result: filters.LayerFilters, sample_rate: float = 16000.0, floor_db: float = 60.0
+) -> Figure:
   """One layer's spectra as an image (the per-layer PNG)."""
   figure = Figure(figsize=(5, 3.6), layout="constrained")
   ax = figure.subplots()
@@ -109,7 +110,7 @@ NPZ_FIELDS = (
 )
 
 
-def layer_summary(result: LayerFilters) -> dict[str, Any]:
+def layer_summary(result: filters.LayerFilters) -> dict[str, Any]:
   """The per-layer line of filters.json: sizes, timing, convergence, flatness, stability."""
   trace = result.activation_trace
   summary = {
@@ -129,7 +130,7 @@ def layer_summary(result: LayerFilters) -> dict[str, Any]:
 
 
 def save_filters(
-    results: Sequence[LayerFilters],
+    results: Sequence[filters.LayerFilters],
     out_dir: str | Path,
     sample_rate: float,
     settings: ml_collections.ConfigDict,
@@ -138,7 +139,7 @@ def save_filters(
   """Writes the files `docs/visualize.md` lists; returns them by name.
 
   `filters.npz`: `layers`, `sample_rate` and, per layer k, `layer<k>_<field>` for the
-  `LayerFilters` array fields. `filters.json`: settings and a line per layer
+  `filters.LayerFilters` array fields. `filters.json`: settings and a line per layer
   (`layer_summary`). `layer<kk>_<name>.png`: one image per layer. `filters.png`: Figure 2.
   With stability_seeds = n > 1 also `seed<s>/filters.npz` (s = 1 .. n - 1) with the other
   seeds' estimates, so that `figure2_stability.py OUT OUT/seed1` recomputes the numbers.
@@ -168,7 +169,8 @@ def save_filters(
     path = out / f"layer{r.layer:02d}_{r.name}.png"
     plot_layer(r, sample_rate, settings.floor_db).savefig(path, dpi=120)
     paths[f"layer{r.layer}"] = path
-  (figure or plot_filters(results, sample_rate, settings.floor_db)).savefig(paths["figure"], dpi=120)
+  figure = figure or plot_filters(results, sample_rate, settings.floor_db)
+  figure.savefig(paths["figure"], dpi=120)
   return paths
 
 
@@ -183,8 +185,8 @@ def visualize_run(
     checkpoint: str = "best",
     settings: ml_collections.ConfigDict | None = None,
     out_dir: str | Path | None = None,
-    progress: Callable[[LayerFilters], None] | None = None,
-) -> tuple[list[LayerFilters], Figure, dict[str, Path]]:
+    progress: Callable[[filters.LayerFilters], None] | None = None,
+) -> tuple[list[filters.LayerFilters], Figure, dict[str, Path]]:
   """Visualises the model of `config`: the `checkpoint` (best | latest) of `workdir`, or
   freshly initialised with `untrained=True`.
 
@@ -227,7 +229,7 @@ def visualize_workdirs(
     untrained: bool = False,
     checkpoint: str = "best",
     overrides: Mapping[str, Any] | None = None,
-    progress: Callable[[LayerFilters], None] | None = None,
+    progress: Callable[[filters.LayerFilters], None] | None = None,
     on_run: Callable[[str, str, Path], None] | None = None,
 ) -> dict[str, Path]:
   """Visualises each workdir's `checkpoint` (or, with `untrained=True` and no workdirs, a
@@ -332,7 +334,7 @@ def _check_usage(f: flags.FlagValues) -> None:
                          "per run go there")
 
 
-def _report_layer(result: LayerFilters) -> None:
+def _report_layer(result: filters.LayerFilters) -> None:
   trace = result.activation_trace
   stability = ""
   if result.seed_r is not None:
