@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplecnn_jax import config_base, models, visualize
+from samplecnn_jax import config_base, filters, models
 
 TARGET_SECONDS = 60.0  # Layers 1-6, full width, defaults.
 TARGET_FLOP_RATIO = 2.0  # Layers 7-10: ascent time / FLOP time at the matmul rate.
@@ -72,7 +72,7 @@ def main() -> None:
   parser.add_argument("--chunk_size", type=int, default=0, help="Filters per batch; 0 = auto.")
   args = parser.parse_args()
 
-  settings = visualize.default_config()
+  settings = filters.default_config()
   if args.steps is not None:
     settings.steps = args.steps
   settings.chunk_size = args.chunk_size
@@ -95,18 +95,15 @@ def main() -> None:
   print(header + "\n" + "-" * len(header))
   total = total_compile = 0.0
   for layer in layers:
-    compiled = {}
-    r = visualize.estimate_layer(model, variables, layer, settings, config.sample_rate,
-                                 compiled=compiled)
+    ascent = filters.LayerAscent(model, variables, layer, settings, config.sample_rate)
+    r = ascent.estimate()
     steps = r.activation_trace.shape[0] - 1
-    chunks = -(-r.estimates.shape[0] // (settings.chunk_size or max(
-        1, visualize.AUTO_CHUNK_SAMPLES // r.estimates.shape[1])))
-    flops = step_flops(compiled["step"]) * chunks  # Per step over all chunks.
-    ascent = r.seconds - r.compile_seconds
+    flops = step_flops(ascent.step) * ascent.num_chunks  # Per step over all chunks.
+    ascent_seconds = r.seconds - r.compile_seconds
     flop_seconds = flops * steps / rate
     print(f"{layer:>5} {r.estimates.shape[0]:>7} {r.estimates.shape[1]:>6} {steps:>5} "
-          f"{r.compile_seconds:>9.2f} {ascent:>8.2f} {flops / 1e9:>10.2f} {flop_seconds:>7.2f} "
-          f"{ascent / flop_seconds:>5.2f}", flush=True)
+          f"{r.compile_seconds:>9.2f} {ascent_seconds:>8.2f} {flops / 1e9:>10.2f} "
+          f"{flop_seconds:>7.2f} {ascent_seconds / flop_seconds:>5.2f}", flush=True)
     total += r.seconds
     total_compile += r.compile_seconds
   print("-" * len(header))

@@ -12,6 +12,7 @@ import json
 import sys
 
 import nbformat
+import pytest
 from conftest import REPO
 from nbclient import NotebookClient
 
@@ -36,6 +37,7 @@ def outputs_of(cell, kind: str) -> list:
   return [o for o in cell.get("outputs", []) if kind in o.get("data", {})]
 
 
+@pytest.mark.slow  # Trains, visualises and predicts end to end in a kernel.
 def test_notebook_runs_headless_with_tiny_parameters(tmp_path):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
