@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-from samplecnn_jax import cli, predict, prepare
+from samplecnn_jax import cli, prepare
 
 
 def _parser():
@@ -37,10 +37,6 @@ def test_prepare_and_predict_take_underscores_and_old_dashes():
   parse = lambda *argv: prepare.build_parser("demo").parse_args(["demo", "--out", "o", *argv])
   assert parse("--sample_rate", "22050", "--num_train", "3").sample_rate == 22050
   assert parse("--sample-rate", "22050", "--num-train", "3").num_train == 3
-  help_text = predict.build_parser().format_help()
-  assert "--top_k" in help_text and "--top-k" not in help_text
-  args = predict.build_parser().parse_args(["--workdir", "w", "a.wav", "--top-k", "2"])
-  assert args.top_k == 2
 
 
 @pytest.mark.parametrize("override, expected", [
