@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from absl import flags
+from tqdm import tqdm
 
 from samplecnn_jax import audio, cli, inference, segments
 from samplecnn_jax.inference import DEFAULT_THREADS, DEFAULT_TOP_K, FileResult, Predictor
@@ -236,7 +237,7 @@ def _load(fv: flags.FlagValues) -> Predictor:
 
 def _write_results(fv, fmt: str, results: list[dict], meta: dict, labels: LabelInfo) -> None:
   if fv.output:  # surrogateescape: a file name that is not UTF-8 is written as its bytes.
-    out = open(fv.output, "w", newline="", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    out = open(fv.output, "w", newline="", encoding="utf-8", errors="surrogateescape")
   else:
     out = sys.stdout
     if fmt == "csv" and hasattr(out, "reconfigure"):
@@ -275,8 +276,6 @@ def _command(fv: flags.FlagValues, paths: list[str]) -> int:
                                  num_threads=fv.threads)
   records, embedded = [], []
   show = not fv.no_progress and len(files) >= PROGRESS_MIN_FILES
-  from tqdm import tqdm
-
   for result in tqdm(results, total=len(files), unit="file", desc="predict", disable=not show):
     records.append(inference.file_record(result, predictor.labels, fv.top_k, threshold))
     if fv.embeddings:
