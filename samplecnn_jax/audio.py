@@ -292,7 +292,6 @@ class AudioFile:
     self._file = _open_checked(self.path)
     self.native_rate = self._file.samplerate
     self.frames = self._file.frames  # Native frames, as the header declares them.
-    self.channels = self._file.channels
     self._slack = _MP3_SLACK_FRAMES if self._file.format == "MP3" else 0
 
   @property
