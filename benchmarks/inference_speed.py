@@ -1,4 +1,4 @@
-"""Inference speed: `predict.Predictor` on a folder of files, and the forward pass, vs PyTorch.
+"""Inference speed: `inference.Predictor` on a folder of files, and the forward pass, vs PyTorch.
 
 For each dataset config and model variant, in one process and alternating round by round:
   * folder: clips per second of `Predictor.predict_files` on a folder of 1-s files and one of
@@ -47,7 +47,8 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks import common
-from samplecnn_jax import models, predict, train
+from samplecnn_jax import inference, models, train
+from samplecnn_jax.workdir import LabelInfo
 
 CONFIGS = ("mtat", "speech_commands")
 VARIANTS = ("samplecnn", "rese2_multi")
@@ -74,7 +75,7 @@ def write_folder(folder: Path, count: int, seconds: float, seed: int) -> list[Pa
 class TorchPipeline:
   """Files -> clip scores in PyTorch, as a PyTorch user would write `Predictor`'s pipeline."""
 
-  def __init__(self, config, model, num_threads: int = predict.DEFAULT_THREADS):
+  def __init__(self, config, model, num_threads: int = inference.DEFAULT_THREADS):
     import torch
 
     self.torch = torch
@@ -143,8 +144,8 @@ def benchmark_row(name: str, variant: str, folders: dict[str, list[Path]], args)
   model = models.create_model(config.model, config.num_classes)
   x = np.zeros((FORWARD_BATCH, config.input_size), np.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
-  labels = predict.LabelInfo.numbered(config.num_classes, config.label_type)
-  predictor = predict.Predictor(config, variables, labels)
+  labels = LabelInfo.numbered(config.num_classes, config.label_type)
+  predictor = inference.Predictor(config, variables, labels)
   twin = torch_reference.create_model(config)
   torch_reference.load_flax_variables(twin, variables)
   pipeline = TorchPipeline(config, twin)
@@ -152,7 +153,7 @@ def benchmark_row(name: str, variant: str, folders: dict[str, list[Path]], args)
                             "segments_per_clip": config.eval_segments}
 
   @jax.jit
-  def jax_forward(variables, segments):  # What Predictor jits.
+  def jax_forward(variables, segments):  # Predictor's forward pass, without the embedding.
     return train.probabilities(model.apply(variables, segments, train=False), config.label_type)
 
   batch = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32) * 0.1
@@ -208,8 +209,8 @@ def benchmark_row(name: str, variant: str, folders: dict[str, list[Path]], args)
   return row
 
 
-def _jax_predict(predictor: predict.Predictor, paths) -> list[dict]:
-  results = predictor.predict_files(paths, progress=False)
+def _jax_predict(predictor: inference.Predictor, paths) -> list[dict]:
+  results = predictor.predict_files(paths)
   for r in results:
     if r["error"]:
       raise RuntimeError(f"{r['file']}: {r['error']}")
@@ -277,7 +278,7 @@ def main(argv=None) -> None:
   os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_"))
   print(f"backend {jax.default_backend()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); {args.rounds} rounds; "
-        f"{predict.DEFAULT_THREADS} decoding threads in both pipelines")
+        f"{inference.DEFAULT_THREADS} decoding threads in both pipelines")
   count = max(files_per_folder(common.load_config(name), args)
               for name in args.configs.split(","))
   with tempfile.TemporaryDirectory() as tmp:

@@ -70,7 +70,7 @@ def write_synthetic_store(root: Path, clip_seconds: float, num_classes: int, meg
     writer.close()
   else:
     store.write_shard(root / name, records())
-  np.save(root / "train" / ip.CLIP_LENGTHS, np.full(count, samples, np.int64))
+  np.save(root / "train" / store.CLIP_LENGTHS, np.full(count, samples, np.int64))
   split = {"num_clips": count, "num_samples": count * samples, "shards": [name]}
   store.write_json(root / store.MANIFEST, {
       "format_version": store.FORMAT_VERSION,

@@ -3,7 +3,10 @@
   PYTHONPATH=. python benchmarks/predict_memory.py [--minutes=20]
 
 Each case runs in a fresh subprocess (a tiny configs/test.py workdir, default segments) and
-reports its peak resident set size from resource.getrusage(RUSAGE_SELF) inside the child. Prints a table.
+reports its peak resident set size from resource.getrusage(RUSAGE_SELF) inside the child:
+clip scores alone, and clip scores + embedding + a timeline at a 0.5 s hop from the same pass
+over the file (`Predictor.iter_files`, what `predict --embeddings --timeline` runs). Prints a
+table.
 Not for timing; not a test.
 """
 
@@ -18,12 +21,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+TIMELINE_HOP_S = 0.5  # Hop of the timeline case, s.
+
 CHILD = r"""
 import resource, sys, jax
-from samplecnn_jax import predict
-predictor = predict.Predictor.from_workdir(sys.argv[1])
-[record] = predictor.predict_files([sys.argv[2]], progress=False)
-assert record["error"] is None, record
+from samplecnn_jax.inference import Predictor
+predictor = Predictor.from_workdir(sys.argv[1])
+hop = float(sys.argv[3]) or None
+[result] = predictor.iter_files([sys.argv[2]], embeddings=hop is not None, hop_seconds=hop)
+assert result.error is None, result.error
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -34,7 +40,7 @@ def make_workdir(root: Path) -> Path:
   import jax
   from conftest import load_config
 
-  from samplecnn_jax import checkpointing, models, store, train
+  from samplecnn_jax import checkpointing, models, train
   from samplecnn_jax import workdir as workdir_files
 
   config = load_config("test")
@@ -45,8 +51,8 @@ def make_workdir(root: Path) -> Path:
   ckpt.save_best(state, {"best_value": 0.0, "best_step": 0})
   ckpt.close()
   workdir_files.write_config(workdir, config)
-  labels = [f"c{i}" for i in range(config.num_classes)]
-  store.write_json(workdir / "labels.json", {"vocabulary": labels, "label_type": config.label_type})
+  labels = tuple(f"c{i}" for i in range(config.num_classes))
+  workdir_files.write_labels(workdir, workdir_files.LabelInfo(labels, config.label_type))
   return workdir
 
 
@@ -61,8 +67,8 @@ def write_wav(path: Path, seconds: float, rate: int = 44100) -> None:
       left -= n
 
 
-def peak_rss_mb(workdir: Path, path: Path) -> float:
-  out = subprocess.run([sys.executable, "-c", CHILD, str(workdir), str(path)],
+def peak_rss_mb(workdir: Path, path: Path, hop_seconds: float) -> float:
+  out = subprocess.run([sys.executable, "-c", CHILD, str(workdir), str(path), str(hop_seconds)],
                        capture_output=True, text=True, check=True, timeout=600)
   return int(out.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux.
 
@@ -75,20 +81,20 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     root = Path(tmp)
     workdir = make_workdir(root)
-    cases = {"1 s stereo 44.1 kHz": root / "short.wav",
-             f"{args.minutes:g} min stereo 44.1 kHz": root / "long.wav"}
-    write_wav(cases["1 s stereo 44.1 kHz"], 1.0)
-    write_wav(root / "long.wav", args.minutes * 60)
-    peaks = {name: [] for name in cases}
+    files = {"1 s": root / "short.wav", f"{args.minutes:g} min": root / "long.wav"}
+    write_wav(files["1 s"], 1.0)
+    write_wav(files[f"{args.minutes:g} min"], args.minutes * 60)
+    jobs = {"scores": 0.0, "scores + embedding + timeline": TIMELINE_HOP_S}
+    peaks = {(f, j): [] for f in files for j in jobs}
     for _ in range(args.repeats):  # Alternating, as docs/benchmarks.md asks.
-      for name, path in cases.items():
-        peaks[name].append(peak_rss_mb(workdir, path))
-    short = np.median(peaks["1 s stereo 44.1 kHz"])
-    print(f"{'file':<26} {'size MB':>8} {'peak RSS MB (median)':>21} {'vs 1 s':>7}")
-    for name, path in cases.items():
-      peak = np.median(peaks[name])
-      print(f"{name:<26} {path.stat().st_size / 1e6:>8.1f} {peak:>21.0f} {peak / short:>7.3f}")
-
+      for file, job in peaks:
+        peaks[file, job].append(peak_rss_mb(workdir, files[file], jobs[job]))
+    print(f"{'stereo 44.1 kHz file':<21} {'size MB':>8} {'what':<30} "
+          f"{'peak RSS MB (median)':>21} {'vs 1 s':>7}")
+    for file, job in peaks:
+      peak, short = np.median(peaks[file, job]), np.median(peaks["1 s", job])
+      size = files[file].stat().st_size / 1e6
+      print(f"{file:<21} {size:>8.1f} {job:<30} {peak:>21.0f} {peak / short:>7.3f}")
 
 if __name__ == "__main__":
   main()

@@ -5,17 +5,21 @@ soundfile, reading only the frames a clip needs, mixes channels to mono and resa
 soxr through librosa. Every way a file can be unusable (missing or a broken symlink,
 unreadable, empty, not audio, truncated, undecodable, NaN samples) raises `AudioError`, whose
 `kind` and `reason` end up in `prepare`'s report. File names that are not valid UTF-8 are
-opened by their bytes (`os.fsencode`), so they read like any other. librosa 1.0 decodes through soundfile only (no audioread), so there
-is no second decoder to fall back on: formats libsndfile cannot read (AAC/M4A, WMA) are
-reported as `unsupported_format`. This module does no file writing and knows no datasets.
+opened by their bytes (`os.fsencode`), so they read like any other. `AudioFile` decodes
+windows of a long file without reading the rest. librosa 1.0 decodes through soundfile only
+(no audioread), so there is no second decoder to fall back on: formats libsndfile cannot read
+(AAC/M4A, WMA) are reported as `unsupported_format`.
+
+This module only decodes: it imports no other module of the project, writes no files, and
+knows no datasets, segments or models (how a clip becomes model inputs is `segments.py`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -273,68 +277,68 @@ def _resample_margin(native_sr: int) -> int:
   return max(256, native_sr // 20)
 
 
-def file_info(path: str | os.PathLike) -> dict[str, int]:
-  """Native sample rate, frame count and channels of a file, without decoding it (raises
-  `AudioError` as `load_audio` does for missing, empty or truncated files)."""
-  path = _as_path(path)
-  with _open_checked(path) as f:
-    return {"sample_rate": f.samplerate, "frames": f.frames, "channels": f.channels}
+class AudioFile:
+  """An audio file opened for reading windows of it at a target rate, decoding only their frames.
 
-
-def read_segments(
-    path: str | os.PathLike,
-    sample_rate: int,
-    input_size: int,
-    num_segments: int | None,
-    standardize=None,
-    starts: Sequence[int] | None = None,
-) -> tuple[np.ndarray, float]:
-  """The evaluation segments of a file, reading only the frames they cover; (segments, seconds).
-
-  Equal (within resampling round-off) to `segment_clip(load_audio(path, sample_rate), ...)`
-  but a 20-minute file costs what a 1-second one does: each window is read with soundfile
-  seek/read, mixed to mono and resampled on its own, with a margin for the filter.
-  `num_segments=None` covers the whole clip (ceil(length / input_size) segments); `starts`
-  (samples at `sample_rate`) overrides both, e.g. for a timeline at a fixed hop.
-  Raises `AudioError` as `load_audio` does.
+  `read` seeks to a window, reads it with a margin for the resampling filter, mixes it to
+  mono and resamples it on its own, so a window of a 20-minute file costs what one of a
+  1-second file does and equals (within resampling round-off) the same samples of
+  `load_audio` on the whole file. Opening raises `AudioError` as `load_audio` does for
+  missing, empty or truncated files; use it as a context manager (or `close` it).
   """
-  from math import ceil, gcd
 
-  from samplecnn_jax.input_pipeline import segment_starts  # Lazy: it imports this module.
+  def __init__(self, path: str | bytes | os.PathLike):
+    self.path = _as_path(path)
+    self._file = _open_checked(self.path)
+    self.native_rate = self._file.samplerate
+    self.frames = self._file.frames  # Native frames, as the header declares them.
+    self._slack = _MP3_SLACK_FRAMES if self._file.format == "MP3" else 0
 
-  path = _as_path(path)
-  with _open_checked(path) as f:
-    native_sr, declared = f.samplerate, f.frames
-    length = ceil(declared * sample_rate / native_sr)  # Samples after resampling.
-    if starts is None:
-      count = num_segments or max(1, ceil(length / input_size))
-      starts = segment_starts(length, input_size, count)
-    count = len(starts)
-    step = native_sr // gcd(native_sr, sample_rate)  # Native frames per aligned block.
-    out_step = sample_rate // gcd(native_sr, sample_rate)
+  @property
+  def seconds(self) -> float:
+    return self.frames / self.native_rate
+
+  def num_samples(self, sample_rate: int) -> int:
+    """The file's length in samples once resampled to `sample_rate`."""
+    return math.ceil(self.frames * sample_rate / self.native_rate)
+
+  def read(self, start: int, size: int, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples [start, start + size) at `sample_rate` (fewer at the end of the file).
+
+    Raises `AudioError` when the frames cannot be decoded, are missing (truncated) or are
+    not finite.
+    """
+    native_sr = self.native_rate
+    step = native_sr // math.gcd(native_sr, sample_rate)  # Native frames per aligned block.
+    out_step = sample_rate // math.gcd(native_sr, sample_rate)
     margin = _resample_margin(native_sr)
-    segments = np.zeros((count, input_size), np.float32)
-    slack = _MP3_SLACK_FRAMES if f.format == "MP3" else 0
-    for row, start in enumerate(starts):
-      lo = max(0, (int(start) * native_sr // sample_rate - margin) // step * step)
-      hi = min(declared, ceil((int(start) + input_size) * native_sr / sample_rate) + margin)
-      try:
-        f.seek(lo)
-        frames = f.read(hi - lo, dtype="float32", always_2d=True)
-      except Exception as e:
-        reason = e.error_string if isinstance(e, sf.LibsndfileError) else f"{type(e).__name__}: {e}"
-        raise AudioError(path, "corrupt", f"decoding failed (truncated or corrupt?): {reason}") from None
-      if len(frames) < (hi - lo) - slack:
-        raise AudioError(
-            path, "truncated",
-            f"truncated: decoded {lo + len(frames)} of the {declared} frames the header declares",
-        )
-      if not np.isfinite(frames).all():
-        raise AudioError(path, "invalid", "contains NaN or infinite samples")
-      block = resample(mix_to_mono(frames), native_sr, sample_rate)
-      first = int(start) - lo // step * out_step
-      piece = block[first : first + input_size]
-      segments[row, : len(piece)] = piece
-  if standardize is not None:
-    segments = standardize(segments)
-  return segments, declared / native_sr
+    lo = max(0, (int(start) * native_sr // sample_rate - margin) // step * step)
+    hi = min(self.frames, math.ceil((int(start) + size) * native_sr / sample_rate) + margin)
+    try:
+      self._file.seek(lo)
+      frames = self._file.read(hi - lo, dtype="float32", always_2d=True)
+    except Exception as e:
+      reason = e.error_string if isinstance(e, sf.LibsndfileError) else f"{type(e).__name__}: {e}"
+      raise AudioError(
+          self.path, "corrupt", f"decoding failed (truncated or corrupt?): {reason}"
+      ) from None
+    if len(frames) < (hi - lo) - self._slack:
+      raise AudioError(
+          self.path, "truncated",
+          f"truncated: decoded {lo + len(frames)} of the {self.frames} frames the header "
+          "declares",
+      )
+    if not np.isfinite(frames).all():
+      raise AudioError(self.path, "invalid", "contains NaN or infinite samples")
+    block = resample(mix_to_mono(frames), native_sr, sample_rate)
+    first = int(start) - lo // step * out_step
+    return block[first : first + size]
+
+  def close(self) -> None:
+    self._file.close()
+
+  def __enter__(self) -> AudioFile:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

@@ -13,8 +13,9 @@ Evaluation (`create_eval_iterator`) yields every clip of a split as `config.eval
 evenly spaced segments, each tagged with its clip's index in the split, in fixed-shape batches
 with a `mask` for padding rows; `Store.clip_labels` gives the per-clip labels for scoring.
 
-See docs/input_pipeline.md. This module reads the store format of `samplecnn_jax.store`; it
-does not decode audio files, compute metrics or place arrays on devices.
+See docs/input_pipeline.md. This module reads the store format of `samplecnn_jax.store` and
+cuts and scales segments by the rules of `samplecnn_jax.segments`; it does not decode audio
+files, compute metrics or place arrays on devices.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import grain
 import ml_collections
 import numpy as np
 
-from samplecnn_jax import audio as audio_lib
-from samplecnn_jax.store import CLIP_LENGTHS as CLIP_LENGTHS  # Re-exported for tests.
+from samplecnn_jax.audio import to_float32
+from samplecnn_jax.segments import InputScaling, segment_clip
 from samplecnn_jax.store import READ_THREADS, Store
 
 BACKGROUND_NOISE_SPLIT = "background_noise"  # Long noise recordings mixed in by augmentation.
@@ -74,27 +75,6 @@ class ProcessSlice:
 # --- Segments -------------------------------------------------------------------------------
 
 
-def segment_starts(num_samples: int, input_size: int, num_segments: int) -> np.ndarray:
-  """Start samples of `num_segments` segments spread evenly from 0 to `num_samples - input_size`.
-
-  Segments overlap when the clip is shorter than `num_segments * input_size`; a clip shorter
-  than one segment gives starts of 0 (it is zero-padded by `segment_clip`).
-  """
-  if num_segments < 1:
-    raise ValueError(f"num_segments must be >= 1, got {num_segments}")
-  last = max(int(num_samples) - int(input_size), 0)
-  return np.rint(np.linspace(0, last, num_segments)).astype(np.int64)
-
-
-def segment_clip(audio: np.ndarray, input_size: int, num_segments: int) -> np.ndarray:
-  """The `(num_segments, input_size)` evaluation segments of a 1-D clip (same dtype as it)."""
-  audio = np.asarray(audio)
-  if len(audio) < input_size:
-    audio = np.pad(audio, (0, input_size - len(audio)))
-  starts = segment_starts(len(audio), input_size, num_segments)
-  return np.stack([audio[start : start + input_size] for start in starts])
-
-
 def _crop(audio: np.ndarray, start: int | None, input_size: int, rng) -> np.ndarray:
   """A copied `input_size` window at `start` (random when None); short clips padded at random."""
   if len(audio) < input_size:
@@ -105,45 +85,6 @@ def _crop(audio: np.ndarray, start: int | None, input_size: int, rng) -> np.ndar
   if start is None:
     start = int(rng.integers(0, len(audio) - input_size + 1))
   return audio[start : start + input_size].copy()
-
-
-to_float = audio_lib.to_float32  # int16 PCM -> float32 in [-1, 1), into `out` when given.
-
-
-RMS_FLOOR = 1e-4  # Segments quieter than this (about -80 dBFS) are scaled as if this loud.
-
-
-@dataclasses.dataclass(frozen=True)
-class Standardize:
-  """Optional input scaling, applied in place to batches in training, evaluation and prediction.
-
-  `rms > 0` scales each segment to that RMS first (loudness normalisation: real
-  recordings differ in level by tens of dB, which a few hundred clips cannot teach the model
-  to ignore); `enabled` then applies the dataset standardisation (x - mean) / std.
-  """
-
-  enabled: bool
-  mean: float
-  std: float
-  rms: float = 0.0
-
-  @classmethod
-  def from_config(cls, config) -> Standardize:
-    if config.standardize and not config.audio_std > 0:
-      raise ValueError(f"config.audio_std must be > 0 to standardise, got {config.audio_std}.")
-    rms = float(config.normalize_rms)  # Old config.json: 0 via workdir.read_config.
-    if rms < 0:
-      raise ValueError(f"config.normalize_rms must be >= 0 (0 = off), got {rms}.")
-    return cls(bool(config.standardize), float(config.audio_mean), float(config.audio_std), rms)
-
-  def __call__(self, audio: np.ndarray) -> np.ndarray:
-    if self.rms > 0:
-      level = np.sqrt(np.mean(np.square(audio), axis=-1, keepdims=True))
-      audio *= (self.rms / np.maximum(level, RMS_FLOOR)).astype(np.float32)
-    if self.enabled:
-      audio -= np.float32(self.mean)
-      audio *= np.float32(1.0 / self.std)
-    return audio
 
 
 # --- Training -------------------------------------------------------------------------------
@@ -213,7 +154,7 @@ class _BackgroundNoise:
     if self._audio is None:
       self._audio = [self.records[i]["audio"] for i in range(len(self.records))]
     recording = self._audio[int(rng.integers(len(self._audio)))]
-    return to_float(_crop(recording, None, input_size, rng))
+    return to_float32(_crop(recording, None, input_size, rng))
 
 
 class _TrainExample:
@@ -241,9 +182,9 @@ class _TrainExample:
     record = self.records[clip]
     audio = _crop(record["audio"], start, self.input_size, rng)
     if self.shift > 0 or self.noise is not None:
-      audio = self._augment(to_float(audio), rng)
+      audio = self._augment(to_float32(audio), rng)
     if self.waveform.active:
-      audio = self.waveform(to_float(audio), rng)
+      audio = self.waveform(to_float32(audio), rng)
     example = {"audio": audio, "label_indices": record["labels"]}
     if self.mixup:  # The batch function has no rng of its own: each example brings a seed.
       example["mix_seed"] = np.asarray(rng.integers(2**31), np.int64)
@@ -321,19 +262,19 @@ class _TrainBatch:
 
   def __init__(self, config):
     self.num_classes = int(config.num_classes)
-    self.standardize = Standardize.from_config(config)
+    self.scaling = InputScaling.from_config(config)
     self.mixup_alpha = float(config.augment.mixup_alpha)
 
   def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     audio = np.empty((len(examples), len(examples[0]["audio"])), np.float32)
     label = np.zeros((len(examples), self.num_classes), np.float32)
     for row, example in enumerate(examples):
-      to_float(example["audio"], out=audio[row])
+      to_float32(example["audio"], out=audio[row])
       label[row, example["label_indices"]] = 1.0
     if self.mixup_alpha > 0:
       rng = np.random.default_rng([int(e["mix_seed"]) for e in examples])
       audio, label = mixup(audio, label, self.mixup_alpha, rng)
-    return {"audio": self.standardize(audio), "label": label}
+    return {"audio": self.scaling(audio), "label": label}
 
 
 def train_batches(
@@ -471,7 +412,7 @@ class EvalBatches:
     self.num_batches = num_eval_batches(config, store, split, process, len(clips))
     self.input_size, self.num_classes = int(config.input_size), int(config.num_classes)
     self.reader = _EvalClip(config, store, split, clips)
-    self.standardize = Standardize.from_config(config)
+    self.scaling = InputScaling.from_config(config)
 
   def __len__(self) -> int:
     return self.num_batches
@@ -497,17 +438,17 @@ class EvalBatches:
       done = 0
       while done < len(segments):
         take = min(len(segments) - done, self.batch_size - row)
-        to_float(segments[done : done + take], out=batch["audio"][row : row + take])
+        to_float32(segments[done : done + take], out=batch["audio"][row : row + take])
         batch["label"][row : row + take, label_indices] = 1.0
         batch["clip_index"][row : row + take] = clip
         batch["mask"][row : row + take] = True
         row, done = row + take, done + take
         if row == self.batch_size:
-          self.standardize(batch["audio"])
+          self.scaling(batch["audio"])
           yield batch
           batch, row, produced = self._empty_batch(), 0, produced + 1
     if row:
-      self.standardize(batch["audio"][:row])
+      self.scaling(batch["audio"][:row])
       yield batch
       produced += 1
     for _ in range(self.num_batches - produced):

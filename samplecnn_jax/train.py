@@ -669,7 +669,9 @@ def _train(run: Run) -> dict[str, Any]:
   state, schedule = restore_state(run, ckpt, train_iter)
   if jax.process_index() == 0:  # Only once the restore worked: it describes these checkpoints.
     workdir_files.write_config(workdir, config)
-    workdir_files.write_labels(workdir, run.store.manifest.label_record())
+    labels = workdir_files.LabelInfo.from_json(run.store.manifest.label_record(),
+                                               run.store.path)
+    workdir_files.write_labels(workdir, labels)
     parameter_overview.log_parameter_overview(state.params)
   logging.info("Mesh %s over %d devices, %d processes; global batch %d",
                dict(run.mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)

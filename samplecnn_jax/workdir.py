@@ -1,7 +1,7 @@
 """The files of a training workdir, read and written in one place.
 
   WORKDIR/config.json          the run's config (written at the start of training)
-  WORKDIR/labels.json          class names of the run (prediction without the store)
+  WORKDIR/labels.json          class names of the run (`LabelInfo`; prediction without the store)
   WORKDIR/metrics_<split>.json the latest scores of a split (validation, test, eval-only)
   WORKDIR/checkpoints/, best/  Orbax checkpoints (`checkpointing.py`)
   WORKDIR/tensorboard/         TensorBoard events (`train.Progress`)
@@ -15,6 +15,7 @@ checkpoints: `checkpointing.py` does.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import importlib.util
 import json
@@ -91,16 +92,68 @@ def _config_from_json(path: Path) -> ml_collections.ConfigDict:
   return config
 
 
-def write_labels(workdir: str | os.PathLike, labels: dict[str, Any]) -> None:
-  """Writes `labels.json` (vocabulary, label_type, eval vocabulary and map when present)."""
-  store.write_json(Path(workdir) / LABELS_FILE, labels)
+@dataclasses.dataclass(frozen=True)
+class LabelInfo:
+  """The `labels.json` record: class names of a run's outputs and, for Speech Commands, the
+  coarser scoring classes. Training writes it beside the checkpoints so that prediction and
+  visualisation name the classes without the prepared store."""
+
+  vocabulary: tuple[str, ...]  # Name of output unit i.
+  label_type: str  # multi_label (sigmoid) | multi_class (softmax).
+  eval_vocabulary: tuple[str, ...] | None = None  # Scoring classes (12 for Speech Commands).
+  eval_label_map: tuple[int, ...] | None = None  # Output unit -> index into eval_vocabulary.
+  source: str = ""  # Where the names came from (a path, or "numbered"); not written.
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any], source: str = "") -> LabelInfo:
+    """From a labels.json or a store manifest (both hold these fields); checks they fit."""
+    vocabulary = data.get("vocabulary")
+    if not isinstance(vocabulary, list) or not vocabulary:
+      raise ValueError(f"{source or 'labels'} has no 'vocabulary' list of class names.")
+    eval_vocabulary = data.get("eval_vocabulary")
+    eval_label_map = data.get("eval_label_map")
+    if (eval_vocabulary is None) != (eval_label_map is None):
+      raise ValueError(f"{source}: eval_vocabulary and eval_label_map go together.")
+    if eval_label_map is not None:
+      if len(eval_label_map) != len(vocabulary) or not all(
+          isinstance(i, int) and 0 <= i < len(eval_vocabulary) for i in eval_label_map
+      ):
+        raise ValueError(
+            f"{source}: eval_label_map must give, for each of the {len(vocabulary)} classes, "
+            f"an index into the {len(eval_vocabulary)} eval_vocabulary names."
+        )
+    return cls(
+        vocabulary=tuple(str(v) for v in vocabulary),
+        label_type=str(data.get("label_type", "multi_label")),
+        eval_vocabulary=None if eval_vocabulary is None else tuple(map(str, eval_vocabulary)),
+        eval_label_map=None if eval_label_map is None else tuple(eval_label_map),
+        source=source,
+    )
+
+  def to_json(self) -> dict[str, Any]:
+    """The labels.json fields (the eval vocabulary and map only when present)."""
+    record: dict[str, Any] = {"vocabulary": list(self.vocabulary), "label_type": self.label_type}
+    if self.eval_label_map is not None:
+      record["eval_vocabulary"] = list(self.eval_vocabulary)
+      record["eval_label_map"] = list(self.eval_label_map)
+    return record
+
+  @classmethod
+  def numbered(cls, num_classes: int, label_type: str) -> LabelInfo:
+    """Names `class_0`, `class_1`, ... for a run whose vocabulary cannot be found."""
+    return cls(tuple(f"class_{i}" for i in range(num_classes)), label_type, source="numbered")
+
+
+def write_labels(workdir: str | os.PathLike, labels: LabelInfo) -> None:
+  """Writes `labels.json` (`LabelInfo.to_json`)."""
+  store.write_json(Path(workdir) / LABELS_FILE, labels.to_json())
 
 
 def read_labels(
     workdir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     path: str | os.PathLike | None = None,
-) -> tuple[dict[str, Any], str] | None:
-  """The label record of a run and the file it came from, or None when there is none.
+) -> LabelInfo | None:
+  """The labels of a run, with the file they came from as `source`; None when there are none.
 
   `path` when given (it must exist), else `workdir/labels.json`, else the store manifest at
   `data_dir` (workdirs written before labels.json existed).
@@ -115,9 +168,10 @@ def read_labels(
       candidates.append(Path(data_dir) / store.MANIFEST)
   for candidate in candidates:
     if candidate.is_file() and candidate.name == store.MANIFEST:
-      return store.Manifest.read(candidate.parent).label_record(), str(candidate)
+      return LabelInfo.from_json(store.Manifest.read(candidate.parent).label_record(),
+                                 str(candidate))
     if candidate.is_file():
-      return json.loads(candidate.read_text()), str(candidate)
+      return LabelInfo.from_json(json.loads(candidate.read_text()), str(candidate))
   return None
 
 

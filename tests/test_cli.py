@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import REPO
 
-from samplecnn_jax import cli, predict
+from samplecnn_jax import cli
 
 
 def _parser():
@@ -31,13 +31,6 @@ def test_help_shows_only_the_underscore_spelling():
   text = _parser().format_help()
   assert "--sample_rate" in text and "--split_rule" in text and "--no_progress" in text
   assert "--sample-rate" not in text and "--no-progress" not in text
-
-
-def test_prepare_and_predict_take_underscores_and_old_dashes():
-  help_text = predict.build_parser().format_help()
-  assert "--top_k" in help_text and "--top-k" not in help_text
-  args = predict.build_parser().parse_args(["--workdir", "w", "a.wav", "--top-k", "2"])
-  assert args.top_k == 2
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -7,7 +7,6 @@ it holds, and labels, crops, segments and padding can be checked exactly.
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import grain
 import numpy as np
 import pytest
 
-from samplecnn_jax import config_base, store, workdir
+from samplecnn_jax import config_base, store
 from samplecnn_jax import input_pipeline as ip
+from samplecnn_jax.segments import segment_clip
 
 INPUT_SIZE = 16
 NUM_CLASSES = 5
@@ -48,7 +48,7 @@ def _write_split(
     )
     shards.append(name)
     first += size
-  np.save(root / split / ip.CLIP_LENGTHS, np.asarray(lengths, np.int64))
+  np.save(root / split / store.CLIP_LENGTHS, np.asarray(lengths, np.int64))
   return {"num_clips": len(lengths), "num_samples": int(sum(lengths)), "shards": shards}
 
 
@@ -130,29 +130,6 @@ def stream_clips(iterator, count: int) -> list[int]:
   return [row_clip_and_positions(row)[0] for row in take_rows(iterator, count)]
 
 
-# --- Segments -------------------------------------------------------------------------------
-
-
-def test_segment_starts_spread_evenly_and_stay_inside_the_clip():
-  np.testing.assert_array_equal(ip.segment_starts(100, 16, 3), [0, 42, 84])
-  np.testing.assert_array_equal(ip.segment_starts(30, 16, 3), [0, 7, 14])  # Overlapping.
-  np.testing.assert_array_equal(ip.segment_starts(8, 16, 2), [0, 0])  # Shorter than a segment.
-  np.testing.assert_array_equal(ip.segment_starts(50, 16, 1), [0])
-  with pytest.raises(ValueError, match="num_segments"):
-    ip.segment_starts(50, 16, 0)
-
-
-def test_segment_clip_slices_and_zero_pads():
-  audio = np.arange(1, 31, dtype=np.int16)
-  segments = ip.segment_clip(audio, 16, 3)
-  assert segments.shape == (3, 16) and segments.dtype == np.int16
-  np.testing.assert_array_equal(segments[1], audio[7:23])
-  np.testing.assert_array_equal(segments[2], audio[14:30])
-  short = ip.segment_clip(audio[:5], 16, 2)
-  np.testing.assert_array_equal(short[0], np.r_[audio[:5], np.zeros(11, np.int16)])
-  np.testing.assert_array_equal(short[1], short[0])
-
-
 # --- Training -------------------------------------------------------------------------------
 
 
@@ -206,7 +183,7 @@ def test_all_mode_covers_every_segment_exactly_once_per_epoch(tiny_store):
 def test_all_mode_plan_without_clip_lengths_file(tmp_path):
   root = write_tiny_store(tmp_path)
   with_file = store.Store.open(root).clip_lengths("train")
-  (root / "train" / ip.CLIP_LENGTHS).unlink()
+  (root / "train" / store.CLIP_LENGTHS).unlink()
   np.testing.assert_array_equal(store.Store.open(root).clip_lengths("train"), with_file)
   np.testing.assert_array_equal(with_file, TRAIN_LENGTHS)
 
@@ -282,20 +259,7 @@ def test_rms_normalisation_scales_every_segment_to_the_target_level(tiny_store):
                              atol=1e-7)
 
 
-def test_rms_normalisation_leaves_silence_near_silent_and_rejects_negative_levels(tiny_store,
-                                                                                 tmp_path):
-  """Digital silence (padding, dropouts) must not be blown up to full level or divided by 0."""
-  scale = ip.Standardize(enabled=False, mean=0.0, std=1.0, rms=0.1)
-  audio = np.zeros((2, 64), np.float32)
-  audio[1, ::2] = 1e-6  # Far below the floor: scaled as if at RMS_FLOOR.
-  out = scale(audio.copy())
-  assert np.all(np.isfinite(out)) and np.all(out[0] == 0)
-  np.testing.assert_allclose(out[1, ::2], 1e-6 * 0.1 / ip.RMS_FLOOR, rtol=1e-5)
-  saved = json.loads(tiny_config().to_json_best_effort())
-  del saved["normalize_rms"]  # A config.json written before the field existed: off.
-  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(saved))
-  legacy = workdir.read_config(tmp_path)
-  assert ip.Standardize.from_config(legacy).rms == 0
+def test_rms_normalisation_rejects_negative_levels(tiny_store):
   with pytest.raises(ValueError, match="normalize_rms must be >= 0"):
     ip.create_train_iterator(tiny_config(normalize_rms=-1.0), tiny_store, seed=0, process=ALONE)
 
@@ -435,7 +399,7 @@ def test_eval_batches_hold_every_segment_once_with_masks_on_every_process(tiny_s
   assert counts[0] == 5
   assert sorted(seen) == list(range(len(VALID_LENGTHS)))
   for clip, rows in seen.items():
-    expected = ip.segment_clip(_clip_audio(clip, VALID_LENGTHS[clip]), INPUT_SIZE, 3)
+    expected = segment_clip(_clip_audio(clip, VALID_LENGTHS[clip]), INPUT_SIZE, 3)
     np.testing.assert_array_equal(np.stack(rows), expected)
 
 

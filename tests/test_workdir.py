@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -36,14 +37,34 @@ def test_read_config_from_a_file_or_explains_what_is_missing(tmp_path):
 def test_labels_come_from_the_workdir_then_the_store(tmp_path):
   data_dir = tmp_path / "store"
   store.Manifest(16000, "multi_class", ("a",), {}).write(data_dir)
-  record, source = workdir.read_labels(tmp_path, data_dir)
-  assert record["vocabulary"] == ["a"] and source.endswith(store.MANIFEST)
-  workdir.write_labels(tmp_path, {"vocabulary": ["b"], "label_type": "multi_label"})
-  record, source = workdir.read_labels(tmp_path, data_dir)
-  assert record["vocabulary"] == ["b"] and source.endswith(workdir.LABELS_FILE)
+  labels = workdir.read_labels(tmp_path, data_dir)
+  assert labels.vocabulary == ("a",) and labels.source.endswith(store.MANIFEST)
+  workdir.write_labels(tmp_path, workdir.LabelInfo(("b",), "multi_label"))
+  labels = workdir.read_labels(tmp_path, data_dir)
+  assert labels.vocabulary == ("b",) and labels.source.endswith(workdir.LABELS_FILE)
   assert workdir.read_labels(tmp_path / "empty") is None
   with pytest.raises(FileNotFoundError, match="--labels .*gone.json does not exist"):
     workdir.read_labels(tmp_path, data_dir, tmp_path / "gone.json")
+
+
+def test_label_info_round_trips_through_labels_json_and_checks_the_eval_map(tmp_path):
+  speech = workdir.LabelInfo(("yes", "no", "wow"), "multi_class", ("yes", "no", "_unknown_"),
+                             (0, 1, 2))
+  workdir.write_labels(tmp_path, speech)
+  saved = json.loads((tmp_path / workdir.LABELS_FILE).read_text())
+  assert saved == {"vocabulary": ["yes", "no", "wow"], "label_type": "multi_class",
+                   "eval_vocabulary": ["yes", "no", "_unknown_"], "eval_label_map": [0, 1, 2]}
+  assert workdir.read_labels(tmp_path) == dataclasses.replace(
+      speech, source=str(tmp_path / workdir.LABELS_FILE))
+  assert set(workdir.LabelInfo(("a",), "multi_label").to_json()) == {"vocabulary", "label_type"}
+  with pytest.raises(ValueError, match="eval_label_map must give"):
+    workdir.LabelInfo.from_json({**saved, "eval_label_map": [0, 1, 5]})
+  with pytest.raises(ValueError, match="go together"):
+    workdir.LabelInfo.from_json({"vocabulary": ["a"], "eval_vocabulary": ["a"]})
+  with pytest.raises(ValueError, match="no 'vocabulary' list"):
+    workdir.LabelInfo.from_json({"label_type": "multi_label"})
+  assert workdir.LabelInfo.numbered(3, "multi_label").vocabulary == ("class_0", "class_1",
+                                                                      "class_2")
 
 
 def test_metrics_are_written_with_split_and_step(tmp_path):
