@@ -31,8 +31,8 @@ EXTRAS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["option
 SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py")
                  if 'if __name__ == "__main__":' in p.read_text())
 
-pytestmark = [pytest.mark.scripts,
-              pytest.mark.skipif(BASH is None, reason="bash is not installed")]
+pytestmark = pytest.mark.scripts
+needs_bash = pytest.mark.skipif(BASH is None, reason="bash is not installed")
 
 
 @pytest.mark.slow  # Each script starts in a subprocess (most import JAX).
@@ -96,6 +96,7 @@ def dry_run_commands(tmp_path: Path) -> dict[str, list[tuple[list[str], str | No
   return kinds
 
 
+@needs_bash
 def test_dry_run_prints_every_step_and_runs_nothing(tmp_path):
   commands = dry_run_commands(tmp_path)
   out = tmp_path / "out"
@@ -125,6 +126,7 @@ def test_dry_run_prints_every_step_and_runs_nothing(tmp_path):
   assert summary[2] == str(out)
 
 
+@needs_bash
 def test_dry_run_outputs_are_where_the_summary_reads_them(tmp_path):
   """Rows at the benchmark's --json paths and logs at the demo runs' log paths, as the real
   check would write them, make the printed summary command decide both targets."""
@@ -143,6 +145,7 @@ def test_dry_run_outputs_are_where_the_summary_reads_them(tmp_path):
   assert _targets_met(tmp_path / "out") == ["yes", "yes"]
 
 
+@needs_bash
 @pytest.mark.slow  # Reads each tool's flags from its --help (subprocesses that import JAX).
 def test_dry_run_commands_parse(tmp_path):
   commands = dry_run_commands(tmp_path)
@@ -151,6 +154,7 @@ def test_dry_run_commands_parse(tmp_path):
       assert_python_command_parses(words)
 
 
+@needs_bash
 def test_dry_run_offline_flags(tmp_path):
   proc = dry_run(tmp_path, "--no-install", "--wheels=.whl", "--python=/opt/py/bin/python3")
   assert proc.returncode == 0, proc.stderr
@@ -161,6 +165,7 @@ def test_dry_run_offline_flags(tmp_path):
   assert all(c[0] == "/opt/py/bin/python3" for c in words if c[0].endswith("python3"))
 
 
+@needs_bash
 def test_unknown_flag_names_it_and_points_to_help(tmp_path):
   proc = dry_run(tmp_path, "--gpus=2")
   assert proc.returncode == 2
