@@ -1,6 +1,7 @@
-"""Helpers shared by the benchmark scripts: loading configs, timing, process memory, tables.
+"""Helpers shared by the benchmark scripts: config overrides, timing, process memory, tables.
 
-Benchmarks only; nothing in the package imports this. Memory figures come from Linux's
+Benchmarks only; nothing in the package or the tests imports this (configs by name come from
+`samplecnn_jax.testing`, which the tests share). Memory figures come from Linux's
 /proc (resident set size and its high-water mark), so they are process-wide: callers measure
 in a fresh subprocess and subtract a baseline taken after imports and model set-up.
 """
@@ -9,27 +10,12 @@ from __future__ import annotations
 
 import ast
 import ctypes
-import importlib.util
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """Loads `configs/<name>.py` the way `--config=configs/<name>.py:arg` does."""
-  path = REPO / "configs" / f"{name}.py"
-  if not path.is_file():
-    choices = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
-    raise ValueError(f"No config {name!r} in {REPO / 'configs'}; choose one of {choices}.")
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

@@ -7,7 +7,7 @@ For each dataset config and model variant, in one process and alternating round 
     written in PyTorch: soundfile + soxr (the same soxr "HQ" quality librosa uses), the same
     evenly spread segments, segments of several files batched together
     (`config.eval_batch_size`), decoding in as many threads ahead of the model, and the twin
-    model (`benchmarks/torch_reference.py`, the same weights) in `torch.inference_mode`;
+    model (`samplecnn_jax/torch_reference.py`, the same weights) in `torch.inference_mode`;
   * forward: one jitted `model.apply(train=False)` + sigmoid/softmax on a batch of 64
     segments against the twin in `torch.inference_mode` (eager, and `torch.compile`d when
     `--torch-compile` is on).
@@ -47,7 +47,7 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks import common
-from samplecnn_jax import inference, models, train
+from samplecnn_jax import inference, models, testing, train
 from samplecnn_jax.workdir import LabelInfo
 
 CONFIGS = ("mtat", "speech_commands")
@@ -136,9 +136,9 @@ def files_per_folder(config, args) -> int:
 def benchmark_row(name: str, variant: str, folders: dict[str, list[Path]], args) -> dict:
   import torch
 
-  from benchmarks import torch_reference
+  from samplecnn_jax import torch_reference
 
-  config = common.load_config(name, variant)
+  config = testing.load_config(name, variant)
   count = files_per_folder(config, args)
   folders = {kind: paths[:count] for kind, paths in folders.items()}
   model = models.create_model(config.model, config.num_classes)
@@ -279,7 +279,7 @@ def main(argv=None) -> None:
   print(f"backend {jax.default_backend()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); {args.rounds} rounds; "
         f"{inference.DEFAULT_THREADS} decoding threads in both pipelines")
-  count = max(files_per_folder(common.load_config(name), args)
+  count = max(files_per_folder(testing.load_config(name), args)
               for name in args.configs.split(","))
   with tempfile.TemporaryDirectory() as tmp:
     folders = {

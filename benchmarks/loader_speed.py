@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # Run as a script: make `benchmarks` and the repo
 import numpy as np
 
 from benchmarks import common
-from samplecnn_jax import config_base, store
+from samplecnn_jax import config_base, store, testing
 from samplecnn_jax import input_pipeline as ip
 
 # name -> (clip seconds, segment samples, classes, eval segments); the paper's shapes at 16 kHz.
@@ -143,7 +143,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     setups = []
     if args.data_dir:
-      config = common.load_config(args.config)
+      config = testing.load_config(args.config)
       setups.append((args.config, config, args.data_dir, "-"))
     else:
       for name in args.profiles.split(","):

@@ -36,12 +36,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 def make_workdir(root: Path) -> Path:
   """A workdir with an untrained tiny model (memory does not depend on the weights)."""
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
   import jax
-  from conftest import load_config
 
   from samplecnn_jax import checkpointing, models, train
   from samplecnn_jax import workdir as workdir_files
+  from samplecnn_jax.testing import load_config
 
   config = load_config("test")
   model = models.create_model(config.model, config.num_classes)

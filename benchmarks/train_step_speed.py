@@ -4,7 +4,7 @@ For each dataset config (mtat, speech_commands, dcase) and model variant it meas
 process and alternating round by round so that both see the same machine load:
   * JAX: the real `train.compile_steps` step (jit over a 1-device mesh, donated state),
     compiled ahead of time, blocking on the new state each step;
-  * PyTorch: `benchmarks/torch_reference.py`, the same architecture and optimiser, eager
+  * PyTorch: `samplecnn_jax/torch_reference.py`, the same architecture and optimiser, eager
     and `torch.compile`d (inductor; `--torch-modes` picks the modes), compile time apart.
 It reports examples/s (median over rounds), the step's FLOPs from XLA's cost analysis
 divided by its measured time, the FLOP/s of a large matmul measured in the same run, and
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from samplecnn_jax import layers, models, sharding, train
+from samplecnn_jax import layers, models, sharding, testing, train
 
 CONFIGS = ("mtat", "speech_commands", "dcase")
 VARIANTS = ("samplecnn", "rese2_multi")
@@ -61,7 +61,7 @@ MATMUL_SIZE = 4096
 
 def build_config(name: str, variant: str, batch: int, overrides, se_ratio: float | None,
                  dtype: str | None = None):
-  config = common.load_config(name, variant)
+  config = testing.load_config(name, variant)
   config.batch_size = batch
   if se_ratio is not None:
     config.model.se_ratio = se_ratio
@@ -188,7 +188,7 @@ class TorchStep:
   def __init__(self, config, batch: dict[str, np.ndarray], mode: str = "eager"):
     import torch
 
-    from benchmarks import torch_reference
+    from samplecnn_jax import torch_reference
 
     self.torch, self.ref = torch, torch_reference
     self.device = "cuda" if on_gpu() and torch.cuda.is_available() else "cpu"

@@ -1,10 +1,19 @@
-"""Shared test helpers: loading config files, and where the real dataset excerpts live."""
+"""Shared test helpers: tiny configs and models, stores, the real dataset excerpts, and checks
+that a printed command line means something.
+
+Configs by name and the checkout's location come from `samplecnn_jax.testing`, which the
+benchmarks share; nothing outside tests/ imports this file.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +32,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from samplecnn_jax import models  # noqa: E402
+from samplecnn_jax.testing import REPO, load_config  # noqa: E402
 
 
 def pytest_unconfigure(config):
@@ -31,17 +41,7 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def load_config(name: str, arg: str | None = None):
-  """Loads `configs/<name>.py` the way `--config=configs/<name>.py:arg` does."""
-  path = REPO / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def tiny_config(data_dir: str, **overrides):
@@ -83,3 +83,60 @@ def shared_data() -> Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real dataset excerpts not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+# --- What a printed command line means ----------------------------------------------------------
+
+# An option line of a tool's --help: `  --name ...` or `  -h, --help` (argparse), `  --name: ...`
+# or `  --[no]name: ...` (absl). Wrapped help text is indented further, so it never matches.
+_HELP_OPTION = re.compile(r"^  (?:-\w, )?--(\[no\])?([A-Za-z][\w-]*)", re.MULTILINE)
+
+
+@functools.cache
+def tool_flags(*tool: str) -> frozenset[str]:
+  """The long flags (without `--`) that `python TOOL...` defines (`-m MODULE` or a script),
+  read from its --help in a subprocess of this interpreter: once per tool and test process."""
+  proc = subprocess.run([sys.executable, *tool, "--help"], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)  # absl's app.run exits 1 after --help.
+  names = set()
+  for negatable, name in _HELP_OPTION.findall(proc.stdout):
+    names |= {name, "no" + name} if negatable else {name}
+  assert names, f"no flags in the --help of {tool}: {proc.stderr[-2000:]}"
+  return frozenset(names)
+
+
+def assert_python_command_parses(words: list[str]) -> None:
+  """Asserts what a printed `PYTHON -m MODULE ARGS` or `PYTHON SCRIPT.py ARGS` means, whatever
+  its wording: the module or script exists, every `--flag` is one the tool defines, and every
+  `--config.FIELD=VALUE` names a field of the configs/ file that its `--config=` names.
+
+  Values and positional arguments are the caller's to check.
+  """
+  if words[1] == "-m":
+    assert importlib.util.find_spec(words[2]) is not None, f"no module {words[2]}"
+    tool, args = ("-m", words[2]), words[3:]
+  else:
+    assert (REPO / words[1]).is_file(), f"no script {words[1]} in {REPO}"
+    tool, args = (words[1],), words[2:]
+  defined = tool_flags(*tool)
+  config_file, overrides = None, []
+  for arg in args:
+    if not arg.startswith("--"):
+      continue
+    name, _, value = arg[2:].partition("=")
+    if name.startswith("config."):
+      overrides.append(name.removeprefix("config."))
+      continue
+    assert name in defined, f"{arg}: `{' '.join(words[:3])}` defines no --{name}"
+    if name == "config":
+      config_file = value
+  if overrides:
+    assert config_file, f"--config.FIELD overrides without --config= in {words}"
+    path, _, config_arg = config_file.partition(":")
+    assert Path(path).parent == Path("configs") and (REPO / path).is_file(), path
+    config = load_config(Path(path).stem, config_arg or None)
+    for field in overrides:
+      node = config
+      for part in field.split("."):
+        assert part in node, f"--config.{field}: {path} has no field {field!r}"
+        node = node[part]

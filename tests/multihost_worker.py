@@ -19,8 +19,6 @@ import sys
 import traceback
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
-
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,10 +45,8 @@ def main(argv=None) -> None:
     )
   import numpy as np
 
-  sys.path.insert(0, str(TESTS))
-  from conftest import load_config
-
   from samplecnn_jax import train
+  from samplecnn_jax.testing import load_config
 
   config = load_config("test")
   config.data_dir = args.data_dir

@@ -1,25 +1,36 @@
-"""Tests for launch/tpu_vm.sh and launch/gpu.sh: the dry run prints the expected commands and
-executes nothing (PATH holds no programs at all), flag errors are clear, and a real run with a
-recording stand-in for gcloud executes exactly the printed commands, deleting the VM even when
-training fails."""
+"""Tests for launch/tpu_vm.sh and launch/gpu.sh, by what their commands mean, not their wording.
+
+A dry run executes nothing (PATH holds no programs at all) and prints commands that parse:
+gcloud gets the user's VM flags, the workers install this package with an extra that
+pyproject.toml defines, and the training command names a real module, flags that main
+defines and config fields that exist. Flag errors name what was wrong; a real run with a
+recording stand-in for gcloud executes exactly the printed commands, deleting the VM even
+when training fails.
+"""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import assert_python_command_parses
+
+from samplecnn_jax.testing import REPO
 
 BASH = shutil.which("bash")
 TPU = REPO / "launch" / "tpu_vm.sh"
 GPU = REPO / "launch" / "gpu.sh"
 SEP = "\x1f"  # Separates the arguments the fake gcloud records.
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
-pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
+pytestmark = [pytest.mark.scripts,
+              pytest.mark.skipif(BASH is None, reason="bash is not installed")]
 
 
 def launch(script: Path, args: list[str], tmp_path: Path, path: str | None = None, env=None):
@@ -41,36 +52,97 @@ def ssh_command(cmd: list[str]) -> str:
   return next(arg.split("=", 1)[1] for arg in cmd if arg.startswith("--command="))
 
 
+def shell_commands(line: str) -> list[tuple[list[str], dict[str, str]]]:
+  """The simple commands of a shell line (split at `;`, `&&`, `||`, `|`, `&`), each with its
+  redirections ({"<": file, ">": file}; `2>&1` dropped), split as the shell would split them."""
+  lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+  lexer.whitespace_split = True
+  tokens = list(lexer)
+  commands, words, redirects = [], [], {}
+  i = 0
+  while i < len(tokens):
+    token = tokens[i]
+    if token in (";", "&&", "||", "|", "&"):
+      commands.append((words, redirects))
+      words, redirects = [], {}
+    elif token.isdigit() and tokens[i + 1:i + 2] == [">&"]:
+      i += 2  # `2>&1`.
+    elif token in ("<", ">"):
+      redirects[token] = tokens[i + 1]
+      i += 1
+    else:
+      words.append(token)
+    i += 1
+  if words:
+    commands.append((words, redirects))
+  return commands
+
+
+def python_command(line: str, module: str = "samplecnn_jax.main") -> list[str]:
+  """The `PYTHON -m module ...` command of a shell line (after `nohup`, if any)."""
+  for words, _ in shell_commands(line):
+    words = words[1:] if words[:1] == ["nohup"] else words
+    if words[1:3] == ["-m", module]:
+      return words
+  raise AssertionError(f"no `-m {module}` command in {line!r}")
+
+
+def assert_installs_this_package(words: list[str], where: str) -> None:
+  """`pip install -e PATH[EXTRA]`: the checkout `where`, with an extra pyproject.toml defines."""
+  assert words[0].endswith("pip") and words[1] == "install", words
+  target = words[words.index("-e") + 1]
+  path, _, extra = target.partition("[")
+  assert path == where and extra.removesuffix("]") in PROJECT["optional-dependencies"], target
+
+
 TPU_ALL = ["all", "--name=scnn-test", "--zone=us-central2-b", "--accelerator-type=v4-32",
            "--project=my-proj", "--config=configs/mtat.py:samplecnn", "--workdir=/mnt/ckpt/mtat",
            "--data-dir=/mnt/data/mtat", "--data-src=gs://bucket/prepared/mtat", "--delete-after"]
+TPU_TRAIN_ARGS = {"--config=configs/mtat.py:samplecnn", "--workdir=/mnt/ckpt/mtat",
+                  "--distributed", "--config.data_dir=/mnt/data/mtat", "--config.batch_size=32"}
+
+
+def tpu_dry_run(tmp_path: Path) -> list[list[str]]:
+  proc = launch(TPU, [*TPU_ALL, "--dry-run", "--", "--config.batch_size=32"], tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert not list(tmp_path.glob("*.tar.gz")), "a dry run packs nothing"
+  return printed(proc.stdout)
 
 
 def test_tpu_dry_run_prints_every_step_and_runs_nothing(tmp_path):
-  proc = launch(TPU, [*TPU_ALL, "--dry-run", "--", "--config.batch_size=32"], tmp_path)
-  assert proc.returncode == 0, proc.stderr
-  assert "dry run" in proc.stdout
-  cmds = printed(proc.stdout)
-  create, tar, scp, unpack, install, data, run, delete = cmds
-  assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "scnn-test"]
+  create, pack, scp, unpack, install, data, run, delete = tpu_dry_run(tmp_path)
+  gcloud_steps = [create, scp, unpack, install, data, run, delete]
+  assert all(cmd[:4] == ["gcloud", "compute", "tpus", "tpu-vm"] for cmd in gcloud_steps)
+  assert [cmd[4] for cmd in gcloud_steps] == ["create", "scp", "ssh", "ssh", "ssh", "ssh",
+                                             "delete"]
+  assert create[5] == delete[5] == "scnn-test" and "--quiet" in delete  # Deleted unprompted.
   assert {"--zone=us-central2-b", "--accelerator-type=v4-32", "--project=my-proj",
           "--version=tpu-ubuntu2204-base"} <= set(create)
-  assert "tar" in tar and "ls-files" in tar
-  assert scp[4] == "scp" and "--worker=all" in scp and scp[6] == "scnn-test:samplecnn_jax.tar.gz"
-  for cmd in (unpack, install, data, run):
-    assert cmd[4] == "ssh" and "--worker=all" in cmd and "--zone=us-central2-b" in cmd
-  assert "tar -xzf" in ssh_command(unpack)
-  assert "pip install -q -e \".[tpu]\"" in ssh_command(install)
-  assert "python3.12" in ssh_command(install)
-  assert "gs://bucket/prepared/mtat /mnt/data/mtat" in ssh_command(data)
-  train = shlex.split(ssh_command(run).split("&&", 1)[1].split("2>&1")[0])
-  assert train[:3] == ["~/venv/bin/python", "-m", "samplecnn_jax.main"]
-  assert train[3:] == ["--config=configs/mtat.py:samplecnn", "--workdir=/mnt/ckpt/mtat",
-                       "--distributed", "--config.data_dir=/mnt/data/mtat",
-                       "--config.batch_size=32"]
-  assert "tee ~/samplecnn_jax.log" in ssh_command(run)
-  assert delete[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "scnn-test"]
-  assert "--quiet" in delete
+  for cmd in (scp, unpack, install, data, run):
+    assert {"--worker=all", "--zone=us-central2-b", "--project=my-proj"} <= set(cmd)
+  # The tarball that the copy step packs is what it sends, and the workers unpack it.
+  assert "tar" in pack
+  (tarball,) = [w for w in pack if w.endswith(".tar.gz")]
+  remote = scp[6].removeprefix("scnn-test:")
+  assert scp[5] == tarball and scp[6].startswith("scnn-test:")
+  assert any(words[:1] == ["tar"] and "~/" + remote in words
+             for words, _ in shell_commands(ssh_command(unpack)))
+  # Every worker installs this package with the TPU extra, on the Python the project requires.
+  pips = [w for w, _ in shell_commands(ssh_command(install)) if w[0].endswith("bin/pip")]
+  assert len(pips) == 1
+  assert_installs_this_package(pips[0], ".")
+  assert PROJECT["requires-python"].removeprefix(">=") in ssh_command(install)
+  # The data step copies --data-src to --data-dir.
+  assert any({"gs://bucket/prepared/mtat", "/mnt/data/mtat"} <= set(words)
+             for words, _ in shell_commands(ssh_command(data)))
+  train = python_command(ssh_command(run))
+  assert set(train[3:]) == TPU_TRAIN_ARGS and len(train) == 3 + len(TPU_TRAIN_ARGS)
+
+
+@pytest.mark.slow  # Reads main's flags from `python -m samplecnn_jax.main --help`.
+def test_tpu_dry_run_training_command_parses(tmp_path):
+  run = tpu_dry_run(tmp_path)[-2]
+  assert_python_command_parses(python_command(ssh_command(run)))
 
 
 @pytest.mark.parametrize("accelerator, runtime", [
@@ -88,26 +160,41 @@ def test_tpu_runtime_version_follows_the_accelerator_unless_given(tmp_path, acce
 def test_tpu_detached_run_logs_and_ssh_steps(tmp_path):
   base = ["--zone=z", "--name=n", "--dry-run"]
   (run,) = printed(launch(TPU, ["run", *base, "--workdir=/w", "--detach"], tmp_path).stdout)
-  assert "nohup" in ssh_command(run) and ssh_command(run).endswith("< /dev/null &")
+  line = ssh_command(run)
+  assert line.rstrip().endswith("&"), "in the background"
+  (background,) = [(w, r) for w, r in shell_commands(line) if "samplecnn_jax.main" in w]
+  words, redirects = background
+  assert words[0] == "nohup" and redirects["<"] == "/dev/null", "it outlives the ssh session"
   (logs,) = printed(launch(TPU, ["logs", *base], tmp_path).stdout)
-  assert "--worker=0" in logs and "tail -n +1 -F ~/samplecnn_jax.log" == ssh_command(logs)
+  assert "--worker=0" in logs
+  ((tail, _),) = shell_commands(ssh_command(logs))
+  assert tail[0] == "tail" and "-F" in tail and tail[-1] == redirects[">"], "follows the log"
   (ssh,) = printed(launch(TPU, ["ssh", *base, "--", "nvidia-smi", "||", "true"], tmp_path).stdout)
   assert ssh_command(ssh) == "nvidia-smi || true" and "--worker=all" in ssh
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--workdir=/w", "--dry-run"], "--zone is required"),
-    (["run", "--zone=z", "--dry-run"], "--workdir is required"),
-    (["launch", "--zone=z", "--dry-run"], "unknown step 'launch'"),
-    (["create", "--zone=z", "--bogus", "--dry-run"], "unknown flag --bogus"),
-    (["data", "--zone=z", "--data-dir=/d", "--dry-run"], "needs --data-src and --data-dir"),
-    (["create", "--zone=z"], "gcloud not found"),
-    ([*TPU_ALL, "--detach", "--dry-run"], "would delete the VM while it trains"),
+def test_tpu_foreground_run_logs_where_the_logs_step_reads(tmp_path):
+  base = ["--zone=z", "--name=n", "--dry-run"]
+  (run,) = printed(launch(TPU, ["run", *base, "--workdir=/w"], tmp_path).stdout)
+  (logs,) = printed(launch(TPU, ["logs", *base], tmp_path).stdout)
+  tees = [w for w, _ in shell_commands(ssh_command(run)) if w[0] == "tee"]
+  ((tail, _),) = shell_commands(ssh_command(logs))
+  assert tees == [["tee", tail[-1]]]
+
+
+@pytest.mark.parametrize("args, named", [
+    (["run", "--workdir=/w", "--dry-run"], ["--zone"]),
+    (["run", "--zone=z", "--dry-run"], ["--workdir"]),
+    (["launch", "--zone=z", "--dry-run"], ["launch"]),
+    (["create", "--zone=z", "--bogus", "--dry-run"], ["--bogus"]),
+    (["data", "--zone=z", "--data-dir=/d", "--dry-run"], ["--data-src"]),
+    (["create", "--zone=z"], ["gcloud", "--dry-run"]),
+    ([*TPU_ALL, "--detach", "--dry-run"], ["--detach", "--delete-after"]),
 ])
-def test_tpu_flag_errors(tmp_path, args, message):
+def test_tpu_flag_errors_name_what_was_wrong(tmp_path, args, named):
   proc = launch(TPU, args, tmp_path)
-  assert proc.returncode == 2 and message in proc.stderr
-  assert "+ " not in proc.stdout
+  assert proc.returncode == 2 and all(word in proc.stderr for word in named), proc.stderr
+  assert not printed(proc.stdout), "nothing was run or printed"
 
 
 def _fake_gcloud(tmp_path: Path) -> tuple[str, Path]:
@@ -137,7 +224,7 @@ def test_tpu_real_run_executes_the_printed_commands_and_deletes_on_failure(tmp_p
   # The copied tarball is the checkout without git data.
   with tarfile.open(tmp_path / "samplecnn_jax-scnn-test.tar.gz") as tar:
     names = {name.removeprefix("./") for name in tar.getnames()}
-  assert {"pyproject.toml", "samplecnn_jax/predict.py", "launch/tpu_vm.sh"} <= names
+  assert {"pyproject.toml", "samplecnn_jax/main.py", "launch/tpu_vm.sh"} <= names
   assert not any(name.startswith(".git/") for name in names)
 
 
@@ -147,32 +234,52 @@ def test_tpu_without_delete_after_keeps_the_vm(tmp_path):
   assert not any("delete" in cmd for cmd in printed(proc.stdout))
 
 
-def test_gpu_dry_run_prints_install_and_training_and_runs_nothing(tmp_path):
-  args = ["--config=configs/dcase.py:rese2multi,bf16", "--workdir=workdirs/dcase",
-          "--data-dir=prepared/dcase2017", f"--venv={tmp_path / 'venv'}", "--dry-run",
-          "--", "--config.batch_size=32"]
+GPU_ARGS = ["--config=configs/dcase.py:rese2multi,bf16", "--workdir=workdirs/dcase",
+            "--data-dir=prepared/dcase2017"]
+GPU_TRAIN_ARGS = ["--config=configs/dcase.py:rese2multi,bf16", "--workdir=workdirs/dcase",
+                  "--config.data_dir=prepared/dcase2017", "--config.batch_size=32"]
+
+
+def gpu_dry_run(tmp_path: Path, *flags: str) -> list[list[str]]:
+  args = [*GPU_ARGS, f"--venv={tmp_path / 'venv'}", *flags, "--dry-run", "--",
+          "--config.batch_size=32"]
   proc = launch(GPU, args, tmp_path)
   assert proc.returncode == 0, proc.stderr
-  check, venv, pip, gpu_check, train = printed(proc.stdout)
-  assert check[:2] == ["python3", "-c"] and "(3, 12)" in check[2]
+  assert not (tmp_path / "venv").exists(), "a dry run creates nothing"
+  return printed(proc.stdout)
+
+
+def test_gpu_dry_run_prints_install_and_training_and_runs_nothing(tmp_path):
+  check, venv, pip, gpu_check, train = gpu_dry_run(tmp_path)
+  python = str(tmp_path / "venv" / "bin" / "python")
+  # The version check is Python that this interpreter (the version the project requires) passes.
+  assert check[:2] == ["python3", "-c"]
+  assert subprocess.run([sys.executable, "-c", check[2]]).returncode == 0
   assert venv == ["python3", "-m", "venv", str(tmp_path / "venv")]
-  assert pip[1:] == ["install", "-q", "-e", f"{REPO}[cuda]"]
-  assert "gpu" in gpu_check[-1]
-  assert train == [str(tmp_path / "venv" / "bin" / "python"), "-m", "samplecnn_jax.main",
-                   "--config=configs/dcase.py:rese2multi,bf16", "--workdir=workdirs/dcase",
-                   "--config.data_dir=prepared/dcase2017", "--config.batch_size=32"]
-  skip = printed(launch(GPU, [*args[:4], "--skip-install", "--dry-run"], tmp_path).stdout)
-  assert [cmd[1:3] for cmd in skip] == [["-c", skip[0][2]], ["-m", "samplecnn_jax.main"]]
+  assert pip[0] == str(tmp_path / "venv" / "bin" / "pip")
+  assert_installs_this_package(pip, str(REPO))
+  assert gpu_check[:2] == [python, "-c"]
+  compile(gpu_check[2], "<gpu check>", "exec")  # Python that parses.
+  assert train[:3] == [python, "-m", "samplecnn_jax.main"]
+  assert sorted(train[3:]) == sorted(GPU_TRAIN_ARGS)
+  skipped = gpu_dry_run(tmp_path, "--skip-install")
+  assert skipped == [gpu_check, train], "--skip-install runs only the GPU check and training"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workdir=w", "--dry-run"], "--config is required"),
-    (["--config=c.py", "--dry-run"], "--workdir is required"),
-    (["--config=c.py", "--workdir=w", "--gpus=2"], "unknown argument --gpus=2"),
+@pytest.mark.slow  # Reads main's flags from `python -m samplecnn_jax.main --help`.
+def test_gpu_dry_run_training_command_parses(tmp_path):
+  assert_python_command_parses(gpu_dry_run(tmp_path)[-1])
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--workdir=w", "--dry-run"], ["--config"]),
+    (["--config=c.py", "--dry-run"], ["--workdir"]),
+    (["--config=c.py", "--workdir=w", "--gpus=2"], ["--gpus=2"]),
 ])
-def test_gpu_flag_errors(tmp_path, args, message):
+def test_gpu_flag_errors_name_what_was_wrong(tmp_path, args, named):
   proc = launch(GPU, args, tmp_path)
-  assert proc.returncode == 2 and message in proc.stderr
+  assert proc.returncode == 2 and all(word in proc.stderr for word in named), proc.stderr
+  assert not printed(proc.stdout)
 
 
 def test_help_describes_the_flags(tmp_path):

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config, tiny_model
+from conftest import tiny_model
 
 from samplecnn_jax import layers, models
+from samplecnn_jax.testing import load_config
 
 
 @pytest.mark.parametrize("length", [9, 10, 11])

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config, tiny_model
+from conftest import tiny_model
 
 from samplecnn_jax import models
+from samplecnn_jax.testing import load_config
 
 DATASET_CONFIGS = ("mtat", "speech_commands", "dcase", "demo", "test")
 # Each variant once; `rese2multi` is an alias of `rese2_multi`.

@@ -1,31 +1,19 @@
-"""Tests for benchmarks/torch_reference.py: the PyTorch twin is the same network as the JAX model.
+"""Tests for samplecnn_jax.torch_reference: the PyTorch twin is the same network as the JAX model.
 
 Skipped when PyTorch (the optional `bench` extra) is not installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, load_config
 
 from samplecnn_jax import models, train
+from samplecnn_jax.testing import load_config
 
 torch = pytest.importorskip("torch", reason="PyTorch (the optional 'bench' extra) is not installed")
-
-
-def _load_reference():
-  path = REPO / "benchmarks" / "torch_reference.py"
-  spec = importlib.util.spec_from_file_location("torch_reference", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-ref = _load_reference()
+from samplecnn_jax import torch_reference as ref  # noqa: E402 -- needs torch.
 
 
 def _jax_param_count(config) -> int:

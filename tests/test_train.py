@@ -39,7 +39,7 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_tensorboard(demo_stor
   valid = json.loads((tmp_path / "metrics_valid.json").read_text())
   test = json.loads((tmp_path / "metrics_test.json").read_text())
   assert valid["step"] == config.num_train_steps and valid["split"] == "valid"
-  assert test["step"] in (3, 6), "the test split is scored with the best checkpoint"
+  assert test["step"] == 6, "the test split is scored with the best checkpoint (step 6)"
   assert np.isfinite(valid["loss"]) and 0.0 <= test["f_score"] <= 1.0
   events = b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").glob("events.*"))
   for tag in (b"train/loss", b"train/examples_per_sec", b"valid/f_score", b"test/f_score"):
@@ -62,28 +62,45 @@ def test_same_seed_same_run_and_resume_is_a_no_op(demo_store, tmp_path):
   assert_trees_equal(before, final_params(tmp_path / "a", config))
 
 
+# `main` whose checkpoint save of step >= argv[1] waits for the write, then hangs until killed:
+# the kill lands between two checkpoints whatever the machine's speed.
+HANG_AFTER_CHECKPOINT = """
+import runpy, sys, time
+from samplecnn_jax import checkpointing
+hang_at, save = int(sys.argv.pop(1)), checkpointing.Checkpointer.save
+def save_then_hang(self, state, *args):
+  save(self, state, *args)
+  if int(state.step) >= hang_at:
+    self.wait()
+    time.sleep(3600)
+checkpointing.Checkpointer.save = save_then_hang
+runpy.run_module("samplecnn_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_killed_run_resumes_to_the_same_parameters(demo_store, tmp_path):
-  """SIGKILL a real `main` process after its first checkpoint, then resume in-process."""
+  """SIGKILL a real `main` process after its step-6 checkpoint, then resume in-process."""
   steps = 12
   config = tiny_config(demo_store, num_train_steps=steps, steps_per_eval=4,
                        checkpoint_every_steps=2)
   train.train_and_evaluate(config, str(tmp_path / "uninterrupted"))
 
   killed = tmp_path / "killed"
-  cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--config={REPO / 'configs' / 'test.py'}",
+  cmd = [sys.executable, "-c", HANG_AFTER_CHECKPOINT, "6",
+         f"--config={REPO / 'configs' / 'test.py'}",
          f"--workdir={killed}", f"--config.data_dir={demo_store}",
          f"--config.num_train_steps={steps}", "--config.steps_per_eval=4",
          "--config.checkpoint_every_steps=2"]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.time() + 120
+  deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    done = [p for p in (killed / "checkpoints").glob("*") if p.name.isdigit()]
-    if done:
+    if (killed / "checkpoints" / "6").is_dir():
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert (killed / "checkpoints").exists(), proc.stderr.read().decode()[-2000:]
+  assert (killed / "checkpoints" / "6").is_dir(), proc.stderr.read().decode()[-2000:]
+  assert 0 < checkpointing.checkpoint_step(killed, "latest") < steps, "killed mid-run"
 
   train.train_and_evaluate(config, str(killed))
   assert_trees_equal(final_params(tmp_path / "uninterrupted", config), final_params(killed, config))

@@ -71,3 +71,11 @@ def test_metrics_are_written_with_split_and_step(tmp_path):
   path = workdir.write_metrics(tmp_path, "valid", 7, {"loss": 0.25})
   assert path == workdir.metrics_path(tmp_path, "valid") == tmp_path / "metrics_valid.json"
   assert workdir.read_metrics(tmp_path, "valid") == {"split": "valid", "step": 7, "loss": 0.25}
+
+
+def test_one_holder_at_a_time_and_the_lock_is_released_on_exit(tmp_path):
+  with pytest.raises(workdir.WorkdirLockedError, match="in use"):
+    with workdir.exclusive(tmp_path), workdir.exclusive(tmp_path):
+      pass
+  with workdir.exclusive(tmp_path):  # Released on exit: it can be taken again.
+    pass

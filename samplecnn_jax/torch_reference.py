@@ -1,11 +1,13 @@
-"""A straightforward PyTorch implementation of the sample-level CNNs, for benchmarks only.
+"""A straightforward PyTorch implementation of the sample-level CNNs, the benchmarks' baseline.
 
 It mirrors `samplecnn_jax.models.SampleLevelCNN` layer by layer (same order, widths, paddings,
 initialisers, dropout, Keras BatchNorm semantics) and is built from the same `config.model`,
 so a benchmark compares the same network. It is written the way a PyTorch user would write
 it (channels-first `Conv1d`, `BatchNorm1d`, `MaxPool1d`, eager mode), with no tuning, so it
-is a fair baseline rather than a competitor. It is not part of the package: PyTorch is only
-the optional `bench` dependency, and nothing under `samplecnn_jax/` imports this module.
+is a fair baseline rather than a competitor. It lives in the package so that the benchmarks
+(`train_step_speed.py`, `inference_speed.py`) and the test that it is the same network
+(`tests/test_torch_reference.py`) share it without importing each other. PyTorch is only the
+optional `bench` dependency: no other module of `samplecnn_jax/` imports this one.
 
 BatchNorm: Keras/Flax momentum m (running = m * running + (1 - m) * batch) is PyTorch's
 momentum 1 - m; epsilon is the same. One known difference: PyTorch updates the running
