@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ast
 import ctypes
-import importlib.util
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_collections
+
+from samplecnn_jax import config_base
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,7 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   if not path.is_file():
     choices = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
     raise ValueError(f"No config {name!r} in {REPO / 'configs'}; choose one of {choices}.")
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_base.load_config(f"{path}:{arg}" if arg else path)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

@@ -19,13 +19,15 @@ from collections.abc import Sequence
 import numpy as np
 import sklearn.metrics
 
-# Metric families: the config's `metric` field -> the family whose numbers are reported.
+# The one list of metric names: the config's `metric` field (and baseline's --metric) -> the
+# family whose numbers `compute_metrics` reports.
 METRIC_FAMILIES = {
     "roc_auc": "tagging",
     "pr_auc": "tagging",
     "accuracy": "accuracy",
     "f_score": "f_score",
 }
+METRICS = tuple(METRIC_FAMILIES)  # The valid metric names, in this order.
 DEFAULT_THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)  # 0.01, 0.02, ..., 0.99.
 
 
@@ -379,7 +381,7 @@ def compute_metrics(
   family = METRIC_FAMILIES.get(kind)
   if family is None:
     raise ValueError(
-        f"No metrics for metric={kind!r}; choose one of {', '.join(METRIC_FAMILIES)} "
+        f"No metrics for metric={kind!r}; choose one of {', '.join(METRICS)} "
         f"(the loss is computed by the training step, not here)."
     )
   if family == "tagging":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ if _OWN_CACHE:
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from samplecnn_jax import models  # noqa: E402
+from samplecnn_jax import config_base, models  # noqa: E402
 
 
 def pytest_unconfigure(config):
@@ -37,11 +36,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def load_config(name: str, arg: str | None = None):
   """Loads `configs/<name>.py` the way `--config=configs/<name>.py:arg` does."""
-  path = REPO / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_base.load_config(f"{REPO / 'configs' / name}.py" + (f":{arg}" if arg else ""))
 
 
 def tiny_config(data_dir: str, **overrides):
