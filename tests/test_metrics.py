@@ -12,22 +12,6 @@ from samplecnn_jax import metrics
 # --- Clip-level aggregation ---------------------------------------------------------------
 
 
-def clip_level_labels(
-    segment_labels: np.ndarray, clip_index: np.ndarray, num_clips: int
-) -> np.ndarray:
-  """The label row (or class index) of each clip, checking that its segments all agree.
-
-  Segments inherit their clip's labels, so disagreement means the gathered arrays are
-  misaligned; that is an error rather than something to average away.
-  """
-  segment_labels = np.asarray(segment_labels)
-  flat = segment_labels.reshape(len(segment_labels), -1)
-  per_clip = metrics.clip_level_scores(flat, clip_index, num_clips)
-  if not np.array_equal(per_clip[np.asarray(clip_index)], flat):
-    raise ValueError("Segments of the same clip carry different labels; check clip_index.")
-  return per_clip.reshape((num_clips,) + segment_labels.shape[1:]).astype(segment_labels.dtype)
-
-
 def test_clip_level_scores_averages_segments_in_any_order():
   segment_scores = np.array([[0.2, 1.0], [0.9, 0.0], [0.4, 0.0], [0.1, 0.5], [0.6, 0.5]])
   clip_index = np.array([0, 2, 0, 1, 0])
@@ -47,19 +31,6 @@ def test_clip_without_segments_and_bad_indices_are_errors():
     metrics.clip_level_scores(scores, np.array([0.0, 1.0]), 2)
   with pytest.raises(ValueError, match="NaN"):
     metrics.clip_level_scores(np.array([[np.nan]]), np.array([0]), 1)
-
-
-def test_clip_level_labels_checks_segments_agree():
-  labels = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
-  np.testing.assert_array_equal(
-      clip_level_labels(labels, np.array([0, 1, 0]), 2), [[1, 0], [0, 1]]
-  )
-  assert clip_level_labels(labels, np.array([0, 1, 0]), 2).dtype == np.float32
-  np.testing.assert_array_equal(
-      clip_level_labels(np.array([7, 3, 7]), np.array([1, 0, 1]), 2), [3, 7]
-  )
-  with pytest.raises(ValueError, match="different labels"):
-    clip_level_labels(labels, np.array([0, 0, 1]), 2)
 
 
 # --- Tagging ------------------------------------------------------------------------------
