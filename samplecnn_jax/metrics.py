@@ -306,17 +306,6 @@ def instance_f_score(
   }
 
 
-def per_class_f1(
-    labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray = 0.5
-) -> np.ndarray:
-  """F1 of each class on its own (0 when it has no true and no predicted positive)."""
-  scores = _scores_matrix(scores)
-  truth = _multi_hot(labels, scores)
-  predicted = binarize(scores, threshold)
-  tp = np.sum(truth & predicted, axis=0)
-  return _safe_ratio(2 * tp, truth.sum(axis=0) + predicted.sum(axis=0))
-
-
 def tune_thresholds(
     labels: np.ndarray,
     scores: np.ndarray,
