@@ -169,6 +169,7 @@ def test_errors_name_what_is_wrong(demo_store, tmp_path, capsys, args, message):
   assert not out.exists(), "no error leaves files behind"
 
 
+@pytest.mark.slow
 def test_speech_commands_excerpt_beats_chance(shared_data: Path, tmp_path):
   """The real 480-clip excerpt (12 classes, speaker-disjoint): chance is 1/12, the issue's
   log-mel MLP reached 45.3% on test."""
