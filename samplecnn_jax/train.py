@@ -1,4 +1,4 @@
-"""Training and evaluation: the jitted data-parallel train step and the loop around it.
+"""Training: the jitted data-parallel train step and the loop around it.
 
 Reads top to bottom: learning rates, the train state and the schedule's bookkeeping,
 `train_step`, the `Run` that `setup` builds once (config, workdir, opened store, mesh, model,
@@ -369,7 +369,8 @@ def compile_steps(
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """What training and evaluation share, built and checked once by `setup`."""
+  """What the training loop, its validations and its test scoring share, built and checked
+  once by `setup`."""
 
   config: ml_collections.ConfigDict
   workdir: str
@@ -684,4 +685,3 @@ def _evaluate_best_on_test(run: Run, evaluator: evaluate.Evaluator,
   logging.info("Best checkpoint (step %d) on %s: %s -> %s", int(state.step), config.test_split,
                evaluate.summary(result), path)
   return result
-
