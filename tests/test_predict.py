@@ -16,7 +16,17 @@ import pytest
 import soundfile as sf
 from conftest import REPO, load_config
 
-from samplecnn_jax import audio, checkpointing, models, predict, prepare, sharding, store, train
+from samplecnn_jax import (
+  audio,
+  checkpointing,
+  evaluate,
+  models,
+  predict,
+  prepare,
+  sharding,
+  store,
+  train,
+)
 from samplecnn_jax import workdir as workdir_files
 
 RATE = 16000
@@ -157,7 +167,8 @@ def test_scores_match_evaluation_of_the_prepared_store(run, predictor, tmp_path)
   """Clips written from the store as wav get exactly the clip scores `train.evaluate` gives."""
   setup = train.setup(run["config"], str(run["workdir"]))
   variables = sharding.replicate(train.model_variables(run["state"]), setup.mesh)
-  _, arrays = train.Evaluator(setup).evaluate(variables, "test")
+  evaluator = evaluate.Evaluator(setup.config, setup.store, setup.mesh, setup.steps.eval_step)
+  _, arrays = evaluator.evaluate(variables, "test")
   clips = store.ClipSource(run["data_dir"], "test")
   paths = []
   for i in range(len(clips)):
