@@ -14,6 +14,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -236,7 +237,8 @@ def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
-def _field(config: ml_collections.ConfigDict, name: str):
+def _field(config: ml_collections.ConfigDict, name: str) -> Any:
+  """The value of a dotted field name such as `augment.noise_prob`."""
   value = config
   for part in name.split("."):
     value = value[part]
@@ -257,8 +259,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       )
   if not config.learning_rate > 0:
     raise ValueError(
-        f"config.learning_rate must be > 0, got {config.learning_rate}. To train only part "
-        f"of the model use --config.trainable=head; to score a run use --mode=eval."
+        f"config.learning_rate must be > 0, got {config.learning_rate}: set "
+        f"--config.learning_rate to a positive value (to train only part of the model use "
+        f"--config.trainable=head; to score a run use --mode=eval)."
     )
   for field in AT_LEAST_ONE:
     if not config[field] >= 1:
