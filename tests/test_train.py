@@ -251,6 +251,14 @@ def test_learning_rate_must_be_positive_and_nothing_is_written(demo_store, tmp_p
   assert not (tmp_path / "w").exists()
 
 
+def test_a_data_dir_without_a_store_names_the_field_and_nothing_is_written(tmp_path):
+  config = tiny_config(str(tmp_path / "no_store"))
+  with pytest.raises(ValueError, match=r"config.data_dir=.*samplecnn_jax.prepare.*"
+                                       r"--config.data_dir=STORE"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
 def test_store_without_a_validation_split_fails_before_training(tmp_path):
   """`prepare csv` with only train and test rows: main names the splits it has, at once."""
   import soundfile as sf
