@@ -55,7 +55,7 @@ SOURCES = {
 }
 
 
-def run(cmd: list[str]) -> None:
+def run_command(cmd: list[str]) -> None:
   """Runs a command from the repository root; on failure shows the end of its output."""
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   if proc.returncode:
@@ -65,7 +65,7 @@ def run(cmd: list[str]) -> None:
 def prepare(kind_args: list[str], out: Path) -> Path:
   """Prepares a store into `out` unless a finished one (manifest.json) is already there."""
   if not (out / "manifest.json").is_file():
-    run([sys.executable, "-m", "samplecnn_jax.prepare", *kind_args, "--out", str(out)])
+    run_command([sys.executable, "-m", "samplecnn_jax.prepare", *kind_args, "--out", str(out)])
   return out
 
 
@@ -77,7 +77,7 @@ def pretrain(args: argparse.Namespace, store: Path) -> tuple[Path, dict, float |
   start, minutes = time.time(), None
   if not metrics.is_file():
     steps = args.pretrain_steps
-    run([sys.executable, "-m", "samplecnn_jax.main", f"--config={config}",
+    run_command([sys.executable, "-m", "samplecnn_jax.main", f"--config={config}",
          f"--workdir={workdir}", f"--config.data_dir={store}", "--config.seed=0",
          f"--config.num_train_steps={steps}", f"--config.steps_per_eval={max(1, steps // 3)}",
          f"--config.checkpoint_every_steps={max(1, steps // 3)}",

@@ -20,9 +20,13 @@ and each feature set is fitted on the train split, standardised (`StandardScaler
 
 Hyperparameters are fixed, nothing is tuned: the point is a floor, not a contest. Multi-label
 stores get one-vs-rest LR and SVM (the MLP has sigmoid outputs of its own). The valid and test
-splits are scored with `samplecnn_jax.metrics.compute_metrics`, the function `main` uses, so
+splits are scored with `evaluate.score_clips`, the function training's evaluation uses, so
 `baseline_<split>.json` has the keys of `metrics_<split>.json` (accuracy with the store's
 `eval_label_map`, or F-score and ROC/PR-AUC).
+
+The engine is `run_baselines(data_dir, ...)`, which returns a `BaselineResult` (for tests and
+notebooks); `main(argv)` is the command (`cli.run`: exit 0 done, 2 usage or data error), which
+writes `baseline_<split>.json` and prints the table.
 
 What this is not for: anything with a GPU, model selection, or the CNN itself; it reads a store
 only through `store.Store`.
@@ -34,19 +38,20 @@ import dataclasses
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import librosa
 import numpy as np
 import threadpoolctl
+from absl import flags
 
-from samplecnn_jax import cli, metrics, store
+from samplecnn_jax import cli, evaluate, metrics, store
 
 FEATURES = ("mfcc", "mfcc_d", "logmel")
 MODELS = ("lr", "svm", "mlp")
-METRIC_CHOICES = ("auto", "accuracy", "f_score", "roc_auc", "pr_auc")
+METRIC_CHOICES = ("auto", *metrics.METRICS)  # auto: by the store's label type.
 NUM_MELS = 64  # Log-mel bands (also what the MFCCs are computed from).
 NUM_MFCC = 40  # Cepstral coefficients kept.
 WINDOW_SECONDS = 0.025  # STFT window: 400 samples at 16 kHz.
@@ -166,7 +171,7 @@ def clip_scores(model, features: np.ndarray, label_type: str, num_classes: int) 
   Probabilities where the classifier has them; for the SVM, its decision function through a
   softmax (multi-class) or a sigmoid (multi-label). A multi-class model trained on fewer
   classes than the vocabulary scores the missing ones 0; a multi-label class that is always
-  (or never) present in training is scored 1 (or 0): see `run`.
+  (or never) present in training is scored 1 (or 0): see `run_baselines`.
   """
   probabilities = hasattr(model, "predict_proba")  # SVC has only a decision function.
   if label_type == "multi_label":
@@ -205,32 +210,25 @@ def metric_kinds(label_type: str, metric: str = "auto") -> tuple[str, ...]:
   return (metric,)
 
 
-def score_split(scores: np.ndarray, labels: np.ndarray, manifest: store.Manifest,
-                kinds: Sequence[str], f_score_threshold: float = 0.5) -> dict[str, Any]:
-  """The numbers `main` writes for a split (same keys), from clip scores and labels."""
-  result: dict[str, Any] = {"num_clips": int(len(labels))}
+def score_split(scores: np.ndarray, labels: np.ndarray, kinds: Sequence[str],
+                eval_label_map: list[int] | None, f_score_threshold: float) -> dict[str, Any]:
+  """The numbers training writes for a split (same keys): `evaluate.score_clips` per kind."""
+  result: dict[str, Any] = {}
   for kind in kinds:
-    if kind == "accuracy":
-      options = {"eval_label_map": manifest.eval_label_map}
-      result.update(metrics.compute_metrics(kind, labels, scores, **options))
-      result["confusion_matrix"] = metrics.confusion_matrix(labels, scores, **options).tolist()
-      continue
-    multi_hot = labels if labels.ndim == 2 else np.eye(scores.shape[1], dtype=np.int64)[labels]
-    options = {"threshold": f_score_threshold} if kind == "f_score" else {}
-    result.update(metrics.compute_metrics(kind, multi_hot, scores, **options))
+    result.update(evaluate.score_clips(labels, scores, kind, eval_label_map=eval_label_map,
+                                       f_score_threshold=f_score_threshold))
   return result
 
 
 @dataclasses.dataclass
 class BaselineResult:
-  """What `run` produced: per split, per model (`<features>+<model>`), the metrics."""
+  """What `run_baselines` produced: per split, per model (`<features>+<model>`), the metrics."""
 
   scores: dict[str, dict[str, dict[str, Any]]]  # split -> name -> metrics.
   fit_seconds: dict[str, float]  # name -> seconds to fit on the train split.
   score_seconds: dict[str, float]  # name -> seconds to score all evaluation splits.
   feature_seconds: dict[str, float]  # split -> seconds to read and featurise it.
   kinds: tuple[str, ...]  # The metric kinds reported.
-  paths: list[Path]  # The JSON files written.
 
 
 def _check_names(kind: str, names: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
@@ -244,17 +242,17 @@ def _check_names(kind: str, names: Sequence[str], valid: Sequence[str]) -> tuple
 # One BLAS/OpenMP thread: these matrices are small, and on a busy 2-core machine two spinning
 # BLAS threads made a whole run 3.5x slower (same results).
 @threadpoolctl.threadpool_limits.wrap(limits=1)
-def run(data_dir: str | Path, out_dir: str | Path = ".", *,
-        features: Sequence[str] = FEATURES, models: Sequence[str] = MODELS,
-        metric: str = "auto", seed: int = 0, train_split: str = "train",
-        eval_splits: Sequence[str] = ("valid", "test"), f_score_threshold: float = 0.5,
-        progress=None) -> BaselineResult:
-  """Fits every feature set x model on `train_split`, scores `eval_splits`, writes JSON.
+def run_baselines(data_dir: str | Path, *, features: Sequence[str] = FEATURES,
+                  models: Sequence[str] = MODELS, metric: str = "auto", seed: int = 0,
+                  train_split: str = "train", eval_splits: Sequence[str] = ("valid", "test"),
+                  f_score_threshold: float = 0.5,
+                  progress: Callable[[str], None] | None = None) -> BaselineResult:
+  """Fits every feature set x model on `train_split` and scores `eval_splits`.
 
-  Writes `baseline_<split>.json` into `out_dir` for every evaluation split: one entry per
-  model, `"<features>+<model>"`, holding `features`, `model`, `num_clips` and the metric keys.
-  `progress(message)` is called after each step. Raises ValueError (naming the store's
-  splits) when a split is missing, before any work is done.
+  For every evaluation split, one entry per model, `"<features>+<model>"`, holding
+  `features`, `model`, `num_clips` and the metric keys (`write_results` writes them as
+  `baseline_<split>.json`). `progress(message)` is called after each step. Raises ValueError
+  (naming the store's splits) when a split is missing, before any work is done.
   """
   features = _check_names("feature sets", features, FEATURES)
   models = _check_names("models", models, MODELS)
@@ -295,18 +293,24 @@ def run(data_dir: str | Path, out_dir: str | Path = ".", *,
                                    num_classes)
         if label_type == "multi_label":  # One-vs-rest fits a constant there; SVM margin 0.
           split_scores[:, constant] = train.labels[0, constant]
-        scores[split][name] = {"features": feature_set, "model": model_name,
-                               **score_split(split_scores, data[split].labels, manifest, kinds,
-                                             f_score_threshold)}
+        scores[split][name] = {
+            "features": feature_set, "model": model_name,
+            **score_split(split_scores, data[split].labels, kinds,
+                          manifest.get("eval_label_map"), f_score_threshold)}
       score_seconds[name] = time.perf_counter() - start
       say(f"{name}: fit {fit_seconds[name]:.2f} s, scored in {score_seconds[name]:.2f} s")
-  paths = []
-  for split in eval_splits:
-    path = Path(out_dir) / f"baseline_{split}.json"
-    store.write_json(path, scores[split])
-    paths.append(path)
   return BaselineResult(scores, fit_seconds, score_seconds,
-                        {split: data[split].seconds for split in splits}, kinds, paths)
+                        {split: data[split].seconds for split in splits}, kinds)
+
+
+def write_results(result: BaselineResult, out_dir: str | Path) -> list[Path]:
+  """Writes `baseline_<split>.json` into `out_dir` for every scored split; returns the paths."""
+  paths = []
+  for split, entries in result.scores.items():
+    path = Path(out_dir) / f"baseline_{split}.json"
+    store.write_json(path, entries)
+    paths.append(path)
+  return paths
 
 
 # --- Command line -----------------------------------------------------------------------------
@@ -333,9 +337,7 @@ def format_table(result: BaselineResult) -> str:
   return "\n".join(lines)
 
 
-def _define_flags(flag_values):
-  from absl import flags
-
+def _define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_string("data_dir", None, "Prepared store (output of samplecnn_jax.prepare).",
                       flag_values=flag_values)
   flags.DEFINE_string("out_dir", ".", "Folder for baseline_<split>.json.",
@@ -353,36 +355,29 @@ def _define_flags(flag_values):
                       flag_values=flag_values)
   flags.DEFINE_list("eval_splits", ["valid", "test"], "Splits scored.", flag_values=flag_values)
   flags.DEFINE_integer("seed", 0, "Seed of the MLP.", flag_values=flag_values)
-  return flag_values
 
 
-def main(argv: Sequence[str] | None = None) -> BaselineResult | None:
-  """Command line: `python -m samplecnn_jax.baseline --data_dir=STORE [...]`.
-
-  Flags are parsed into a private FlagValues, so this also runs in-process (tests,
-  notebooks). Prints a table of the headline metrics and the times; returns the result.
-  """
-
-  argv = list(sys.argv if argv is None else argv)
-  f = cli.parse_absl(_define_flags, argv)
-  if f is None:  # --help was printed.
-    return None
+def _command(f: flags.FlagValues, args: list[str]) -> int:
   if not f.data_dir:
-    raise SystemExit("--data_dir is required: a store written by `python -m samplecnn_jax.prepare`.")
+    raise cli.UsageError("--data_dir is required: a store written by `python -m "
+                         "samplecnn_jax.prepare`")
   start = time.perf_counter()
-  try:
-    result = run(f.data_dir, f.out_dir, features=f.features, models=f.models, metric=f.metric,
-                 seed=f.seed, train_split=f.train_split, eval_splits=f.eval_splits,
-                 f_score_threshold=f.f_score_threshold,
-                 progress=lambda message: print(message, flush=True))
-  except (FileNotFoundError, ValueError) as error:
-    raise SystemExit(str(error)) from None
+  result = run_baselines(f.data_dir, features=f.features, models=f.models, metric=f.metric,
+                         seed=f.seed, train_split=f.train_split, eval_splits=f.eval_splits,
+                         f_score_threshold=f.f_score_threshold,
+                         progress=lambda message: print(message, flush=True))
+  paths = write_results(result, f.out_dir)
   print(format_table(result))
   print(f"Total {time.perf_counter() - start:.1f} s (features "
         f"{sum(result.feature_seconds.values()):.1f} s). Wrote "
-        f"{', '.join(str(p) for p in result.paths)}")
-  return result
+        f"{', '.join(str(p) for p in paths)}")
+  return cli.EXIT_DONE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Command line: `python -m samplecnn_jax.baseline --data_dir=STORE [...]`; the exit code."""
+  return cli.run("python -m samplecnn_jax.baseline", _define_flags, _command, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -24,11 +24,13 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from samplecnn_jax import sharding
+from samplecnn_jax import models, sharding
 from samplecnn_jax import workdir as workdir_files
+from samplecnn_jax.cli import CHECKPOINTS
 
 # Config fields that change the shapes or meaning of what a checkpoint holds.
 ARCHITECTURE_FIELDS = ("num_classes", "label_type", "input_size", "dataset")
@@ -39,6 +41,14 @@ DAMAGED_DIR = "damaged"  # Where checkpoints that do not restore are moved (neve
 
 class CheckpointMismatchError(ValueError):
   """The workdir's checkpoints were written for a different model or dataset."""
+
+
+def check_which(which: str, field: str = "--checkpoint") -> str:
+  """The one check of a "best" / "latest" choice (`field` names where it came from)."""
+  if which not in CHECKPOINTS:
+    raise ValueError(f"{field}={which!r} is not a checkpoint of a workdir; choose one of: "
+                     f"{', '.join(CHECKPOINTS)}.")
+  return which
 
 
 def _manager(directory: Path, keep: int, asynchronous: bool) -> ocp.CheckpointManager:
@@ -121,11 +131,8 @@ class Checkpointer:
       restored = _restore_state(self.best, step, template, args)
       return restored["state"], restored["meta"]
 
-    found = _newest_that_restores(self.best, "best", restore, validate, self.workdir,
-                                  move_when_none=True)
-    if found is None:  # Unreachable: a step existed above.
-      raise FileNotFoundError(f"No best checkpoint in {self.workdir / 'best'}.")
-    return found
+    return _newest_that_restores(self.best, "best", restore, validate, self.workdir,
+                                 move_when_none=True)
 
   def has_best(self) -> bool:
     return self.best.latest_step() is not None
@@ -263,9 +270,7 @@ def check_config_matches(workdir: str | Path, config: Any) -> None:
 
 def _read_only(workdir: str | Path, which: str) -> tuple[ocp.CheckpointManager, Path, int]:
   """A read-only manager of the best or latest checkpoints, their folder and newest step."""
-  if which not in ("best", "latest"):
-    raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
-  directory = Path(workdir) / ("best" if which == "best" else "checkpoints")
+  directory = Path(workdir) / ("best" if check_which(which) == "best" else "checkpoints")
   manager = ocp.CheckpointManager(
       directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False)
   )
@@ -286,23 +291,10 @@ def checkpoint_step(workdir: str | Path, which: str = "best") -> int:
   return step
 
 
-def latest_meta(workdir: str | Path) -> tuple[int, dict[str, Any]]:
-  """The step and bookkeeping record (stage history, best value) of the latest checkpoint."""
-  manager, _, step = _read_only(workdir, "latest")
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  manager.close()
-  return step, meta
-
-
 def _model_target(workdir: str | Path, config: Any, where: Any) -> dict[str, Any]:
   """Abstract {'params', 'batch_stats'} (shapes, dtypes, `where` sharding) of the model that
   wrote the workdir's checkpoints: built from its config.json (else `config`), so a
   fine-tuning config with another head still names the source model's arrays."""
-  import jax  # Lazy: only loading variables needs the model.
-  import jax.numpy as jnp
-
-  from samplecnn_jax import models
-
   try:
     config = workdir_files.read_config(workdir)
   except FileNotFoundError:
@@ -331,8 +323,6 @@ def load_variables(workdir: str | Path, config: Any, which: str = "best",
   missing or of another optimizer still loads). `check_config=False` skips the config
   check, for fine-tuning (`transfer.py` matches the variables one by one).
   """
-  if which not in ("best", "latest"):
-    raise ValueError(f"which must be 'best' or 'latest', got {which!r}.")
   if check_config:
     check_config_matches(workdir, config)
   manager, directory, step = _read_only(workdir, which)

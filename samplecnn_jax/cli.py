@@ -14,20 +14,21 @@ so that all of them share:
   or configuration error (nothing was done);
 - every user mistake answered in one line, `PROG: error: WHAT. FIX`, on stderr.
 
-This module knows no engine; engines raise `UsageError` (or `ValueError` / `OSError`, which
+This module knows no engine (it loads config files through `config_base`); engines raise `UsageError` (or `ValueError` / `OSError`, which
 the commands report the same way) and never exit.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from absl import flags
+
+from samplecnn_jax import config_base
 
 EXIT_DONE = 0  # Everything asked for was done.
 EXIT_SOME_FAILED = 1  # Some inputs failed (reported); the rest was done.
@@ -170,17 +171,11 @@ def check_config_overrides(argv: Sequence[str], flag: str = "config", *, config:
   if not overrides:
     return
   if config is None:
-    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
-    if not config_arg:
+    source = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
+    if not source:
       return
-    source, _, config_argument = config_arg.partition(":")
-    spec = importlib.util.spec_from_file_location("_config_for_checking", source)
-    if spec is None or spec.loader is None:
-      return  # The config flag reports a missing config file itself.
-    module = importlib.util.module_from_spec(spec)
     try:
-      spec.loader.exec_module(module)
-      config = module.get_config(*([config_argument] if config_argument else []))
+      config = config_base.load_config(source)
     except Exception:  # noqa: BLE001 -- the config flag's own loading reports the real error.
       return
   fields = sorted(_dotted_fields(config))

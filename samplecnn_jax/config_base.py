@@ -1,18 +1,44 @@
-"""The fields every run config has, with the paper's values as defaults.
+"""The fields every run config has, with the paper's values as defaults, and their valid values.
 
 The files in `configs/` start from `base_config()`, set their dataset's values, and pick a
-model variant with `apply_variant`. This module only builds ConfigDicts; it is not a place
-for logic that reads them.
+model variant with `apply_variant`; `load_config` loads such a file the way
+`--config=FILE.py[:ARG]` does, and `validate_config` answers a value the run cannot use
+with one line naming the field and its valid values. This module does not read stores,
+workdirs or devices: the checks that need them live where those are opened (`train.setup`,
+`evaluate.open_store`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
+import os
+from pathlib import Path
+from typing import Any
+
 import ml_collections
 
-from samplecnn_jax import models
-from samplecnn_jax.datasets.common import LABEL_TYPES as LABEL_TYPES  # Re-exported for train.
+from samplecnn_jax import metrics, models
+from samplecnn_jax.datasets import common as datasets_common
 
-METRICS = ("roc_auc", "pr_auc", "accuracy", "f_score", "loss")
+# The valid values of the config's choice fields (model fields are checked by `models`).
+CHOICES = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": ("staged", "cosine", "constant"),
+    "label_type": datasets_common.LABEL_TYPES,
+    "metric": metrics.METRICS,
+    "best_metric": (*metrics.METRICS, "loss"),
+}
+# Integer fields that count something and must be at least 1.
+AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval",
+                "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                "eval_segments", "num_stages", "patience", "input_size", "num_classes")
+# Number fields where 0 means "off" or "none" and a negative value means nothing.
+AT_LEAST_ZERO = ("max_eval_batches", "bn_recalibration_batches", "warmup_steps", "lr_decay",
+                 "weight_decay", "grad_clip_norm", "label_smoothing", "momentum")
+# Probabilities and thresholds: in [0, 1].
+UNIT_INTERVAL = ("f_score_threshold", "augment.noise_prob", "augment.polarity_prob",
+                 "augment.time_mask_prob", "augment.time_mask_fraction")
 
 
 def model_config(input_size: ml_collections.FieldReference | int) -> ml_collections.ConfigDict:
@@ -125,7 +151,7 @@ def apply_variant(config: ml_collections.ConfigDict, name: str) -> ml_collection
   return config
 
 
-FLAGS = ("bf16", "small_data")  # Config-arg words that are not variant names.
+ARG_WORDS = ("bf16", "small_data")  # Config-arg words that are not variant names.
 
 
 def apply_small_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -167,11 +193,15 @@ def parse_arg(arg: str | None, default_variant: str) -> tuple[str, set[str]]:
     part = part.strip()
     if not part:
       continue
-    if part in FLAGS:
+    if part in ARG_WORDS:
       flags.add(part)
-    else:
-      models.get_variant(part)  # Raises with the valid names.
+    elif part in models.VARIANTS:
       variant = part
+    else:
+      raise ValueError(
+          f"--config=FILE.py:{arg}: {part!r} is neither a model variant nor one of "
+          f"{', '.join(ARG_WORDS)}. Valid variants: {', '.join(sorted(models.VARIANTS))} "
+          f"(e.g. --config=configs/mtat.py:samplecnn or :rese2_multi,bf16)")
   return variant, flags
 
 
@@ -184,3 +214,68 @@ def finish(config: ml_collections.ConfigDict, arg: str | None, default_variant: 
   if "small_data" in flags:
     apply_small_data(config)
   return config
+
+
+# --- Loading and checking -------------------------------------------------------------------
+
+
+def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Loads a config file the way `--config=FILE.py[:ARG]` does: `get_config(ARG or None)`.
+
+  The one loader of config files for the library (`workdir.read_config`), the tests and the
+  benchmarks. A missing file or an unknown ARG raises one line that names the fix.
+  """
+  file, _, arg = str(spec).partition(":")
+  path = Path(file)
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"Config file {file} does not exist. Pass --config=configs/NAME.py[:ARG], one of "
+        f"the files in configs/ or a copy of one.")
+  module_spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _field(config: ml_collections.ConfigDict, name: str) -> Any:
+  """The value of a dotted field name such as `augment.noise_prob`."""
+  value = config
+  for part in name.split("."):
+    value = value[part]
+  return value
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, in one line naming the field and the fix, on a value no run can use.
+
+  Only the values themselves are checked here (no store, workdir or device is looked at),
+  before anything runs or is written, so that `--config.learning_rate=-1` fails at once.
+  """
+  for field, valid in CHOICES.items():
+    if config[field] not in valid:
+      raise ValueError(
+          f"config.{field}={config[field]!r} is not valid; choose one of: {', '.join(valid)} "
+          f"(--config.{field}=...)."
+      )
+  if not config.learning_rate > 0:
+    raise ValueError(
+        f"config.learning_rate must be > 0, got {config.learning_rate}: set "
+        f"--config.learning_rate to a positive value (to train only part of the model use "
+        f"--config.trainable=head; to score a run use --mode=eval)."
+    )
+  for field in AT_LEAST_ONE:
+    if not config[field] >= 1:
+      raise ValueError(f"config.{field} must be >= 1, got {config[field]}: set "
+                       f"--config.{field} to a positive integer.")
+  for field in AT_LEAST_ZERO:
+    if not config[field] >= 0:
+      raise ValueError(f"config.{field} must be >= 0 (0 = off), got {config[field]}: set "
+                       f"--config.{field}=0 or a positive value.")
+  for field in UNIT_INTERVAL:
+    value = _field(config, field)
+    if not (math.isfinite(value) and 0 <= value <= 1):
+      raise ValueError(f"config.{field} must be in [0, 1], got {value}: set "
+                       f"--config.{field} to a value between 0 and 1.")
+  if not config.stage_lr_factor > 0:
+    raise ValueError(f"config.stage_lr_factor must be > 0, got {config.stage_lr_factor}: set "
+                     "--config.stage_lr_factor (the paper's is 0.2).")

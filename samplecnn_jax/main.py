@@ -27,7 +27,7 @@ import jax
 import ml_collections
 from absl import flags, logging
 
-from samplecnn_jax import cli, train, workdir
+from samplecnn_jax import cli, evaluate, train, workdir
 
 PROG = "python -m samplecnn_jax.main"
 CONFIG_HELP = ("Run config file, FILE.py[:ARG] (required to train; --mode=eval defaults to the "
@@ -114,7 +114,7 @@ def _command(fv: flags.FlagValues, _: list[str]) -> int:
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   if fv.mode == "eval":
-    train.evaluate_checkpoint(fv.config, fv.workdir, fv.split, fv.checkpoint)
+    evaluate.evaluate_checkpoint(fv.config, fv.workdir, fv.split, fv.checkpoint)
     return cli.EXIT_DONE
   try:
     train.train_and_evaluate(fv.config, fv.workdir)

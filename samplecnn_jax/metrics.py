@@ -17,16 +17,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import sklearn.metrics
 
-# Metric families: the config's `metric` field -> the family whose numbers are reported.
+# The one list of metric names: the config's `metric` field (and baseline's --metric) -> the
+# family whose numbers `compute_metrics` reports.
 METRIC_FAMILIES = {
     "roc_auc": "tagging",
     "pr_auc": "tagging",
     "accuracy": "accuracy",
     "f_score": "f_score",
 }
+METRICS = tuple(METRIC_FAMILIES)  # The valid metric names, in this order.
 DEFAULT_THRESHOLD_GRID = np.round(np.arange(0.01, 1.0, 0.01), 2)  # 0.01, 0.02, ..., 0.99.
+
+
+def _sklearn_metrics():
+  """`sklearn.metrics`, imported on first use: it takes about a second to import, and every
+  config file reads `METRICS` (through `config_base`) without scoring anything."""
+  import sklearn.metrics
+
+  return sklearn.metrics
 
 
 # --- Input checks -------------------------------------------------------------------------
@@ -138,12 +147,12 @@ def _tag_average(metric, labels: np.ndarray, scores: np.ndarray) -> float:
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
   """Macro (tag-wise) ROC-AUC over the tags that `scorable_tags` keeps, as sklearn computes it."""
-  return _tag_average(sklearn.metrics.roc_auc_score, labels, scores)
+  return _tag_average(_sklearn_metrics().roc_auc_score, labels, scores)
 
 
 def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
   """Macro average precision (PR-AUC) over the tags that `scorable_tags` keeps (sklearn)."""
-  return _tag_average(sklearn.metrics.average_precision_score, labels, scores)
+  return _tag_average(_sklearn_metrics().average_precision_score, labels, scores)
 
 
 # --- Classification (Speech Commands): accuracy and confusion matrix -----------------------
@@ -224,7 +233,7 @@ def confusion_matrix(
   truth, predicted, num_classes = _mapped_predictions(
       labels, scores, eval_label_map, labels_mapped
   )
-  return sklearn.metrics.confusion_matrix(truth, predicted, labels=np.arange(num_classes))
+  return _sklearn_metrics().confusion_matrix(truth, predicted, labels=np.arange(num_classes))
 
 
 # --- Multi-label detection (DCASE 2017 Task 4 A): F-scores and thresholds ------------------
@@ -304,17 +313,6 @@ def instance_f_score(
   }
 
 
-def per_class_f1(
-    labels: np.ndarray, scores: np.ndarray, threshold: float | np.ndarray = 0.5
-) -> np.ndarray:
-  """F1 of each class on its own (0 when it has no true and no predicted positive)."""
-  scores = _scores_matrix(scores)
-  truth = _multi_hot(labels, scores)
-  predicted = binarize(scores, threshold)
-  tp = np.sum(truth & predicted, axis=0)
-  return _safe_ratio(2 * tp, truth.sum(axis=0) + predicted.sum(axis=0))
-
-
 def tune_thresholds(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -379,7 +377,7 @@ def compute_metrics(
   family = METRIC_FAMILIES.get(kind)
   if family is None:
     raise ValueError(
-        f"No metrics for metric={kind!r}; choose one of {', '.join(METRIC_FAMILIES)} "
+        f"No metrics for metric={kind!r}; choose one of {', '.join(METRICS)} "
         f"(the loss is computed by the training step, not here)."
     )
   if family == "tagging":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import ml_collections
 
-from samplecnn_jax import workdir
+from samplecnn_jax import config_base
 
 REPO = Path(__file__).resolve().parents[1]  # The checkout: configs/, tests/, benchmarks/.
 CONFIGS = REPO / "configs"
@@ -24,4 +24,4 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   if not path.is_file():
     choices = sorted(p.stem for p in CONFIGS.glob("*.py"))
     raise ValueError(f"No config {name!r} in {CONFIGS}; choose one of {choices}.")
-  return workdir.read_config(REPO, f"{path}:{arg}" if arg else str(path))
+  return config_base.load_config(f"{path}:{arg}" if arg else path)

@@ -1,11 +1,11 @@
-"""Training and evaluation: the jitted data-parallel train step and the loop around it.
+"""Training: the jitted data-parallel train step and the loop around it.
 
-Reads top to bottom: losses and learning rates, the train state and the schedule's
-bookkeeping, `train_step` and `eval_step`, the `Run` that `setup` builds once (config,
-workdir, opened store, mesh, model, compiled steps), the `Evaluator` that scores a split,
-then `train_and_evaluate(config, workdir)`, which trains, validates as it goes, keeps the
-latest and best checkpoints, follows the paper's staged schedule, and finally scores the
-best checkpoint on the test split; `evaluate_checkpoint` is the eval-only mode.
+Reads top to bottom: learning rates, the train state and the schedule's bookkeeping,
+`train_step`, the `Run` that `setup` builds once (config, workdir, opened store, mesh, model,
+compiled steps), then `train_and_evaluate(config, workdir)`, which trains, validates as it
+goes, keeps the latest and best checkpoints, follows the paper's staged schedule, and finally
+scores the best checkpoint on the test split. Scoring a split (`evaluate.Evaluator`), the loss
+and the eval-only mode (`evaluate.evaluate_checkpoint`) live in `evaluate.py`.
 
 Where training starts is decided in one place, `restore_state`: resume (the workdir's
 latest checkpoint, exactly: state, data iterator, bookkeeping) > init_from (another run's
@@ -28,49 +28,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from clu import metrics as clu_metrics
 from clu import parameter_overview
 from flax import struct
 
-from samplecnn_jax import checkpointing, input_pipeline, models, sharding, store, transfer
+from samplecnn_jax import (
+  checkpointing,
+  config_base,
+  evaluate,
+  input_pipeline,
+  models,
+  sharding,
+  store,
+  transfer,
+)
 from samplecnn_jax import metrics as task_metrics
 from samplecnn_jax import workdir as workdir_files
-from samplecnn_jax.config_base import LABEL_TYPES, METRICS
-from samplecnn_jax.models import probabilities
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("staged", "cosine", "constant")
-
 
 # --- Config checks ---------------------------------------------------------------------------
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails early, naming the valid choices, on config values the run cannot use."""
-  choices = {
-      "optimizer": OPTIMIZERS,
-      "schedule": SCHEDULES,
-      "label_type": LABEL_TYPES,
-      "metric": tuple(m for m in METRICS if m != "loss"),
-      "best_metric": METRICS,
-  }
-  for field, valid in choices.items():
-    if config[field] not in valid:
-      raise ValueError(
-          f"config.{field}={config[field]!r} is not valid; choose one of: {', '.join(valid)}."
-      )
-  input_pipeline.check_train_segments(config.train_segments)
-  for field in ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval"):
-    if config[field] < 1:
-      raise ValueError(f"config.{field} must be >= 1, got {config[field]}.")
-  if not config.learning_rate > 0:
-    raise ValueError(
-        f"config.learning_rate must be > 0, got {config.learning_rate}. To train only part "
-        f"of the model use --config.trainable=head; to score a run use --mode=eval."
-    )
-  transfer.validate_config(config)
 
 
 def check_store_splits(config: ml_collections.ConfigDict, data: store.Store) -> None:
@@ -100,14 +76,7 @@ def check_store_splits(config: ml_collections.ConfigDict, data: store.Store) -> 
     )
 
 
-# --- Losses and learning rates --------------------------------------------------------------
-
-
-def loss_per_example(logits: jax.Array, labels: jax.Array, label_type: str) -> jax.Array:
-  """Sigmoid BCE averaged over classes (multi-label) or softmax CE (multi-class)."""
-  if label_type == "multi_label":
-    return optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
-  return optax.softmax_cross_entropy(logits, labels)
+# --- Label smoothing and learning rates ------------------------------------------------------
 
 
 def smooth_labels(labels: jax.Array, smoothing: float, label_type: str) -> jax.Array:
@@ -304,7 +273,7 @@ def train_step(
         mutable=["batch_stats"],
     )
     labels = smooth_labels(batch["label"], config.label_smoothing, config.label_type)
-    loss = loss_per_example(logits, labels, config.label_type).mean()
+    loss = evaluate.loss_per_example(logits, labels, config.label_type).mean()
     return loss, updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -324,14 +293,6 @@ def train_step(
       loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=lr
   )
   return new_state, metrics
-
-
-def eval_step(
-    variables: dict[str, Any], batch: dict[str, jax.Array], model: nn.Module, label_type: str
-) -> tuple[jax.Array, jax.Array]:
-  """Per-segment class probabilities and losses in inference mode (running BN statistics)."""
-  logits = model.apply(variables, batch["audio"], train=False)
-  return probabilities(logits, label_type), loss_per_example(logits, batch["label"], label_type)
 
 
 def batch_statistics(
@@ -394,11 +355,7 @@ def compile_steps(
       out_shardings=(replicated, replicated),
       donate_argnums=(0,),
   )
-  eval_step_fn = jax.jit(
-      functools.partial(eval_step, model=model, label_type=config.label_type),
-      in_shardings=(replicated, data_sharding),
-      out_shardings=(data_sharding, data_sharding),
-  )
+  eval_step_fn = evaluate.compile_eval_step(config, mesh, model)
   stats_fn = jax.jit(
       functools.partial(batch_statistics, model=model, seed=int(config.seed)),
       in_shardings=(replicated, data_sharding),
@@ -412,7 +369,8 @@ def compile_steps(
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """What training and evaluation share, built and checked once by `setup`."""
+  """What the training loop, its validations and its test scoring share, built and checked
+  once by `setup`."""
 
   config: ml_collections.ConfigDict
   workdir: str
@@ -422,98 +380,23 @@ class Run:
   steps: CompiledSteps
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, training: bool = True) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Checks the config against itself, the store, the devices and the workdir; compiles.
 
-  `training=False` (eval mode) skips the check that the train/valid/test splits exist.
+  Every check raises ValueError (or OSError) in one line naming the field and the fix,
+  before anything is written.
   """
-  validate_config(config)
-  data = store.Store.open(input_pipeline.data_dir_for(config))
-  data.check_matches(config)
-  if training:
-    check_store_splits(config, data)
+  config_base.validate_config(config)
+  input_pipeline.check_train_segments(config.train_segments)
+  transfer.validate_config(config)
+  data = evaluate.open_store(config)
+  check_store_splits(config, data)
   mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   checkpointing.check_config_matches(workdir, config)
   model = models.create_model(config.model, config.num_classes)
   return Run(config, str(workdir), data, mesh, model, compile_steps(config, mesh, model))
-
-
-# --- Evaluation -------------------------------------------------------------------------------
-
-
-class Evaluator:
-  """Scores splits of a run's store; reads each split's clip labels once and keeps them."""
-
-  def __init__(self, run: Run):
-    self.run = run
-    self._clip_labels: dict[str, tuple[list[str], np.ndarray]] = {}
-
-  def clip_labels(self, split: str) -> tuple[list[str], np.ndarray]:
-    if split not in self._clip_labels:
-      self._clip_labels[split] = self.run.store.clip_labels(split, self.run.config.num_classes)
-    return self._clip_labels[split]
-
-  def evaluate(
-      self, variables: dict[str, Any], split: str, max_batches: int = 0
-  ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Scores `split`: segment-level loss and the task metric on clip-averaged predictions.
-
-    `variables` ({'params', 'batch_stats'}) must be replicated over the run's mesh. Returns
-    (metrics, arrays) where arrays holds the clip scores and labels (for threshold tuning
-    and for writing predictions).
-    """
-    config, mesh = self.run.config, self.run.mesh
-    clip_ids, clip_labels = self.clip_labels(split)
-    outputs, masks, indices = [], [], []
-    sample = input_pipeline.eval_sample(len(clip_ids), max_batches, config)
-    if sample is not None:
-      logging.info("Scoring %s on %d of its %d clips (config.max_eval_batches=%d): one drawn "
-                   "from each of %d equal blocks of the split, the same clips every time.",
-                   split, len(sample), len(clip_ids), max_batches, len(sample))
-    batches = input_pipeline.create_eval_iterator(config, self.run.store, split, clips=sample)
-    for batch in batches:
-      masks.append(_gather_local(batch.pop("mask"), mesh))
-      indices.append(_gather_local(batch.pop("clip_index"), mesh))
-      # Results stay on device until the loop ends, so steps are dispatched ahead of reading.
-      outputs.append(self.run.steps.eval_step(variables, sharding.global_batch(batch, mesh)))
-    # Every process sees the whole split's predictions (small: segments x classes).
-    mask = np.concatenate(masks)
-    probs = np.concatenate([sharding.to_host(p) for p, _ in outputs])[mask]
-    losses = np.concatenate([sharding.to_host(loss) for _, loss in outputs])[mask]
-    clip_index = np.concatenate(indices)[mask]
-    seen = np.unique(clip_index)
-    if sample is not None:  # A sample scores only its clips.
-      remap = np.searchsorted(seen, clip_index)
-      clip_scores = task_metrics.clip_level_scores(probs, remap, len(seen))
-      labels = clip_labels[seen]
-    else:
-      clip_scores = task_metrics.clip_level_scores(probs, clip_index, len(clip_ids))
-      labels = clip_labels
-    options = self._metric_options()
-    result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
-              "num_segments": int(len(losses))}
-    result.update(task_metrics.compute_metrics(config.metric, labels, clip_scores, **options))
-    if config.metric == "accuracy":  # Rows: true class, columns: predicted (eval classes).
-      result["confusion_matrix"] = task_metrics.confusion_matrix(
-          labels, clip_scores, **options).tolist()
-    return result, {"scores": clip_scores, "labels": labels}
-
-  def _metric_options(self) -> dict[str, Any]:
-    config = self.run.config
-    if config.metric == "accuracy":
-      return {"eval_label_map": self.run.store.manifest.eval_label_map}
-    if config.metric == "f_score":
-      return {"threshold": config.f_score_threshold}
-    return {}
-
-
-def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
-  """A per-process numpy slice of a batch field, gathered to the global batch on every host."""
-  if jax.process_count() == 1:
-    return np.asarray(local)
-  return sharding.to_host(sharding.global_batch({"x": local}, mesh)["x"])
 
 
 # --- Logging ----------------------------------------------------------------------------------
@@ -573,17 +456,6 @@ class Progress:
 def _format_seconds(seconds: float) -> str:
   seconds = int(seconds)
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _summary(result: dict[str, Any]) -> str:
-  return ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
-
-
-def write_metrics(run: Run, split: str, step: int, values: dict[str, Any]) -> Path:
-  """Writes `WORKDIR/metrics_<split>.json` (process 0 only) and returns its path."""
-  if jax.process_index() == 0:
-    return workdir_files.write_metrics(run.workdir, split, step, values)
-  return workdir_files.metrics_path(run.workdir, split)
 
 
 # --- The loop ---------------------------------------------------------------------------------
@@ -665,7 +537,7 @@ def _train(run: Run) -> dict[str, Any]:
   config, workdir = run.config, run.workdir
   train_iter = input_pipeline.create_train_iterator(config, run.store, seed=config.seed)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
-  evaluator = Evaluator(run)
+  evaluator = evaluate.Evaluator(config, run.store, run.mesh, run.steps.eval_step)
   state, schedule = restore_state(run, ckpt, train_iter)
   if jax.process_index() == 0:  # Only once the restore worked: it describes these checkpoints.
     workdir_files.write_config(workdir, config)
@@ -695,13 +567,13 @@ def _train(run: Run) -> dict[str, Any]:
         _stop_unless_finite(values["loss"], step, ckpt, workdir)
         progress.report(step, values)
       if at_eval:
-        state = _validate(evaluator, ckpt, progress, state, schedule)
+        state = _validate(run, evaluator, ckpt, progress, state, schedule)
       if at_eval or step % config.checkpoint_every_steps == 0:
         _stop_unless_state_finite(state, ckpt, workdir)
         ckpt.save(state, train_iter, schedule.to_json())
     ckpt.wait()
 
-    result = _evaluate_best_on_test(evaluator, ckpt, state)
+    result = _evaluate_best_on_test(run, evaluator, ckpt, state)
     progress.scalars(result["step"], {k: v for k, v in result.items() if k != "step"},
                      config.test_split)
   finally:  # Also on errors (NaN, interrupts): flush TensorBoard, finish async saves.
@@ -745,17 +617,16 @@ def _diverged(what: str, ckpt: checkpointing.Checkpointer, workdir: str) -> None
   )
 
 
-def _validate(evaluator: Evaluator, ckpt: checkpointing.Checkpointer, progress: Progress,
-              state: TrainState, schedule: Schedule) -> TrainState:
+def _validate(run: Run, evaluator: evaluate.Evaluator, ckpt: checkpointing.Checkpointer,
+              progress: Progress, state: TrainState, schedule: Schedule) -> TrainState:
   """Scores the validation split, keeps the best checkpoint, and ends a stage on patience."""
-  run = evaluator.run
   config, step = run.config, int(state.step)
   state = recalibrate_batch_stats(run, state)
   result, _ = evaluator.evaluate(model_variables(state), config.eval_split,
                                  config.max_eval_batches)
-  logging.info("step %d | %s: %s", step, config.eval_split, _summary(result))
+  logging.info("step %d | %s: %s", step, config.eval_split, evaluate.summary(result))
   progress.scalars(step, result, config.eval_split)
-  write_metrics(run, config.eval_split, step, result)
+  evaluate.write_metrics(run.workdir, config.eval_split, step, result)
   if schedule.record(result[config.best_metric], step, config.best_metric):
     _stop_unless_state_finite(state, ckpt, run.workdir)
     ckpt.save_best(state, schedule.to_json())
@@ -795,10 +666,9 @@ def _best_or(ckpt: checkpointing.Checkpointer, state: TrainState,
   return sharding.replicate(best, mesh)
 
 
-def _evaluate_best_on_test(evaluator: Evaluator, ckpt: checkpointing.Checkpointer,
-                           state: TrainState) -> dict[str, Any]:
+def _evaluate_best_on_test(run: Run, evaluator: evaluate.Evaluator,
+                           ckpt: checkpointing.Checkpointer, state: TrainState) -> dict[str, Any]:
   """Scores the best checkpoint (else `state`) on the test split; F1 thresholds tuned on valid."""
-  run = evaluator.run
   config = run.config
   state = _best_or(ckpt, state, run.mesh)
   variables = model_variables(state)
@@ -813,22 +683,7 @@ def _evaluate_best_on_test(evaluator: Evaluator, ckpt: checkpointing.Checkpointe
     result.update({f"tuned_{k}": v for k, v in tuned.items()})
     result["tuned_thresholds"] = [float(t) for t in thresholds]
   result["step"] = int(state.step)
-  path = write_metrics(run, config.test_split, int(state.step), result)
+  path = evaluate.write_metrics(run.workdir, config.test_split, int(state.step), result)
   logging.info("Best checkpoint (step %d) on %s: %s -> %s", int(state.step), config.test_split,
-               _summary(result), path)
-  return result
-
-
-def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str, split: str, which: str = "best"
-) -> dict[str, Any]:
-  """Eval-only mode: scores a workdir's best or latest checkpoint on `split`."""
-  run = setup(config, workdir, training=False)
-  # Evaluation reads only the model's variables: no optimizer state is built.
-  variables = sharding.replicate(checkpointing.load_variables(workdir, config, which), run.mesh)
-  result, _ = Evaluator(run).evaluate(variables, split)
-  step = checkpointing.checkpoint_step(workdir, which)
-  result["checkpoint"] = which
-  write_metrics(run, split, step, result)
-  logging.info("%s checkpoint (step %d) on %s: %s", which, step, split, _summary(result))
+               evaluate.summary(result), path)
   return result

@@ -28,6 +28,7 @@ import optax
 from flax import traverse_util
 
 from samplecnn_jax import checkpointing
+from samplecnn_jax import workdir as workdir_files
 
 TRAINABLE = ("all", "head")
 TRUNK_LAYERS = ("front_conv", "front_bn")  # With every `block<i>`: what `trunk()` builds.
@@ -42,12 +43,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.trainable not in TRAINABLE:
     raise ValueError(f"config.trainable={config.trainable!r} is not valid; choose one of: "
                      f"{', '.join(TRAINABLE)}.")
-  if config.init_from_checkpoint not in ("best", "latest"):
-    raise ValueError(f"config.init_from_checkpoint={config.init_from_checkpoint!r} is not "
-                     "valid; choose one of: best, latest.")
+  checkpointing.check_which(config.init_from_checkpoint, "--config.init_from_checkpoint")
   if not config.trunk_lr_factor >= 0:
-    raise ValueError(f"config.trunk_lr_factor must be >= 0, got {config.trunk_lr_factor}.")
-  if config.init_from and not (Path(config.init_from) / "config.json").is_file():
+    raise ValueError(f"config.trunk_lr_factor must be >= 0, got {config.trunk_lr_factor}: "
+                     "set --config.trunk_lr_factor (1.0 = the paper's).")
+  if config.init_from and not (Path(config.init_from) / workdir_files.CONFIG_FILE).is_file():
     raise FileNotFoundError(
         f"config.init_from={config.init_from!r} is not a training workdir (no config.json "
         "there). Point it at the --workdir of a finished or running training run.")
@@ -65,8 +65,7 @@ def partition_labels(params: Any) -> Any:
       {path: "trunk" if is_trunk(path) else "head" for path in flat})
 
 
-def partitioned(config: ml_collections.ConfigDict,
-                build: Any) -> Any:
+def partitioned(config: ml_collections.ConfigDict, build: Any) -> Any:
   """Wraps `build(learning_rate) -> GradientTransformation` for trainable / trunk_lr_factor.
 
   `train.create_optimizer` uses it only when these fields are not at their defaults.

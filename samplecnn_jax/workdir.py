@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import importlib.util
 import json
 import os
 import socket
@@ -75,15 +74,10 @@ def read_config(
           f"config that trained it with --config=configs/NAME.py[:ARG]."
       )
     return _config_from_json(path)
-  file, _, arg = config_file.partition(":")
+  file = config_file.partition(":")[0]
   if file.endswith(".json"):
     return _config_from_json(Path(file))
-  if not Path(file).is_file():
-    raise FileNotFoundError(f"Config file {file} does not exist.")
-  spec = importlib.util.spec_from_file_location("_workdir_config", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return config_base.load_config(config_file)
 
 
 def _config_from_json(path: Path) -> ml_collections.ConfigDict:

@@ -1,16 +1,18 @@
 """Tests for samplecnn_jax.baseline: JSON per model with main's metric keys, determinism,
-clear errors, multi-class and multi-label stores, and the real Speech Commands v0.02 excerpt."""
+one-line errors and exit codes of the command, multi-class and multi-label stores, and the
+real Speech Commands v0.02 excerpt."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-from samplecnn_jax import baseline, metrics, prepare, store
+from samplecnn_jax import baseline, metrics, prepare
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,14 @@ def tone_store(tmp_path_factory) -> str:
   return str(out)
 
 
-def run_cli(*args: str):
+def run_baselines(data_dir, out_dir, **options) -> baseline.BaselineResult:
+  """The engine, and the JSON files the command writes from its result."""
+  result = baseline.run_baselines(data_dir, **options)
+  baseline.write_results(result, out_dir)
+  return result
+
+
+def run_cli(*args: str) -> int:
   return baseline.main(["baseline", *args])
 
 
@@ -52,7 +61,7 @@ def expected_keys(kind: str, labels: np.ndarray, scores: np.ndarray) -> set[str]
 
 
 def test_demo_store_writes_one_entry_per_model_with_main_metric_keys(demo_store, tmp_path):
-  result = run_cli(f"--data_dir={demo_store}", f"--out_dir={tmp_path}")
+  result = run_baselines(demo_store, tmp_path)
   labels = np.eye(6, dtype=np.int64)[np.arange(12) % 6]
   keys = expected_keys("f_score", labels, labels * 0.9) | expected_keys("roc_auc", labels, labels)
   names = {f"{f}+{m}" for f in baseline.FEATURES for m in baseline.MODELS}
@@ -69,10 +78,10 @@ def test_demo_store_writes_one_entry_per_model_with_main_metric_keys(demo_store,
 
 
 def test_same_seed_same_numbers_other_seed_other_mlp(demo_store, tmp_path):
-  args = (f"--data_dir={demo_store}", "--features=logmel", "--models=mlp,svm")
-  first = run_cli(*args, f"--out_dir={tmp_path / 'a'}")
-  again = run_cli(*args, f"--out_dir={tmp_path / 'b'}")
-  other = run_cli(*args, f"--out_dir={tmp_path / 'c'}", "--seed=1")
+  options = {"features": ["logmel"], "models": ["mlp", "svm"]}
+  first = run_baselines(demo_store, tmp_path / "a", **options)
+  again = run_baselines(demo_store, tmp_path / "b", **options)
+  other = run_baselines(demo_store, tmp_path / "c", **options, seed=1)
   for split in ("valid", "test"):
     assert (tmp_path / "a" / f"baseline_{split}.json").read_text() == (
         tmp_path / "b" / f"baseline_{split}.json").read_text()
@@ -82,8 +91,8 @@ def test_same_seed_same_numbers_other_seed_other_mlp(demo_store, tmp_path):
 
 
 def test_multi_class_store_scores_accuracy_and_confusion_matrix(tone_store, tmp_path):
-  result = run_cli(f"--data_dir={tone_store}", f"--out_dir={tmp_path}", "--features=logmel,mfcc",
-                   "--models=lr,svm", "--eval_splits=test")
+  result = run_baselines(tone_store, tmp_path, features=["logmel", "mfcc"], models=["lr", "svm"],
+                         eval_splits=["test"])
   assert result.kinds == ("accuracy",) and not (tmp_path / "baseline_valid.json").exists()
   test = json.loads((tmp_path / "baseline_test.json").read_text())
   assert set(test) == {"logmel+lr", "logmel+svm", "mfcc+lr", "mfcc+svm"}
@@ -92,18 +101,16 @@ def test_multi_class_store_scores_accuracy_and_confusion_matrix(tone_store, tmp_
     assert np.asarray(entry["confusion_matrix"]).shape == (3, 3)
     assert np.asarray(entry["confusion_matrix"]).sum() == entry["num_clips"] == 6
   assert test["logmel+lr"]["accuracy"] == 1.0  # Tones and noise are trivially separable.
-  roc = run_cli(f"--data_dir={tone_store}", f"--out_dir={tmp_path}", "--features=logmel",
-                "--models=lr", "--metric=roc_auc")
+  roc = run_baselines(tone_store, tmp_path, features=["logmel"], models=["lr"], metric="roc_auc")
   assert {"roc_auc", "pr_auc", "num_excluded_tags"} <= set(roc.scores["test"]["logmel+lr"])
 
 
 def test_eval_label_map_scores_in_the_evaluation_space():
   """A Speech Commands store's map: 4 training classes scored as 3 (two words -> unknown)."""
-  manifest = store.Manifest(16000, "multi_class", ("a", "b", "c", "d"), {},
-                            eval_vocabulary=("a", "b", "c"), eval_label_map=(0, 1, 2, 2))
+  eval_label_map = [0, 1, 2, 2]
   labels = np.array([0, 1, 2, 3])
   scores = np.eye(4)[[0, 1, 3, 3]]  # The third clip (class 2) is predicted as class 3.
-  result = baseline.score_split(scores, labels, manifest, ("accuracy",))
+  result = baseline.score_split(scores, labels, ("accuracy",), eval_label_map, 0.5)
   assert result["accuracy"] == 1.0 and result["accuracy_train_classes"] == 0.75
   assert np.asarray(result["confusion_matrix"]).shape == (3, 3)
 
@@ -133,34 +140,43 @@ def test_features_scale_with_the_sample_rate_and_accept_short_clips():
   assert 15 < mel_peak < 35, "1 kHz lands in the lower-middle mel bands"
 
 
-def test_errors_name_what_is_wrong(demo_store, tmp_path):
+def test_command_writes_the_json_and_prints_the_table(tone_store, tmp_path, capsys):
+  code = run_cli(f"--data_dir={tone_store}", f"--out_dir={tmp_path}", "--features=logmel",
+                 "--models=lr", "--eval_splits=test")
+  assert code == 0
+  test = json.loads((tmp_path / "baseline_test.json").read_text())
+  assert set(test) == {"logmel+lr"} and test["logmel+lr"]["accuracy"] == 1.0
+  assert "logmel+lr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eval_splits=valid,dev"], r"'dev' is not in .* it has: test, train, valid"),
+    (["--train_split=training"], r"'training' is not in .* it has: test, train, valid"),
+    (["--data_dir={nothing}"], "No prepared dataset"),
+    (["--models=lr,rf"], "choose from lr, svm, mlp"),
+    (["--features=chroma"], "choose from mfcc, mfcc_d, logmel"),
+    (["--metric=accuracy"], "needs a multi_class store"),
+    (["--metric=auc"], "metric"),
+    (["--data_dir="], "--data_dir is required"),
+])
+def test_errors_name_what_is_wrong(demo_store, tmp_path, capsys, args, message):
   out = tmp_path / "out"
-  with pytest.raises(SystemExit, match=r"'dev' is not in .* it has: test, train, valid"):
-    run_cli(f"--data_dir={demo_store}", f"--out_dir={out}", "--eval_splits=valid,dev")
-  with pytest.raises(SystemExit, match=r"'training' is not in .* it has: test, train, valid"):
-    run_cli(f"--data_dir={demo_store}", f"--out_dir={out}", "--train_split=training")
-  with pytest.raises(SystemExit, match="No prepared dataset"):
-    run_cli(f"--data_dir={tmp_path / 'nothing'}", f"--out_dir={out}")
-  with pytest.raises(SystemExit, match="choose from lr, svm, mlp"):
-    run_cli(f"--data_dir={demo_store}", f"--out_dir={out}", "--models=lr,rf")
-  with pytest.raises(SystemExit, match="choose from mfcc, mfcc_d, logmel"):
-    run_cli(f"--data_dir={demo_store}", f"--out_dir={out}", "--features=chroma")
-  with pytest.raises(SystemExit, match="needs a multi_class store"):
-    run_cli(f"--data_dir={demo_store}", f"--out_dir={out}", "--metric=accuracy")
-  with pytest.raises(SystemExit, match="metric"):
-    run_cli(f"--data_dir={demo_store}", f"--out_dir={out}", "--metric=auc")
-  with pytest.raises(SystemExit, match="--data_dir is required"):
-    run_cli(f"--out_dir={out}")
+  args = [a.format(nothing=tmp_path / "nothing") for a in args]
+  code = run_cli(f"--data_dir={demo_store}", f"--out_dir={out}", *args)
+  error = capsys.readouterr().err
+  assert code == 2 and len(error.strip().splitlines()) == 1, error
+  assert re.search(message, error), error
   assert not out.exists(), "no error leaves files behind"
 
 
+@pytest.mark.slow
 def test_speech_commands_excerpt_beats_chance(shared_data: Path, tmp_path):
   """The real 480-clip excerpt (12 classes, speaker-disjoint): chance is 1/12, the issue's
   log-mel MLP reached 45.3% on test."""
   csv = shared_data / "speech_commands_v0.02_excerpt" / "labels.csv"
   store_dir = tmp_path / "v2"
   prepare.prepare("csv", csv, store_dir, workers=1, progress=False)
-  result = run_cli(f"--data_dir={store_dir}", f"--out_dir={tmp_path}", "--features=logmel")
+  result = run_baselines(store_dir, tmp_path, features=["logmel"])
   test = result.scores["test"]
   assert all(entry["num_clips"] == 75 for entry in test.values())
   assert np.asarray(test["logmel+mlp"]["confusion_matrix"]).shape == (12, 12)

@@ -7,7 +7,7 @@ from absl import flags
 from conftest import REPO, load_config
 from ml_collections import config_flags
 
-from samplecnn_jax import config_base, models
+from samplecnn_jax import config_base, metrics, models
 
 # Paper Table 1 (num_blocks excludes the strided front conv, the paper counts it).
 PAPER = {
@@ -29,7 +29,7 @@ def test_dataset_configs_match_paper_table_1(name):
   for key, value in expected.items():
     assert config[key] == value, key
   assert config.model.input_size == config.input_size
-  assert config.label_type in config_base.LABEL_TYPES and config.metric in config_base.METRICS
+  assert config.label_type in config_base.CHOICES["label_type"] and config.metric in metrics.METRICS
 
 
 def test_paper_training_recipe_is_the_default():
@@ -108,3 +108,43 @@ def test_small_data_argument_turns_on_the_recipe_and_combines_with_a_variant():
       "rese2_multi", {"small_data", "bf16"})
   with pytest.raises(ValueError):
     config_base.parse_arg("small_dta", "samplecnn")
+
+
+@pytest.mark.parametrize("name", ["mtat", "speech_commands", "dcase", "demo", "test"])
+def test_every_config_passes_validation(name):
+  config_base.validate_config(load_config(name))
+  config_base.validate_config(load_config(name, "small_data"))
+
+
+@pytest.mark.parametrize("field, value, fix", [
+    ("learning_rate", -1.0, "learning_rate must be > 0"),
+    ("batch_size", 0, "--config.batch_size"),
+    ("eval_batch_size", -8, "--config.eval_batch_size"),
+    ("num_train_steps", 0, "--config.num_train_steps"),
+    ("log_every_steps", 0, "--config.log_every_steps"),
+    ("checkpoint_every_steps", 0, "--config.checkpoint_every_steps"),
+    ("eval_segments", 0, "--config.eval_segments"),
+    ("warmup_steps", -1, "--config.warmup_steps"),
+    ("f_score_threshold", 1.5, "--config.f_score_threshold"),
+    ("augment.noise_prob", -0.1, "--config.augment.noise_prob"),
+    ("optimizer", "rmsprop", "choose one of: sgd, adam, adamw"),
+    ("metric", "loss", "choose one of: roc_auc, pr_auc, accuracy, f_score"),
+])
+def test_invalid_values_are_one_line_naming_the_field(field, value, fix):
+  config = load_config("test")
+  parent, _, name = field.rpartition(".")
+  (config[parent] if parent else config)[name] = value
+  with pytest.raises(ValueError, match=f"config.{field}") as error:
+    config_base.validate_config(config)
+  assert fix in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_config_names_the_fix_for_a_missing_file_and_an_unknown_variant(tmp_path):
+  with pytest.raises(FileNotFoundError, match="--config=configs/NAME.py"):
+    config_base.load_config(tmp_path / "nope.py")
+  with pytest.raises(ValueError, match=r"'resnet' is neither a model variant.*Valid variants: "
+                                       r".*rese2_multi.*samplecnn") as error:
+    config_base.load_config(f"{REPO / 'configs' / 'mtat.py'}:resnet")
+  assert "\n" not in str(error.value)
+  assert config_base.load_config(f"{REPO / 'configs' / 'mtat.py'}:samplecnn") == load_config(
+      "mtat", "samplecnn")

@@ -13,7 +13,17 @@ import pytest
 import soundfile as sf
 from trained_run import BROKEN, NUM_TEST_CLIPS, RATE, by_name, make_run, tone, write_audio_folder
 
-from samplecnn_jax import audio, checkpointing, inference, models, segments, sharding, store, train
+from samplecnn_jax import (
+  audio,
+  checkpointing,
+  evaluate,
+  inference,
+  models,
+  segments,
+  sharding,
+  store,
+  train,
+)
 from samplecnn_jax import workdir as workdir_files
 from samplecnn_jax.predict import find_audio_files
 
@@ -99,10 +109,11 @@ def test_batching_across_files_matches_one_file_at_a_time(run, predictor, audio_
 
 
 def test_scores_match_evaluation_of_the_prepared_store(run, predictor, tmp_path):
-  """Clips written from the store as wav get exactly the clip scores `train.evaluate` gives."""
+  """Clips written from the store as wav get exactly the clip scores `evaluate.Evaluator` gives."""
   setup = train.setup(run["config"], str(run["workdir"]))
   variables = sharding.replicate(train.model_variables(run["state"]), setup.mesh)
-  _, arrays = train.Evaluator(setup).evaluate(variables, "test")
+  evaluator = evaluate.Evaluator(setup.config, setup.store, setup.mesh, setup.steps.eval_step)
+  _, arrays = evaluator.evaluate(variables, "test")
   clips = store.ClipSource(run["data_dir"], "test")
   paths = []
   for i in range(len(clips)):

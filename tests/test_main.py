@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, tiny_config
 
-from samplecnn_jax import cli, main, train, workdir
+from samplecnn_jax import cli, evaluate, main, train, workdir
 
 TEST_CONFIG = str(REPO / "configs" / "test.py")
 
@@ -74,7 +74,7 @@ def test_eval_only_overrides_apply_to_the_recorded_config(capsys, demo_store, tm
   recorded = tiny_config(demo_store)
   workdir.write_config(tmp_path, recorded)
   seen = {}
-  monkeypatch.setattr(train, "evaluate_checkpoint",
+  monkeypatch.setattr(evaluate, "evaluate_checkpoint",
                       lambda config, work, split, which: seen.update(
                           config=config, work=work, split=split, which=which))
   code, stderr = _run(capsys, f"--workdir={tmp_path}", "--mode=eval", "--split=valid",
@@ -104,7 +104,7 @@ def test_second_process_on_a_workdir_exits_at_once_naming_the_holder(demo_store,
 def test_eval_only_command_scores_with_the_recorded_config(demo_store, tmp_path):
   config = tiny_config(demo_store, num_train_steps=3)
   train.train_and_evaluate(config, str(tmp_path))
-  expected = train.evaluate_checkpoint(config, str(tmp_path), "valid", which="latest")
+  expected = evaluate.evaluate_checkpoint(config, str(tmp_path), "valid", checkpoint="latest")
   (tmp_path / "metrics_valid.json").unlink()
   cmd = [sys.executable, "-m", "samplecnn_jax.main", f"--workdir={tmp_path}", "--mode=eval",
          "--split=valid", "--checkpoint=latest"]

@@ -1,5 +1,7 @@
 """Tests for samplecnn_jax.transfer: init_from (same and other class count), the trunk
-mismatch error, a frozen trunk, the trunk learning-rate factor, and resume > init_from."""
+mismatch error, a frozen trunk, the trunk learning-rate factor, and resume > init_from.
+
+Tests that start from a trained run (the `source_run` fixture) are marked `slow`."""
 
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def waveforms(config):
   return jax.random.normal(jax.random.key(3), (4, config.input_size))
 
 
+@pytest.mark.slow
 def test_same_class_count_reproduces_the_source_logits_at_step_0(demo_store, source_run,
                                                                   tmp_path):
   config = tiny_config(demo_store, init_from=source_run, seed=7)
@@ -76,6 +79,7 @@ def test_same_class_count_reproduces_the_source_logits_at_step_0(demo_store, sou
                          expected)
 
 
+@pytest.mark.slow
 def test_other_class_count_keeps_the_trunk_features_and_reinitialises_the_head(
     demo_store, source_run):
   config = tiny_config(demo_store, init_from=source_run, num_classes=3)
@@ -97,6 +101,7 @@ def test_other_class_count_keeps_the_trunk_features_and_reinitialises_the_head(
                                 source["params"]["head_dense"]["kernel"])
 
 
+@pytest.mark.slow
 def test_a_trunk_of_another_width_stops_with_the_mismatched_paths(demo_store, source_run):
   config = tiny_config(demo_store, init_from=source_run)
   config.model.base_width = 8
@@ -110,6 +115,7 @@ def test_a_trunk_of_another_width_stops_with_the_mismatched_paths(demo_store, so
   assert "logits" not in message
 
 
+@pytest.mark.slow
 def test_a_frozen_trunk_is_bit_identical_after_training_while_the_head_changed(
     source_run, frozen_run):
   config, workdir = frozen_run
@@ -125,6 +131,7 @@ def test_a_frozen_trunk_is_bit_identical_after_training_while_the_head_changed(
     assert any(not np.array_equal(head_before[p], head_after[p]) for p in head_before), collection
 
 
+@pytest.mark.slow
 def test_resume_beats_init_from(frozen_run):
   config, workdir = frozen_run
   _, state = starting_state(config, workdir)
@@ -155,6 +162,6 @@ def test_trunk_lr_factor_scales_only_the_trunk_updates():
 
 def test_bad_transfer_fields_are_rejected(demo_store, tmp_path):
   with pytest.raises(ValueError, match="trainable"):
-    train.validate_config(tiny_config(demo_store, trainable="trunk"))
+    transfer.validate_config(tiny_config(demo_store, trainable="trunk"))
   with pytest.raises(FileNotFoundError, match="not a training workdir"):
-    train.validate_config(tiny_config(demo_store, init_from=str(tmp_path)))
+    transfer.validate_config(tiny_config(demo_store, init_from=str(tmp_path)))

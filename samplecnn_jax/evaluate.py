@@ -1,0 +1,228 @@
+"""Scoring a model on a split of its store: the eval step, `Evaluator`, `score_clips`, eval-only.
+
+`score_clips(labels, scores, metric)` turns clip labels and clip scores into the record a run
+writes to `metrics_<split>.json`; `Evaluator` (what `train` validates with and scores the test
+split with) and `baseline` both call it, so that their JSON files have the same keys.
+`evaluate_checkpoint(config, workdir, split, checkpoint)` is the eval-only job
+(`python -m samplecnn_jax.main --mode=eval`): it scores a workdir's best or latest
+checkpoint, reading only the model's variables (no optimizer state is built).
+
+What is not here: training and its schedule (`train.py`, which imports this module, never the
+other way round), the definitions of the metrics (`metrics.py`), checkpoint files
+(`checkpointing.py`) and the other files of a workdir (`workdir.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from samplecnn_jax import checkpointing, config_base, input_pipeline, metrics, models, sharding
+from samplecnn_jax import store as store_lib
+from samplecnn_jax import workdir as workdir_files
+
+# --- The evaluation step ---------------------------------------------------------------------
+
+
+def loss_per_example(logits: jax.Array, labels: jax.Array, label_type: str) -> jax.Array:
+  """Sigmoid BCE averaged over classes (multi-label) or softmax CE (multi-class).
+
+  The loss training minimises (`train.train_step`) and evaluation reports.
+  """
+  if label_type == "multi_label":
+    return optax.sigmoid_binary_cross_entropy(logits, labels).mean(axis=-1)
+  return optax.softmax_cross_entropy(logits, labels)
+
+
+def eval_step(
+    variables: dict[str, Any], batch: dict[str, jax.Array], model: nn.Module, label_type: str
+) -> tuple[jax.Array, jax.Array]:
+  """Per-segment class probabilities and losses in inference mode (running BN statistics)."""
+  logits = model.apply(variables, batch["audio"], train=False)
+  return (models.probabilities(logits, label_type),
+          loss_per_example(logits, batch["label"], label_type))
+
+
+def compile_eval_step(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, model: nn.Module
+) -> Callable:
+  """`eval_step` jitted over the mesh: variables replicated, batches split over `data`."""
+  data_sharding = sharding.batch_sharded(mesh)
+  return jax.jit(
+      functools.partial(eval_step, model=model, label_type=config.label_type),
+      in_shardings=(sharding.replicated(mesh), data_sharding),
+      out_shardings=(data_sharding, data_sharding),
+  )
+
+
+# --- Scoring clips ---------------------------------------------------------------------------
+
+
+def score_clips(
+    labels: np.ndarray, scores: np.ndarray, metric: str, *,
+    eval_label_map: list[int] | None = None, f_score_threshold: float = 0.5,
+) -> dict[str, Any]:
+  """The metrics record of clip scores: `num_clips` and the numbers of `metric`.
+
+  `labels` are class indices (N,) or multi-hot rows (N, C); `scores` are (N, C) clip
+  probabilities. `accuracy` is scored in the `eval_label_map` space when one is given and adds
+  `confusion_matrix` (rows: true class, columns: predicted); the tagging metrics and the
+  F-score (at `f_score_threshold`) score class indices as one-hot rows.
+  """
+  labels = np.asarray(labels)
+  result: dict[str, Any] = {"num_clips": int(len(labels))}
+  if metric == "accuracy":
+    options = {"eval_label_map": eval_label_map}
+    result.update(metrics.compute_metrics(metric, labels, scores, **options))
+    result["confusion_matrix"] = metrics.confusion_matrix(labels, scores, **options).tolist()
+    return result
+  if labels.ndim == 1:
+    labels = np.eye(np.shape(scores)[1], dtype=np.int64)[labels]
+  options = {"threshold": f_score_threshold} if metric == "f_score" else {}
+  result.update(metrics.compute_metrics(metric, labels, scores, **options))
+  return result
+
+
+class Evaluator:
+  """Scores splits of a run's store; reads each split's clip labels once and keeps them."""
+
+  def __init__(self, config: ml_collections.ConfigDict, store: store_lib.Store,
+               mesh: jax.sharding.Mesh, step: Callable):
+    """`step(variables, batch) -> (probabilities, losses)`: `compile_eval_step`'s result."""
+    self.config, self.store, self.mesh, self.step = config, store, mesh, step
+    self._clip_labels: dict[str, tuple[list[str], np.ndarray]] = {}
+
+  def clip_labels(self, split: str) -> tuple[list[str], np.ndarray]:
+    if split not in self._clip_labels:
+      self._clip_labels[split] = self.store.clip_labels(split, self.config.num_classes)
+    return self._clip_labels[split]
+
+  def evaluate(
+      self, variables: dict[str, Any], split: str, max_batches: int = 0
+  ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Scores `split`: segment-level loss and the task metric on clip-averaged predictions.
+
+    `variables` ({'params', 'batch_stats'}) must be replicated over the mesh. Returns
+    (metrics, arrays) where arrays holds the clip scores and labels (for threshold tuning
+    and for writing predictions).
+    """
+    config, mesh = self.config, self.mesh
+    clip_ids, clip_labels = self.clip_labels(split)
+    outputs, masks, indices = [], [], []
+    sample = input_pipeline.eval_sample(len(clip_ids), max_batches, config)
+    if sample is not None:
+      logging.info("Scoring %s on %d of its %d clips (config.max_eval_batches=%d): one drawn "
+                   "from each of %d equal blocks of the split, the same clips every time.",
+                   split, len(sample), len(clip_ids), max_batches, len(sample))
+    batches = input_pipeline.create_eval_iterator(config, self.store, split, clips=sample)
+    for batch in batches:
+      masks.append(_gather_local(batch.pop("mask"), mesh))
+      indices.append(_gather_local(batch.pop("clip_index"), mesh))
+      # Results stay on device until the loop ends, so steps are dispatched ahead of reading.
+      outputs.append(self.step(variables, sharding.global_batch(batch, mesh)))
+    # Every process sees the whole split's predictions (small: segments x classes).
+    mask = np.concatenate(masks)
+    probs = np.concatenate([sharding.to_host(p) for p, _ in outputs])[mask]
+    losses = np.concatenate([sharding.to_host(loss) for _, loss in outputs])[mask]
+    clip_index = np.concatenate(indices)[mask]
+    seen = np.unique(clip_index)
+    if sample is not None:  # A sample scores only its clips.
+      remap = np.searchsorted(seen, clip_index)
+      clip_scores = metrics.clip_level_scores(probs, remap, len(seen))
+      labels = clip_labels[seen]
+    else:
+      clip_scores = metrics.clip_level_scores(probs, clip_index, len(clip_ids))
+      labels = clip_labels
+    result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
+              "num_segments": int(len(losses))}
+    result.update(score_clips(labels, clip_scores, config.metric,
+                              eval_label_map=self.store.manifest.get("eval_label_map"),
+                              f_score_threshold=config.f_score_threshold))
+    return result, {"scores": clip_scores, "labels": labels}
+
+
+def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
+  """A per-process numpy slice of a batch field, gathered to the global batch on every host."""
+  if jax.process_count() == 1:
+    return np.asarray(local)
+  return sharding.to_host(sharding.global_batch({"x": local}, mesh)["x"])
+
+
+def summary(result: dict[str, Any]) -> str:
+  """The numbers of a metrics record, for a log line."""
+  return ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+
+
+def write_metrics(workdir: str, split: str, step: int, values: dict[str, Any]) -> Path:
+  """Writes `WORKDIR/metrics_<split>.json` (process 0 only) and returns its path."""
+  if jax.process_index() == 0:
+    return workdir_files.write_metrics(workdir, split, step, values)
+  return workdir_files.metrics_path(workdir, split)
+
+
+# --- The eval-only job -----------------------------------------------------------------------
+
+
+def open_store(config: ml_collections.ConfigDict) -> store_lib.Store:
+  """The run's store (`config.data_dir`), opened once and checked against the config.
+
+  A data_dir that holds no prepared store raises one line naming the field and the command
+  that prepares one.
+  """
+  path = input_pipeline.data_dir_for(config)
+  if not (Path(path) / store_lib.MANIFEST).is_file():
+    where = (f"config.data_dir={config.data_dir!r} is not a prepared store" if config.data_dir
+             else f"config.data_dir is not set, and its default {path} is not a prepared store")
+    raise ValueError(
+        f"{where} (no {store_lib.MANIFEST} there). Prepare one with `python -m "
+        f"samplecnn_jax.prepare DATASET --src RAW_DIR --out STORE` (the demo: `python -m "
+        f"samplecnn_jax.prepare demo --out STORE`) and pass --config.data_dir=STORE."
+    )
+  data = store_lib.Store.open(path)
+  data.check_matches(config)
+  return data
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict | None, workdir: str, split: str,
+    checkpoint: str = "best",
+) -> dict[str, Any]:
+  """Eval-only mode: scores a workdir's best or latest checkpoint on `split`.
+
+  Args:
+    config: the run config; None reads the one the run recorded (`WORKDIR/config.json`).
+    workdir: a training workdir.
+    split: the store's split to score.
+    checkpoint: "best" or "latest".
+
+  Returns:
+    The metrics record, with `checkpoint` (also written to `WORKDIR/metrics_<split>.json`).
+    Every check (config values, store, split, devices, checkpoints) runs before anything is
+    written.
+  """
+  checkpointing.check_which(checkpoint)
+  if config is None:
+    config = workdir_files.read_config(workdir)
+  config_base.validate_config(config)
+  data = open_store(config)
+  data.split_info(split)  # Raises, naming the splits the store has.
+  mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
+  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  model = models.create_model(config.model, config.num_classes)
+  variables = sharding.replicate(checkpointing.load_variables(workdir, config, checkpoint), mesh)
+  evaluator = Evaluator(config, data, mesh, compile_eval_step(config, mesh, model))
+  result, _ = evaluator.evaluate(variables, split)
+  step = checkpointing.checkpoint_step(workdir, checkpoint)
+  result["checkpoint"] = checkpoint
+  write_metrics(str(workdir), split, step, result)
+  logging.info("%s checkpoint (step %d) on %s: %s", checkpoint, step, split, summary(result))
+  return result
