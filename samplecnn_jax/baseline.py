@@ -296,7 +296,7 @@ def run_baselines(data_dir: str | Path, *, features: Sequence[str] = FEATURES,
         scores[split][name] = {
             "features": feature_set, "model": model_name,
             **score_split(split_scores, data[split].labels, kinds,
-                          manifest.get("eval_label_map"), f_score_threshold)}
+                          manifest.eval_label_map, f_score_threshold)}
       score_seconds[name] = time.perf_counter() - start
       say(f"{name}: fit {fit_seconds[name]:.2f} s, scored in {score_seconds[name]:.2f} s")
   return BaselineResult(scores, fit_seconds, score_seconds,

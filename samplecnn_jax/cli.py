@@ -108,7 +108,8 @@ def _raised_by_config(error: flags.Error) -> str:
   """`--config=SPEC: MESSAGE` from absl's wrapping of an exception raised by get_config."""
   last = [line for line in str(error).splitlines() if line.strip()][-1]
   spec = str(error).split(": ", 1)[0].removeprefix("flag ")
-  return f"{spec}: {last.split(': ', 1)[-1]}"
+  message = last.split(": ", 1)[-1]  # Without the exception's type.
+  return message if message.startswith(f"{spec.split('=', 1)[0]}=") else f"{spec}: {message}"
 
 
 def report(prog: str, error: BaseException | str) -> int:
@@ -199,62 +200,3 @@ def _dotted_fields(config: Any, prefix: str = "") -> list[str]:
       names.extend(_dotted_fields(value, prefix + key + "."))
   return names
 
-
-# --- Legacy (removed once every tool uses run) ---------------------------------------
-import argparse  # noqa: E402
-
-
-class _DeprecatedSpelling(argparse.Action):
-  """A hidden alias of another flag: notes the new spelling, then does what that flag does."""
-
-  def __init__(self, option_strings, dest, target: argparse.Action, **kwargs):
-    super().__init__(option_strings, dest, **kwargs)
-    self.target = target
-
-  def __call__(self, parser, namespace, values, option_string=None):
-    new = self.target.option_strings[0]
-    print(f"{parser.prog}: {option_string} is deprecated; use {new}", file=sys.stderr)
-    self.target(parser, namespace, values, new)
-
-
-class FlagParser(argparse.ArgumentParser):
-  """`argparse.ArgumentParser` that also accepts `--a-b` for each flag spelt `--a_b`.
-
-  Sub-parsers (`add_subparsers().add_parser`) are FlagParsers too, so a dataset module's
-  `add_arguments(parser)` gets the aliases without knowing about them.
-  """
-
-  def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
-    action = super().add_argument(*names, **kwargs)
-    dashed = [n.replace("_", "-") for n in names if n.startswith("--") and "_" in n]
-    if dashed:
-      if action.required:
-        raise ValueError(f"{names[0]}: a required flag cannot have a deprecated spelling.")
-      super().add_argument(
-          *dashed, action=_DeprecatedSpelling, target=action, dest=action.dest,
-          nargs=action.nargs, type=action.type, choices=action.choices, metavar=action.metavar,
-          default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-      )
-    return action
-
-
-def parse_absl(define_flags: Any, argv: list[str]) -> Any | None:
-  """Parses `argv` with a fresh absl FlagValues that `define_flags(flag_values)` fills.
-
-  Returns the parsed FlagValues, or None after printing the help for -h/--help. Bad flags
-  and stray arguments exit with a message (SystemExit), not a traceback.
-  """
-  from absl import flags
-
-  flag_values = flags.FlagValues()
-  define_flags(flag_values)
-  if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
-    print(flag_values.get_help())
-    return None
-  try:
-    rest = flag_values(argv)
-  except flags.Error as error:
-    raise SystemExit(f"{error}\nRun with --help for the flags.") from None
-  if len(rest) > 1:
-    raise SystemExit(f"Unexpected arguments: {rest[1:]}")
-  return flag_values

@@ -145,7 +145,7 @@ class Evaluator:
     result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
               "num_segments": int(len(losses))}
     result.update(score_clips(labels, clip_scores, config.metric,
-                              eval_label_map=self.store.manifest.get("eval_label_map"),
+                              eval_label_map=self.store.manifest.eval_label_map,
                               f_score_threshold=config.f_score_threshold))
     return result, {"scores": clip_scores, "labels": labels}
 

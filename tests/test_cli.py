@@ -99,7 +99,7 @@ def test_config_flag_takes_overrides_from_the_given_argv(capsys):
 
 @pytest.mark.parametrize("spec, message", [
     ("configs/nope.py", "no such config file"),
-    ("configs/test.py:resnet", "Unknown model variant 'resnet'"),
+    ("configs/test.py:resnet", "--config=FILE.py:resnet: 'resnet' is neither a model variant"),
 ])
 def test_config_file_mistakes_are_one_line(capsys, spec, message):
   argv = [PROG, f"--config={REPO / spec}"]

@@ -27,14 +27,14 @@ def _error_lines(stderr: str) -> list[str]:
 @pytest.mark.parametrize("args, names", [
     # A missing store: names the prepare command and the flag.
     (["--config=" + TEST_CONFIG, "--config.data_dir={tmp}/nothing"],
-     ["No prepared dataset", "samplecnn_jax.prepare", "--config.data_dir"]),
+     ["is not a prepared store", "samplecnn_jax.prepare", "--config.data_dir"]),
     # Eval-only in a folder training never wrote: names --config=.
     (["--mode=eval"], ["has no config.json", "--config="]),
     # A value no run can use: names the field.
     (["--config=" + TEST_CONFIG, "--config.data_dir={store}", "--config.learning_rate=-1"],
      ["config.learning_rate must be > 0"]),
     # An unknown variant after the colon: names the valid ones.
-    (["--config=" + TEST_CONFIG + ":resnet"], ["'resnet'", "Valid variants", "samplecnn"]),
+    (["--config=" + TEST_CONFIG + ":resnet"], ["'resnet' is neither a model variant", "Valid variants", "samplecnn"]),
     # A config file that does not exist: names the project's configs.
     (["--config=" + str(REPO / "configs" / "nope.py")], ["no such config file", "demo.py"]),
     # Training without a config.
@@ -63,7 +63,7 @@ def test_missing_workdir_is_named(capsys):
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-  with pytest.raises(FileNotFoundError, match="No prepared dataset"):
+  with pytest.raises(ValueError, match="is not a prepared store"):
     main.main(["main", f"--workdir={tmp_path / 'w'}", f"--config={TEST_CONFIG}",
                f"--config.data_dir={tmp_path / 'nothing'}", "--verbose"])
 
