@@ -40,7 +40,7 @@ import optax
 from samplecnn_jax import checkpointing, models, spectra
 
 TARGETS = ("pre_relu", "output")
-OPTIMIZERS = ("adam", "normalised_gradient")
+ASCENT_OPTIMIZERS = ("adam", "normalised_gradient")
 INITS = ("tone", "noise")
 TONE_PHASES = 4  # Phases (0, 90, 180, 270 degrees) of every probe tone of init='tone'.
 AUTO_CHUNK_SAMPLES = 2**20  # chunk_size=0: filters per batch = this // input length.
@@ -445,9 +445,9 @@ def _check_settings(settings: ml_collections.ConfigDict) -> None:
     raise ValueError(f"Unknown init {settings.init!r}; choose one of {', '.join(INITS)}.")
   if settings.target not in TARGETS:
     raise ValueError(f"Unknown target {settings.target!r}; choose one of {', '.join(TARGETS)}.")
-  if settings.optimizer not in OPTIMIZERS:
+  if settings.optimizer not in ASCENT_OPTIMIZERS:
     raise ValueError(
-        f"Unknown optimizer {settings.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}."
+        f"Unknown optimizer {settings.optimizer!r}; choose one of {', '.join(ASCENT_OPTIMIZERS)}."
     )
   if (settings.steps < 0 or settings.input_size < 3 or settings.chunk_size < 0
       or settings.jitter < 0 or settings.window < 1 or not settings.input_rms > 0

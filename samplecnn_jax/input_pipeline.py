@@ -36,7 +36,6 @@ from samplecnn_jax.store import READ_THREADS, Store
 
 BACKGROUND_NOISE_SPLIT = "background_noise"  # Long noise recordings mixed in by augmentation.
 TRAIN_SEGMENT_MODES = ("random", "all")
-EVAL_READ_THREADS = READ_THREADS  # Threads reading clips for evaluation.
 
 
 # --- Store and process --------------------------------------------------------------------
@@ -91,7 +90,7 @@ def _crop(audio: np.ndarray, start: int | None, input_size: int, rng) -> np.ndar
 
 
 def check_train_segments(mode: str) -> None:
-  """The one check of `config.train_segments` (train.validate_config calls it too)."""
+  """The one check of `config.train_segments` (`train.setup` calls it before anything runs)."""
   if mode not in TRAIN_SEGMENT_MODES:
     raise ValueError(
         f"config.train_segments must be one of {TRAIN_SEGMENT_MODES}, got {mode!r}."
@@ -419,9 +418,9 @@ class EvalBatches:
 
   def _segments(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     ds = grain.MapDataset.range(self.first, self.stop).map(self.reader)
-    buffer = max(2 * EVAL_READ_THREADS, math.ceil(self.batch_size / self.reader.num_segments))
+    buffer = max(2 * READ_THREADS, math.ceil(self.batch_size / self.reader.num_segments))
     yield from ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=EVAL_READ_THREADS, prefetch_buffer_size=buffer)
+        grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=buffer)
     )
 
   def _empty_batch(self) -> dict[str, np.ndarray]:

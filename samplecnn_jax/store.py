@@ -362,7 +362,7 @@ class Store:
     """The clip ids and float32 multi-hot labels `(num_clips, num_classes)` of `split`.
 
     Row i belongs to the clip with `clip_index == i` in evaluation batches. This reads every
-    record once (audio is discarded): callers keep the result (`train.Evaluator` does).
+    record once (audio is discarded): callers keep the result (`evaluate.Evaluator` does).
     """
     import grain
 
