@@ -48,7 +48,7 @@ import soundfile as sf
 
 from benchmarks import common
 from samplecnn_jax import inference, models, testing, train
-from samplecnn_jax.workdir import LabelInfo
+from samplecnn_jax.workdir_files import LabelInfo
 
 CONFIGS = ("mtat", "speech_commands")
 VARIANTS = ("samplecnn", "rese2_multi")

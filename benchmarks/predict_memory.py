@@ -38,8 +38,7 @@ def make_workdir(root: Path) -> Path:
   """A workdir with an untrained tiny model (memory does not depend on the weights)."""
   import jax
 
-  from samplecnn_jax import checkpointing, models, train
-  from samplecnn_jax import workdir as workdir_files
+  from samplecnn_jax import checkpointing, models, train, workdir_files
   from samplecnn_jax.testing import load_config
 
   config = load_config("test")

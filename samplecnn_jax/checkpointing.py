@@ -10,7 +10,7 @@ name and renames it when complete, so a run killed during a save resumes from th
 complete one.
 
 This module does not decide when to save or what is best (`train.py` does), and reads the
-workdir's other files (config.json, labels, metrics) through `workdir.py`.
+workdir's other files (config.json, labels, metrics) through `workdir_files.py`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from samplecnn_jax import models, sharding
-from samplecnn_jax import workdir as workdir_files
+from samplecnn_jax import models, sharding, workdir_files
 from samplecnn_jax.cli import CHECKPOINTS
 
 # Config fields that change the shapes or meaning of what a checkpoint holds.

@@ -222,7 +222,7 @@ def finish(config: ml_collections.ConfigDict, arg: str | None, default_variant: 
 def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
   """Loads a config file the way `--config=FILE.py[:ARG]` does: `get_config(ARG or None)`.
 
-  The one loader of config files for the library (`workdir.read_config`), the tests and the
+  The one loader of config files for the library (`workdir_files.read_config`), the tests and the
   benchmarks. A missing file or an unknown ARG raises one line that names the fix.
   """
   file, _, arg = str(spec).partition(":")

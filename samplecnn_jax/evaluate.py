@@ -9,7 +9,7 @@ checkpoint, reading only the model's variables (no optimizer state is built).
 
 What is not here: training and its schedule (`train.py`, which imports this module, never the
 other way round), the definitions of the metrics (`metrics.py`), checkpoint files
-(`checkpointing.py`) and the other files of a workdir (`workdir.py`).
+(`checkpointing.py`) and the other files of a workdir (`workdir_files.py`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from samplecnn_jax import checkpointing, config_base, input_pipeline, metrics, models, sharding
+from samplecnn_jax import (
+  checkpointing,
+  config_base,
+  input_pipeline,
+  metrics,
+  models,
+  sharding,
+  workdir_files,
+)
 from samplecnn_jax import store as store_lib
-from samplecnn_jax import workdir as workdir_files
 
 # --- The evaluation step ---------------------------------------------------------------------
 

@@ -41,10 +41,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from samplecnn_jax import audio, checkpointing, input_pipeline, models, segments, store
-from samplecnn_jax import workdir as workdir_files
+from samplecnn_jax import (
+  audio,
+  checkpointing,
+  input_pipeline,
+  models,
+  segments,
+  store,
+  workdir_files,
+)
 from samplecnn_jax.segments import WINDOWS_PER_READ
-from samplecnn_jax.workdir import LabelInfo
+from samplecnn_jax.workdir_files import LabelInfo
 
 DEFAULT_TOP_K = 5
 DEFAULT_THREADS = 4  # Files decoded (and resampled) in parallel with the forward pass.
@@ -432,7 +439,7 @@ class Predictor:
     """Loads the best (or latest) checkpoint of a training workdir.
 
     `config` defaults to the workdir's config.json (a ConfigDict or a config file spec
-    overrides it, see `workdir.read_config`); `labels` to `load_labels` (a LabelInfo or a
+    overrides it, see `workdir_files.read_config`); `labels` to `load_labels` (a LabelInfo or a
     labels/manifest JSON path).
     """
     if not Path(workdir).is_dir():

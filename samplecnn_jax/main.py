@@ -27,7 +27,7 @@ import jax
 import ml_collections
 from absl import flags, logging
 
-from samplecnn_jax import cli, evaluate, train, workdir
+from samplecnn_jax import cli, evaluate, train, workdir_files
 
 PROG = "python -m samplecnn_jax.main"
 CONFIG_HELP = ("Run config file, FILE.py[:ARG] (required to train; --mode=eval defaults to the "
@@ -94,8 +94,8 @@ def _recorded_config(argv: Sequence[str]) -> ml_collections.ConfigDict | None:
   directory = _flag_value(argv, "workdir")
   if directory is None:
     return None  # The command reports the missing --workdir.
-  config = workdir.read_config(directory)  # Names --config= when there is no config.json.
-  cli.check_config_overrides(argv, config=config, source=f"{directory}/{workdir.CONFIG_FILE}")
+  config = workdir_files.read_config(directory)  # Names --config= when there is no config.json.
+  cli.check_config_overrides(argv, config=config, source=f"{directory}/{workdir_files.CONFIG_FILE}")
   return config
 
 
@@ -118,7 +118,7 @@ def _command(fv: flags.FlagValues, _: list[str]) -> int:
     return cli.EXIT_DONE
   try:
     train.train_and_evaluate(fv.config, fv.workdir)
-  except workdir.WorkdirLockedError as error:
+  except workdir_files.WorkdirLockedError as error:
     raise cli.UsageError(str(error)) from None
   return cli.EXIT_DONE
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from samplecnn_jax import audio, cli, inference, segments
 from samplecnn_jax.inference import DEFAULT_THREADS, DEFAULT_TOP_K, FileResult, Predictor
-from samplecnn_jax.workdir import LabelInfo
+from samplecnn_jax.workdir_files import LabelInfo
 
 PROG = "python -m samplecnn_jax.predict"
 PROGRESS_MIN_FILES = 10  # A progress bar appears from this many files on (when not disabled).

@@ -89,7 +89,7 @@ class InputScaling:
     """From `config.standardize`, `audio_mean`, `audio_std` and `normalize_rms`."""
     if config.standardize and not config.audio_std > 0:
       raise ValueError(f"config.audio_std must be > 0 to standardise, got {config.audio_std}.")
-    rms = float(config.normalize_rms)  # Old config.json: 0 via workdir.read_config.
+    rms = float(config.normalize_rms)  # Old config.json: 0 via workdir_files.read_config.
     if rms < 0:
       raise ValueError(f"config.normalize_rms must be >= 0 (0 = off), got {rms}.")
     return cls(bool(config.standardize), float(config.audio_mean), float(config.audio_std), rms)

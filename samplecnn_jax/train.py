@@ -42,9 +42,9 @@ from samplecnn_jax import (
   sharding,
   store,
   transfer,
+  workdir_files,
 )
 from samplecnn_jax import metrics as task_metrics
-from samplecnn_jax import workdir as workdir_files
 
 # --- Config checks ---------------------------------------------------------------------------
 

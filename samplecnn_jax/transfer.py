@@ -27,8 +27,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from samplecnn_jax import checkpointing
-from samplecnn_jax import workdir as workdir_files
+from samplecnn_jax import checkpointing, workdir_files
 
 TRAINABLE = ("all", "head")
 TRUNK_LAYERS = ("front_conv", "front_bn")  # With every `block<i>`: what `trunk()` builds.

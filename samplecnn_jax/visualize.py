@@ -24,8 +24,7 @@ import numpy as np
 from absl import flags
 from matplotlib.figure import Figure
 
-from samplecnn_jax import cli, filters, store
-from samplecnn_jax import workdir as workdir_files
+from samplecnn_jax import cli, filters, store, workdir_files
 
 # --- Figures and files --------------------------------------------------------------------
 

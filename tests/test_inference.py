@@ -23,8 +23,8 @@ from samplecnn_jax import (
   sharding,
   store,
   train,
+  workdir_files,
 )
-from samplecnn_jax import workdir as workdir_files
 from samplecnn_jax.predict import find_audio_files
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, tiny_config
 
-from samplecnn_jax import cli, evaluate, main, train, workdir
+from samplecnn_jax import cli, evaluate, main, train, workdir_files
 
 TEST_CONFIG = str(REPO / "configs" / "test.py")
 
@@ -72,7 +72,7 @@ def test_eval_only_overrides_apply_to_the_recorded_config(capsys, demo_store, tm
                                                           monkeypatch):
   """`--mode=eval --workdir=DIR --config.FIELD=V` starts from DIR/config.json (no --config)."""
   recorded = tiny_config(demo_store)
-  workdir.write_config(tmp_path, recorded)
+  workdir_files.write_config(tmp_path, recorded)
   seen = {}
   monkeypatch.setattr(evaluate, "evaluate_checkpoint",
                       lambda config, work, split, which: seen.update(
@@ -90,7 +90,7 @@ def test_eval_only_overrides_apply_to_the_recorded_config(capsys, demo_store, tm
 
 @pytest.mark.slow
 def test_second_process_on_a_workdir_exits_at_once_naming_the_holder(demo_store, tmp_path):
-  with workdir.exclusive(tmp_path):
+  with workdir_files.exclusive(tmp_path):
     cmd = [sys.executable, "-m", "samplecnn_jax.main", "--config=configs/test.py",
            f"--workdir={tmp_path}", f"--config.data_dir={demo_store}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -112,5 +112,5 @@ def test_eval_only_command_scores_with_the_recorded_config(demo_store, tmp_path)
   for noise in main.NOISE:
     assert noise not in done.stderr, "a CPU user's eval log has no backend/read-only noise"
   assert "latest checkpoint (step 3) on valid" in done.stderr
-  again = workdir.read_metrics(Path(tmp_path), "valid")
+  again = workdir_files.read_metrics(Path(tmp_path), "valid")
   assert again["f_score"] == pytest.approx(expected["f_score"]) and again["step"] == 3

@@ -18,8 +18,7 @@ import soundfile as sf
 from conftest import REPO
 from trained_run import RATE, by_name, make_run, tone, write_audio_folder
 
-from samplecnn_jax import checkpointing, inference, predict
-from samplecnn_jax import workdir as workdir_files
+from samplecnn_jax import checkpointing, inference, predict, workdir_files
 
 PROG = "python -m samplecnn_jax.predict"
 

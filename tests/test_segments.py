@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from conftest import load_config
 
-from samplecnn_jax import audio, segments, workdir
+from samplecnn_jax import audio, segments, workdir_files
 
 RATE = 16000
 INPUT_SIZE = 729  # configs/test.py
@@ -55,8 +55,8 @@ def test_input_scaling_leaves_silence_near_silent_and_is_off_for_old_configs(tmp
   np.testing.assert_allclose(out[1, ::2], 1e-6 * 0.1 / segments.RMS_FLOOR, rtol=1e-5)
   saved = json.loads(load_config("test").to_json_best_effort())
   del saved["normalize_rms"]  # A config.json written before the field existed: off.
-  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(saved))
-  legacy = workdir.read_config(tmp_path)
+  (tmp_path / workdir_files.CONFIG_FILE).write_text(json.dumps(saved))
+  legacy = workdir_files.read_config(tmp_path)
   assert segments.InputScaling.from_config(legacy).rms == 0
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import soundfile as sf
 from conftest import load_config
 
-from samplecnn_jax import checkpointing, models, prepare, train
-from samplecnn_jax import workdir as workdir_files
+from samplecnn_jax import checkpointing, models, prepare, train, workdir_files
 
 RATE = 16000
 BROKEN = ("g_corrupt.wav", "h_empty.flac")
