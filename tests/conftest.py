@@ -30,8 +30,9 @@ if _OWN_CACHE:
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from trained_run import make_run, write_audio_folder  # noqa: E402
 
-from samplecnn_jax import models  # noqa: E402
+from samplecnn_jax import inference, models  # noqa: E402
 from samplecnn_jax.testing import REPO, load_config  # noqa: E402
 
 
@@ -140,3 +141,22 @@ def assert_python_command_parses(words: list[str]) -> None:
       for part in field.split("."):
         assert part in node, f"--config.{field}: {path} has no field {field!r}"
         node = node[part]
+
+
+# --- An untrained run and a folder of audio files (test_inference.py, test_predict.py) --------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A workdir as training leaves it (`trained_run.make_run`), one per test module."""
+  return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def predictor(run):
+  return inference.Predictor.from_workdir(run["workdir"])
+
+
+@pytest.fixture(scope="module")
+def audio_dir(run):
+  return write_audio_folder(run["root"] / "audio")

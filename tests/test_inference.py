@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from trained_run import BROKEN, NUM_TEST_CLIPS, RATE, by_name, make_run, tone, write_audio_folder
+from trained_run import BROKEN, NUM_TEST_CLIPS, RATE, by_name, tone
 
 from samplecnn_jax import (
   audio,
@@ -26,21 +26,6 @@ from samplecnn_jax import (
   workdir_files,
 )
 from samplecnn_jax.predict import find_audio_files
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  return make_run(tmp_path_factory.mktemp("inference"))
-
-
-@pytest.fixture(scope="module")
-def predictor(run):
-  return inference.Predictor.from_workdir(run["workdir"])
-
-
-@pytest.fixture(scope="module")
-def audio_dir(run):
-  return write_audio_folder(run["root"] / "audio")
 
 
 def test_predict_files_scores_every_readable_format_and_reports_broken_files(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import REPO
-from trained_run import RATE, by_name, make_run, tone, write_audio_folder
+from trained_run import RATE, by_name, tone
 
 from samplecnn_jax import checkpointing, inference, predict, workdir_files
 
@@ -26,21 +26,6 @@ PROG = "python -m samplecnn_jax.predict"
 def main(*argv) -> int:
   """`predict.main` in this process, as `python -m samplecnn_jax.predict ARGV...`."""
   return predict.main([PROG, *map(str, argv)])
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  return make_run(tmp_path_factory.mktemp("predict"))
-
-
-@pytest.fixture(scope="module")
-def predictor(run):
-  return inference.Predictor.from_workdir(run["workdir"])
-
-
-@pytest.fixture(scope="module")
-def audio_dir(run):
-  return write_audio_folder(run["root"] / "audio")
 
 
 def _one_error_line(err: str) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import soundfile as sf
-from conftest import load_config
 
 from samplecnn_jax import checkpointing, models, prepare, train, workdir_files
+from samplecnn_jax.testing import load_config
 
 RATE = 16000
 BROKEN = ("g_corrupt.wav", "h_empty.flac")
