@@ -24,6 +24,8 @@ run() {  # Prints a command, then runs it unless --dry-run.
 }
 
 EXIT_PREEMPTED=3  # main's status after SIGTERM/SIGINT: latest checkpoint saved, not finished.
+PREEMPTED_MESSAGE="preempted (status 3): the latest checkpoint is saved in the workdir; run the \
+same command again to resume."
 
 run_training() {  # `run` for the training command: signals reach it, and status 3 is explained.
   local line="+" arg child status
@@ -43,7 +45,7 @@ run_training() {  # `run` for the training command: signals reach it, and status
   done
   trap - TERM INT
   if (( status == EXIT_PREEMPTED )); then
-    echo "${SCRIPT_NAME}: preempted (status 3): the latest checkpoint is saved in the workdir; run the same command again to resume." >&2
+    echo "${SCRIPT_NAME}: ${PREEMPTED_MESSAGE}" >&2
   fi
   return "$status"
 }

@@ -197,7 +197,9 @@ step_run() {
   else
     # Status 3 on a worker: stopped by SIGTERM/SIGINT (a Spot VM's preemption notice) after
     # saving the latest checkpoint; `run` again resumes there.
-    on_all_workers "set -o pipefail; cd ~/$REMOTE_DIR && $command 2>&1 | tee ~/$REMOTE_LOG; status=\$?; if [ \$status -eq $EXIT_PREEMPTED ]; then echo '$SCRIPT_NAME: preempted (status 3): the latest checkpoint is saved in the workdir; run the same command again to resume.'; fi; exit \$status"
+    local after="status=\$?; if [ \$status -eq $EXIT_PREEMPTED ]; then"
+    after+=" echo '$SCRIPT_NAME: $PREEMPTED_MESSAGE'; fi; exit \$status"
+    on_all_workers "set -o pipefail; cd ~/$REMOTE_DIR && $command 2>&1 | tee ~/$REMOTE_LOG; $after"
   fi
 }
 

@@ -314,3 +314,19 @@ def test_gpu_passes_sigterm_to_training_and_explains_status_3(tmp_path):
   _, stderr = proc.communicate(timeout=60)
   assert record.read_text().split() == ["TERM"], "the training process got SIGTERM once"
   assert proc.returncode == 3 and "preempted" in stderr and "again" in stderr, stderr
+
+
+def test_tpu_foreground_run_keeps_and_explains_status_3_of_a_worker(tmp_path):
+  """The printed worker command, run by a local bash with a stand-in Python that exits 3 as a
+  preempted main does: the status is kept, the log holds the output, the line explains it."""
+  (run,) = printed(launch(TPU, ["run", "--zone=z", "--workdir=/w", "--dry-run"], tmp_path).stdout)
+  (tmp_path / "samplecnn_jax").mkdir()
+  (tmp_path / "venv" / "bin").mkdir(parents=True)
+  python = tmp_path / "venv" / "bin" / "python"
+  python.write_text("#!/usr/bin/env bash\necho 'stopped by SIGTERM at step 5'\nexit 3\n")
+  python.chmod(0o755)
+  proc = subprocess.run([BASH, "-c", ssh_command(run)], capture_output=True, text=True,
+                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+  assert proc.returncode == 3, proc.stderr
+  assert "preempted" in proc.stdout and "again" in proc.stdout, proc.stdout
+  assert "step 5" in (tmp_path / "samplecnn_jax.log").read_text()
