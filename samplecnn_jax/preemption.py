@@ -72,8 +72,8 @@ class StopSignals:
                       "then exiting with status 3 (a second Ctrl-C aborts at once).", name)
       return
     if signum == signal.SIGINT:
-      raise KeyboardInterrupt(f"a second stop signal ({name}) while saving after "
-                              f"{self.received}")
+      raise KeyboardInterrupt(f"{name} after {self.received}: aborted without finishing the "
+                              f"stop (the earlier checkpoints are kept)")
     logging.warning("%s received again: ignored, the run is already stopping.", name)
 
 
