@@ -7,6 +7,10 @@
 # config.batch_size must divide by their number. Every command is printed (`+ ...`) before
 # it runs; --dry-run prints them and runs nothing. Several GPU hosts: see docs/launch.md.
 #
+# SIGTERM or Ctrl-C stops training cleanly: it finishes the current step, saves the latest
+# checkpoint and exits with status 3 ("preempted"; this script passes a SIGTERM sent to it on
+# to Python). Running the same command again resumes from that step; 0 means finished.
+#
 #   launch/gpu.sh --config=FILE[:ARG] --workdir=DIR [flags] [-- extra flags for main.py]
 #
 # Flags:
@@ -80,4 +84,4 @@ fi
 run "$VENV/bin/python" -c 'import jax; devices = jax.devices(); print("JAX devices:", devices); assert devices[0].platform == "gpu", "JAX sees no GPU: check the NVIDIA driver (nvidia-smi) and that .[cuda] is installed"'
 args=(-m samplecnn_jax.main "--config=$CONFIG" "--workdir=$WORKDIR")
 if [[ -n "$DATA_DIR" ]]; then args+=("--config.data_dir=$DATA_DIR"); fi
-run "$VENV/bin/python" "${args[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
+run_training "$VENV/bin/python" "${args[@]}" ${EXTRA[@]+"${EXTRA[@]}"}

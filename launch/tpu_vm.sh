@@ -7,6 +7,10 @@
 # Every command is printed (`+ ...`) before it runs; --dry-run prints them and runs nothing.
 # This script only drives gcloud; it does not prepare data (see docs/launch.md).
 #
+# A Spot VM's preemption notice (SIGTERM) or Ctrl-C stops training cleanly: every worker
+# finishes the same step, saves the latest checkpoint and exits with status 3 ("preempted");
+# `run` (or `all`) again resumes from that step.
+#
 #   launch/tpu_vm.sh STEP --zone=ZONE [flags] [-- extra flags for main.py | command for ssh]
 #
 # STEP:   create | copy | install | data | run | logs | ssh | delete
@@ -191,7 +195,11 @@ step_run() {
     on_all_workers "cd ~/$REMOTE_DIR && nohup $command > ~/$REMOTE_LOG 2>&1 < /dev/null &"
     echo "# started in the background; follow worker 0 with: launch/tpu_vm.sh logs --name=$NAME --zone=$ZONE"
   else
-    on_all_workers "set -o pipefail; cd ~/$REMOTE_DIR && $command 2>&1 | tee ~/$REMOTE_LOG"
+    # Status 3 on a worker: stopped by SIGTERM/SIGINT (a Spot VM's preemption notice) after
+    # saving the latest checkpoint; `run` again resumes there.
+    local after="status=\$?; if [ \$status -eq $EXIT_PREEMPTED ]; then"
+    after+=" echo '$SCRIPT_NAME: $PREEMPTED_MESSAGE'; fi; exit \$status"
+    on_all_workers "set -o pipefail; cd ~/$REMOTE_DIR && $command 2>&1 | tee ~/$REMOTE_LOG; $after"
   fi
 }
 

@@ -11,7 +11,8 @@ so that all of them share:
   notebooks, as often as needed), one spelling (`--snake_case`, `--flag=value` or
   `--flag value`), `--help`, and `--verbose` (tracebacks instead of one-line errors);
 - exit codes: 0 done, 1 some inputs failed (the others were processed and reported), 2 usage
-  or configuration error (nothing was done);
+  or configuration error (nothing was done), 3 training stopped by SIGTERM/SIGINT after
+  saving its latest checkpoint (not finished: rerun the same command to resume);
 - every user mistake answered in one line, `PROG: error: WHAT. FIX`, on stderr.
 
 This module knows no engine (it loads config files through `config_base`); engines raise `UsageError` (or `ValueError` / `OSError`, which
@@ -33,6 +34,7 @@ from samplecnn_jax import config_base
 EXIT_DONE = 0  # Everything asked for was done.
 EXIT_SOME_FAILED = 1  # Some inputs failed (reported); the rest was done.
 EXIT_USAGE = 2  # A usage or configuration error: nothing was done.
+EXIT_PREEMPTED = 3  # Stopped by SIGTERM/SIGINT after saving: not finished, rerun to resume.
 
 CHECKPOINTS = ("best", "latest")  # The checkpoints of a workdir a reader can ask for.
 

@@ -12,7 +12,8 @@
   python -m samplecnn_jax.main --config=configs/demo.py --workdir=SHARED_DIR --distributed \
       --coordinator_address=HOST0:1234 --num_processes=2 --process_id=0
 
-Exit codes as every tool's (`cli.py`): 0 done, 2 a usage or configuration error (one line).
+Exit codes as every tool's (`cli.py`): 0 done, 2 a usage or configuration error (one line),
+3 stopped by SIGTERM/SIGINT after saving the latest checkpoint (rerun to resume).
 All logic lives in `train.py` and `evaluate.py` so that tests and notebooks call it directly.
 """
 
@@ -27,7 +28,7 @@ import jax
 import ml_collections
 from absl import flags, logging
 
-from samplecnn_jax import cli, evaluate, train, workdir_files
+from samplecnn_jax import cli, evaluate, preemption, train, workdir_files
 
 PROG = "python -m samplecnn_jax.main"
 CONFIG_HELP = ("Run config file, FILE.py[:ARG] (required to train; --mode=eval defaults to the "
@@ -120,6 +121,9 @@ def _command(fv: flags.FlagValues, _: list[str]) -> int:
     train.train_and_evaluate(fv.config, fv.workdir)
   except workdir_files.WorkdirLockedError as error:
     raise cli.UsageError(str(error)) from None
+  except preemption.Preempted as stopped:  # Saved, not finished: never exit 0.
+    print(f"{PROG}: {stopped}", file=sys.stderr)
+    return cli.EXIT_PREEMPTED
   return cli.EXIT_DONE
 
 
@@ -136,7 +140,8 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the command line; returns the exit code (0 done, 2 usage or configuration error)."""
+  """Runs the command line; returns the exit code (0 done, 2 usage or configuration error,
+  3 preempted: saved, rerun to resume)."""
   argv = list(sys.argv if argv is None else argv)
   try:
     recorded = _recorded_config(argv)

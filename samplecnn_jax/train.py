@@ -10,6 +10,10 @@ and the eval-only mode (`evaluate.evaluate_checkpoint`) live in `evaluate.py`.
 Where training starts is decided in one place, `restore_state`: resume (the workdir's
 latest checkpoint, exactly: state, data iterator, bookkeeping) > init_from (another run's
 weights, layer by layer: `transfer.py`) > from scratch (config.seed).
+
+SIGTERM or SIGINT (preemption, Ctrl-C) stops the loop between two steps: the latest
+checkpoint is saved at that step, on every process at the same one (`preemption.py`), and
+`preemption.Preempted` is raised.
 """
 
 
@@ -39,6 +43,7 @@ from samplecnn_jax import (
   evaluate,
   input_pipeline,
   models,
+  preemption,
   sharding,
   store,
   transfer,
@@ -525,14 +530,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     The test-split metrics of the best checkpoint (also in `workdir/metrics_test.json`).
+
+  Raises:
+    preemption.Preempted: SIGTERM or SIGINT arrived (on any process); every process finished
+      the same step, saved the latest checkpoint there and skipped what was left
+      (validations, test scoring). A rerun resumes from that step exactly.
   """
   run = setup(config, workdir)  # Checks config and store before anything is written.
   lock = workdir_files.exclusive(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-  with lock:
-    return _train(run)
+  with lock, preemption.StopSignals() as signals:
+    return _train(run, signals)
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(run: Run, signals: preemption.StopSignals) -> dict[str, Any]:
   """The loop of `train_and_evaluate`, run while this process holds the workdir."""
   config, workdir = run.config, run.workdir
   train_iter = input_pipeline.create_train_iterator(config, run.store, seed=config.seed)
@@ -549,10 +559,14 @@ def _train(run: Run) -> dict[str, Any]:
                dict(run.mesh.shape), jax.device_count(), jax.process_count(), config.batch_size)
 
   progress = Progress(config, workdir, int(state.step))
+  stop = preemption.StopAgreement(signals, run.mesh)
   try:
     train_metrics = None
     step = first_step = int(state.step)
+    saved = ckpt.latest_step()  # The step the newest latest checkpoint holds.
     while step < config.num_train_steps and not schedule.done:
+      if stop.poll():  # Between steps: after the last one's validation and save, if any.
+        break
       batch = sharding.global_batch(next(train_iter), run.mesh)
       state, step_metrics = run.steps.train_step(state, batch)
       train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
@@ -569,8 +583,13 @@ def _train(run: Run) -> dict[str, Any]:
       if at_eval:
         state = _validate(run, evaluator, ckpt, progress, state, schedule)
       if at_eval or step % config.checkpoint_every_steps == 0:
-        _stop_unless_state_finite(state, ckpt, workdir)
-        ckpt.save(state, train_iter, schedule.to_json())
+        saved = _save_latest(state, train_iter, schedule, ckpt, workdir)
+    if stop.now():  # Preempted: save where every process stopped; no evaluation follows.
+      if saved != step:
+        saved = _save_latest(state, train_iter, schedule, ckpt, workdir)
+      ckpt.wait()
+      raise preemption.Preempted(signals.received or "a signal to another process", step,
+                                 workdir)
     ckpt.wait()
 
     result = _evaluate_best_on_test(run, evaluator, ckpt, state)
@@ -580,6 +599,17 @@ def _train(run: Run) -> dict[str, Any]:
     progress.close()
     ckpt.close()
   return result
+
+
+def _save_latest(state: TrainState, train_iter: input_pipeline.TrainIterator,
+                 schedule: Schedule, ckpt: checkpointing.Checkpointer, workdir: str) -> int:
+  """Saves a resumable checkpoint (state, data iterator, bookkeeping); returns its step.
+
+  The same for a periodic save and the one on a stop signal, so either resumes exactly.
+  """
+  _stop_unless_state_finite(state, ckpt, workdir)
+  ckpt.save(state, train_iter, schedule.to_json())
+  return int(state.step)
 
 
 def _stop_unless_finite(loss: float, step: int, ckpt: checkpointing.Checkpointer,

@@ -1,13 +1,18 @@
 """One process of the multi-process test (`tests/test_multihost.py`); not a test module itself.
 
   python tests/multihost_worker.py --data-dir STORE --workdir DIR --out OUT.npz \
-      [--num-processes 2 --process-id I --coordinator localhost:PORT]
+      [--num-processes 2 --process-id I --coordinator localhost:PORT] [--sigterm-at-step K]
 
 Joins a `jax.distributed` job on CPU (gloo collectives) when --num-processes > 1, trains the
 tiny test config with `train.train_and_evaluate` in the shared `--workdir`, and writes what
 this process holds at the end: its own in-memory copy of the final parameters and batch
 statistics (the local shard of each replicated array, captured from the last train step)
 to `--out`, and the returned test metrics to `--out` with a `.json` suffix.
+
+With --sigterm-at-step K the process sends itself SIGTERM right after its K-th train step
+(this process only: a preemption notice that reaches one host). When training stops on a
+signal, the `.json` holds the step it stopped at and the process exits with status 3
+(`cli.EXIT_PREEMPTED`), as `main` does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -28,10 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--num-processes", type=int, default=1)
   parser.add_argument("--process-id", type=int, default=0)
   parser.add_argument("--coordinator", default="", help="host:port of process 0.")
+  parser.add_argument("--sigterm-at-step", type=int, default=0,
+                      help="SIGTERM this process after its K-th train step (0: never).")
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
 
@@ -45,14 +53,14 @@ def main(argv=None) -> None:
     )
   import numpy as np
 
-  from samplecnn_jax import train
+  from samplecnn_jax import cli, preemption, train
   from samplecnn_jax.testing import load_config
 
   config = load_config("test")
   config.data_dir = args.data_dir
 
   # Observe (not replace) the real jitted step: keep the state it returned last.
-  final = {}
+  final, calls = {}, []
   compile_steps = train.compile_steps
 
   def observed_compile_steps(config, mesh, model):
@@ -61,12 +69,23 @@ def main(argv=None) -> None:
     def train_step_observed(state, batch):
       new_state, metrics = steps.train_step(state, batch)
       final["state"] = new_state
+      calls.append(1)
+      if len(calls) == args.sigterm_at_step:
+        os.kill(os.getpid(), signal.SIGTERM)
       return new_state, metrics
 
     return steps._replace(train_step=train_step_observed)
 
   train.compile_steps = observed_compile_steps
-  result = train.train_and_evaluate(config, args.workdir)
+  try:
+    result = train.train_and_evaluate(config, args.workdir)
+  except preemption.Preempted as stopped:
+    summary = {"process_index": jax.process_index(), "preempted_step": stopped.step,
+               "signal": stopped.signal_name}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(summary))
+    if args.num_processes > 1:
+      jax.distributed.shutdown()
+    return cli.EXIT_PREEMPTED
 
   state = final["state"]
   leaves = jax.tree_util.tree_leaves_with_path((state.params, state.batch_stats))
@@ -81,14 +100,16 @@ def main(argv=None) -> None:
   Path(args.out).with_suffix(".json").write_text(json.dumps(summary, default=float))
   if args.num_processes > 1:
     jax.distributed.shutdown()
+  return 0
 
 
 if __name__ == "__main__":
   try:
-    main()
+    code = main()
   except BaseException:
     traceback.print_exc()
     sys.stderr.flush()
     # A plain exit would wait in jax.distributed's exit-time shutdown barrier for peers that
     # are themselves waiting for this process: fail at once instead, like a crashed host.
     os._exit(1)
+  sys.exit(code)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -286,3 +288,45 @@ def test_help_describes_the_flags(tmp_path):
   for script, flag in ((TPU, "--accelerator-type"), (GPU, "--skip-install")):
     proc = launch(script, ["--help"], tmp_path, path="/usr/bin:/bin")
     assert proc.returncode == 0 and flag in proc.stdout and "set -euo" not in proc.stdout
+
+
+def test_gpu_passes_sigterm_to_training_and_explains_status_3(tmp_path):
+  """A SIGTERM to the script reaches the training process, whose status 3 (preempted) the
+  script keeps and explains. A stand-in `python` exits 3 on SIGTERM, as main does."""
+  venv, record = tmp_path / "venv", tmp_path / "signals"
+  (venv / "bin").mkdir(parents=True)
+  python = venv / "bin" / "python"
+  python.write_text(
+      "#!/usr/bin/env bash\n"
+      "if [[ \"$1\" == -c ]]; then exit 0; fi\n"  # The GPU check.
+      f"trap 'echo TERM >> {shlex.quote(str(record))}; exit 3' TERM\n"
+      f"touch {shlex.quote(str(tmp_path / 'training'))}\n"
+      "while :; do sleep 0.05; done\n")
+  python.chmod(0o755)
+  proc = subprocess.Popen(
+      [BASH, str(GPU), *GPU_ARGS, f"--venv={venv}", "--skip-install"], text=True,
+      env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE)
+  deadline = time.monotonic() + 60
+  while not (tmp_path / "training").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=60)
+  assert record.read_text().split() == ["TERM"], "the training process got SIGTERM once"
+  assert proc.returncode == 3 and "preempted" in stderr and "again" in stderr, stderr
+
+
+def test_tpu_foreground_run_keeps_and_explains_status_3_of_a_worker(tmp_path):
+  """The printed worker command, run by a local bash with a stand-in Python that exits 3 as a
+  preempted main does: the status is kept, the log holds the output, the line explains it."""
+  (run,) = printed(launch(TPU, ["run", "--zone=z", "--workdir=/w", "--dry-run"], tmp_path).stdout)
+  (tmp_path / "samplecnn_jax").mkdir()
+  (tmp_path / "venv" / "bin").mkdir(parents=True)
+  python = tmp_path / "venv" / "bin" / "python"
+  python.write_text("#!/usr/bin/env bash\necho 'stopped by SIGTERM at step 5'\nexit 3\n")
+  python.chmod(0o755)
+  proc = subprocess.run([BASH, "-c", ssh_command(run)], capture_output=True, text=True,
+                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+  assert proc.returncode == 3, proc.stderr
+  assert "preempted" in proc.stdout and "again" in proc.stdout, proc.stdout
+  assert "step 5" in (tmp_path / "samplecnn_jax.log").read_text()

@@ -35,23 +35,24 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_all(commands: dict[str, list[str]], logs: Path) -> None:
+def run_all(commands: dict[str, list[str]], logs: Path, expect: int = 0) -> None:
   """Runs the commands at once; if one fails or the deadline passes, kills the rest.
 
   A process whose peer died would otherwise wait in a collective until JAX's heartbeat
-  timeout; the failure message carries every process's stderr tail.
+  timeout; the failure message carries every process's stderr tail. Every process must
+  exit with `expect` (3: stopped by a signal after saving).
   """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   procs, files = {}, {}
   for name, command in commands.items():
-    files[name] = open(logs / f"{name}.log", "wb")  # Closed in the finally block.
+    files[name] = open(logs / f"{name}.log", "ab")  # Closed in the finally block.
     procs[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=files[name],
                                    stderr=subprocess.STDOUT)
   deadline, failure = time.monotonic() + DEADLINE_S, ""
   try:
     while [p.poll() for p in procs.values()].count(None):  # Polls every process.
-      failed = [n for n, p in procs.items() if p.returncode not in (None, 0)]
+      failed = [n for n, p in procs.items() if p.returncode not in (None, expect)]
       if failed:
         failure = f"{', '.join(failed)} exited with an error"
         break
@@ -66,7 +67,7 @@ def run_all(commands: dict[str, list[str]], logs: Path) -> None:
       p.wait()
     for f in files.values():
       f.close()
-  failed = [n for n, p in procs.items() if p.returncode != 0]
+  failed = [n for n, p in procs.items() if p.returncode != expect]
   if failure or failed:
     tails = "\n".join(
         f"--- {n} (rc {procs[n].returncode}) ---\n"
@@ -149,3 +150,46 @@ def test_a_failing_process_stops_the_job_with_its_error(demo_store, tmp_path):
   with pytest.raises(pytest.fail.Exception, match="process1 exited with an error") as failure:
     run_all(commands, tmp_path)
   assert "missing_store" in str(failure.value)  # Process 1's own error message is shown.
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_a_rerun_finishes(demo_store,
+                                                                             tmp_path):
+  """A preemption notice that reaches process 1 only, after its 4th step (of 6; checkpoints
+  at 3 and 6): both processes save the same step between the two and exit with status 3;
+  rerun, both finish with the parameters of an undisturbed (1-process) run."""
+  shared = tmp_path / "shared_workdir"
+
+  def processes(*extra_of_1: str) -> dict[str, list[str]]:
+    coordinator = f"localhost:{free_port()}"
+    return {
+        f"process{i}": worker_command(
+            demo_store, shared, tmp_path / f"process{i}.npz", "--num-processes=2",
+            f"--process-id={i}", f"--coordinator={coordinator}", *(extra_of_1 if i else ()))
+        for i in range(2)
+    }
+
+  run_all(processes("--sigterm-at-step=4"), tmp_path, expect=3)
+  stopped = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
+  assert [s["signal"] for s in stopped] == ["a signal to another process", "SIGTERM"]
+  # Both stop at step 5: process 1's flag enters the agreement dispatched before step 5 and
+  # is read before step 6 (one step late, so that the host keeps running ahead).
+  step = stopped[0]["preempted_step"]
+  assert stopped[1]["preempted_step"] == step == 5, stopped
+  assert checkpointing.checkpoint_step(shared, "latest") == step
+  data_states = sorted((shared / "checkpoints" / str(step) / "data").glob("process_*.json"))
+  assert [json.loads(p.read_text()) for p in data_states] == [{"next_batch": step}] * 2
+  assert json.loads((shared / "metrics_valid.json").read_text())["step"] == 3
+  assert not (shared / "metrics_test.json").exists(), "the run does not look finished"
+
+  commands = processes()
+  commands["single"] = worker_command(demo_store, tmp_path / "single_workdir",
+                                      tmp_path / "single.npz")
+  run_all(commands, tmp_path)
+  params = {n: np.load(tmp_path / f"{n}.npz") for n in commands}
+  names = [k for k in params["single"].files if k != "__step__"]
+  assert all(int(params[n]["__step__"]) == 6 for n in commands)
+  for name in names:
+    np.testing.assert_array_equal(params["process0"][name], params["process1"][name], name)
+    np.testing.assert_allclose(params["process0"][name], params["single"][name], rtol=1e-4,
+                               atol=1e-5, err_msg=name)
+  assert json.loads((shared / "metrics_test.json").read_text())["step"] == 6
