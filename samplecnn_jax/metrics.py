@@ -14,7 +14,10 @@ outputs), `labels` are 0/1 multi-hot matrices or class indices as each function 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -392,3 +395,192 @@ def compute_metrics(
       result["accuracy_train_classes"] = accuracy(labels, scores)
     return result
   return instance_f_score(labels, scores, threshold)
+
+
+# --- Bootstrap intervals over clips -------------------------------------------------------
+
+# The headline numbers of each metric family: what gets an interval (`<key>_ci95`) and what a
+# table prints. F-score's threshold variants and the per-class numbers are not headlines.
+HEADLINE = {
+    "accuracy": ("accuracy",),
+    "f_score": ("f_score",),
+    "roc_auc": ("roc_auc", "pr_auc"),
+    "pr_auc": ("roc_auc", "pr_auc"),
+}
+BOOTSTRAP_RESAMPLES = 1000  # Resamples of the clips per interval (>= 1,000; see docs/reporting.md).
+BOOTSTRAP_SEED = 0  # Seed of the resampling: the same predictions always give the same interval.
+CONFIDENCE = 0.95  # Coverage of the intervals (the `_ci95` keys).
+_CHUNK_ELEMENTS = 1_000_000  # resamples x clips x classes per step of the AUC statistics.
+_INDEX_ELEMENTS = 4_000_000  # resamples x clips of the index arrays scipy draws at once.
+
+
+def resampled_metric(
+    key: str,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    threshold: float | np.ndarray = 0.5,
+    eval_label_map: Sequence[int] | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+  """`statistic(counts)`: the metric `key` of the clips, each drawn `counts[..., i]` times.
+
+  `counts` is `(..., N)` (N = the clips of `labels` / `scores`), the result `(...)`; all ones
+  gives the number `compute_metrics` reports, to floating-point rounding. This is what the
+  bootstrap evaluates for every resample, so it is vectorised: the clips are sorted once per
+  class, and a resample only re-weights them (no sklearn call, no sort per resample).
+
+  `key`: `accuracy` (class indices or one-hot rows, through `eval_label_map` as `accuracy`
+  does), `f_score` (the official micro F-score at `threshold`: one number or one per class),
+  `roc_auc` or `pr_auc` (macro over the tags that have a positive and a negative among the
+  drawn clips, as `scorable_tags` does for the whole split; NaN when no tag has both). Class
+  indices are scored as one-hot rows by all but `accuracy`.
+  """
+  scores = _scores_matrix(scores)
+  labels = np.asarray(labels)
+  if key == "accuracy":
+    truth, predicted, _ = _mapped_predictions(labels, scores, eval_label_map, False)
+    correct = (truth == predicted).astype(np.float64)
+    return lambda counts: _weighted_mean(counts, correct)
+  if key not in ("f_score", "roc_auc", "pr_auc"):
+    raise ValueError(f"No resampled metric {key!r}; choose one of accuracy, f_score, roc_auc, "
+                     f"pr_auc.")
+  if labels.ndim == 1:
+    labels = np.eye(scores.shape[1], dtype=np.int64)[_class_indices(labels, scores.shape[1])]
+  truth = _multi_hot(labels, scores)
+  if key == "f_score":
+    predicted = binarize(scores, threshold)
+    per_clip = np.stack([np.sum(truth & predicted, axis=1), np.sum(~truth & predicted, axis=1),
+                         np.sum(truth & ~predicted, axis=1)]).astype(np.float64)  # (3, N)
+    return functools.partial(_resampled_f_score, per_clip=per_clip)
+  return functools.partial(_resampled_tag_average, ranked=_RankedTags.of(truth, scores),
+                           precision=key == "pr_auc")
+
+
+def _weighted_mean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+  counts = np.asarray(counts, np.float64)
+  return (counts @ values) / counts.sum(axis=-1)
+
+
+def _resampled_f_score(counts: np.ndarray, per_clip: np.ndarray) -> np.ndarray:
+  """2 TP / (2 TP + FP + FN) of the summed counts: the official P, R and F (0 when empty)."""
+  tp, fp, fn = np.moveaxis(np.asarray(counts, np.float64) @ per_clip.T, -1, 0)
+  return _safe_ratio(2 * tp, 2 * tp + fp + fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RankedTags:
+  """The clips of every tag sorted by score once, and where runs of tied scores begin and end.
+
+  Arrays are `(C, N)`: tag by tag, the clips in ascending order of score.
+  """
+
+  order: np.ndarray  # Clip indices by ascending score.
+  positive: np.ndarray  # Whether the clip at that rank is a positive of the tag.
+  run_start: np.ndarray  # Whether the rank begins a run of equal scores.
+  run_end: np.ndarray  # Whether the rank ends one.
+  tied: bool  # Whether any tag has two clips with the same score.
+
+  @classmethod
+  def of(cls, truth: np.ndarray, scores: np.ndarray) -> _RankedTags:
+    order = np.argsort(scores.T, axis=1, kind="stable")
+    ranked = np.take_along_axis(scores.T, order, axis=1)
+    same = ranked[:, 1:] == ranked[:, :-1]
+    edge = np.ones((len(order), 1), bool)
+    return cls(order, np.take_along_axis(truth.T, order, axis=1),
+               np.concatenate([edge, ~same], axis=1), np.concatenate([~same, edge], axis=1),
+               bool(same.any()))
+
+
+def _resampled_tag_average(counts: np.ndarray, ranked: _RankedTags,
+                           precision: bool) -> np.ndarray:
+  """Macro ROC-AUC (Mann-Whitney U with ties as halves) or average precision, by weights."""
+  counts = np.asarray(counts, np.float64)
+  batch_shape, n = counts.shape[:-1], counts.shape[-1]
+  counts = counts.reshape(-1, n)
+  chunk = max(1, _CHUNK_ELEMENTS // max(1, ranked.order.size))
+  out = np.concatenate([_tag_average_of_weights(counts[i:i + chunk], ranked, precision)
+                        for i in range(0, len(counts), chunk)])
+  return out.reshape(batch_shape)
+
+
+def _run_values(cumulative: np.ndarray, ranked: _RankedTags) -> tuple[np.ndarray, np.ndarray]:
+  """From inclusive cumulative weights `(B, C, N)`: the weight below each rank's run of tied
+  scores, and the weight up to the end of that run (both are the exclusive / inclusive sums
+  at the rank itself when there are no ties)."""
+  below = np.concatenate([np.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
+  if not ranked.tied:
+    return below, cumulative
+  # Cumulative weights never decrease along a tag, so a running max (min from the end) of the
+  # values at run starts (ends) carries each run's value to all of its ranks.
+  below = np.maximum.accumulate(np.where(ranked.run_start, below, 0.0), axis=-1)
+  upto = np.minimum.accumulate(np.where(ranked.run_end, cumulative, np.inf)[..., ::-1],
+                               axis=-1)[..., ::-1]
+  return below, upto
+
+
+def _tag_average_of_weights(counts: np.ndarray, ranked: _RankedTags,
+                            precision: bool) -> np.ndarray:
+  weights = counts[:, ranked.order]  # (B, C, N): each tag's clips in score order.
+  positive = np.where(ranked.positive, weights, 0.0)
+  negative = weights - positive
+  cum_pos, cum_neg = np.cumsum(positive, axis=-1), np.cumsum(negative, axis=-1)
+  total_pos, total_neg = cum_pos[..., -1], cum_neg[..., -1]  # (B, C)
+  neg_below, neg_upto = _run_values(cum_neg, ranked)
+  if precision:  # Precision at each positive's score: positives / clips scored at least as high.
+    pos_below, _ = _run_values(cum_pos, ranked)
+    hits = total_pos[..., None] - pos_below
+    at_least = hits + total_neg[..., None] - neg_below
+    per_tag = _safe_ratio(np.sum(positive * _safe_ratio(hits, at_least), axis=-1), total_pos)
+  else:  # Each positive beats the negatives below it and ties with half of those equal to it.
+    wins = np.sum(positive * (neg_below + neg_upto), axis=-1) / 2
+    per_tag = _safe_ratio(wins, total_pos * total_neg)
+  scorable = (total_pos > 0) & (total_neg > 0)
+  num_scorable = scorable.sum(axis=-1)
+  average = np.sum(np.where(scorable, per_tag, 0.0), axis=-1) / np.maximum(num_scorable, 1)
+  return np.where(num_scorable > 0, average, np.nan)
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    num_clips: int,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float] | None:
+  """The percentile bootstrap interval of `statistic` over `num_clips` clips.
+
+  `statistic(counts)` is a `resampled_metric` (or a difference or mean of several, which makes
+  the interval paired: every term sees the same resampled clips). `scipy.stats.bootstrap`
+  draws `resamples` samples of the clip indices with replacement (seeded); the interval is
+  the (1 - confidence) / 2 and (1 + confidence) / 2 percentiles of the statistic over them.
+  Resamples where the statistic is undefined (NaN: an AUC with no tag that has both a
+  positive and a negative among the drawn clips) are left out; None when fewer than 2 clips
+  or than half of the resamples give a number.
+  """
+  import scipy.stats
+
+  if num_clips < 2:
+    return None
+
+  def on_indices(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+    indices = np.moveaxis(np.asarray(indices), axis, -1)
+    flat = indices.reshape(-1, num_clips)
+    offsets = (np.arange(len(flat)) * num_clips)[:, None]
+    counts = np.bincount((flat + offsets).ravel(), minlength=flat.size).reshape(flat.shape)
+    return statistic(counts).reshape(indices.shape[:-1])
+
+  with warnings.catch_warnings():  # NaN resamples are handled below.
+    warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+    result = scipy.stats.bootstrap(
+        (np.arange(num_clips),), on_indices, n_resamples=resamples, vectorized=True,
+        method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed),
+        batch=max(1, _INDEX_ELEMENTS // num_clips))
+  low, high = result.confidence_interval
+  if np.isfinite(low) and np.isfinite(high):
+    return float(low), float(high)
+  values = result.bootstrap_distribution[np.isfinite(result.bootstrap_distribution)]
+  if values.size < resamples / 2:
+    return None
+  tail = (1 - confidence) / 2 * 100
+  return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))

@@ -682,8 +682,10 @@ def _evaluate_best_on_test(run: Run, evaluator: evaluate.Evaluator,
                                          threshold=thresholds)
     result.update({f"tuned_{k}": v for k, v in tuned.items()})
     result["tuned_thresholds"] = [float(t) for t in thresholds]
+  result.update(evaluator.intervals(test, thresholds))
   result["step"] = int(state.step)
-  path = evaluate.write_metrics(run.workdir, config.test_split, int(state.step), result)
+  path = evaluate.write_metrics(run.workdir, config.test_split, int(state.step), result,
+                                evaluator.predictions(test))
   logging.info("Best checkpoint (step %d) on %s: %s -> %s", int(state.step), config.test_split,
                evaluate.summary(result), path)
   return result
