@@ -48,7 +48,7 @@ class Entry:
   """One row of a comparison: a run, a baseline model, or a group of seeds of either."""
 
   name: str  # As the table and the verdicts call it.
-  sources: tuple[str, ...]  # The predictions file of each seed.
+  sources: tuple[str, ...]  # Each seed's folder (`FOLDER:features+model` for a baseline).
   seeds: tuple[Predictions, ...]  # The predictions of each seed (one for a single run).
 
 
@@ -106,7 +106,7 @@ def load_entries(argument: str, split: str = "test") -> list[Entry]:
   for position, suffix in enumerate(suffixes):
     files = [found[position][1] for found in members]
     label = argument if len(folders) == 1 else f"{argument} ({len(folders)} seeds)"
-    entries.append(Entry(label + suffix, tuple(str(f) for f in files),
+    entries.append(Entry(label + suffix, tuple(folder + suffix for folder in folders),
                          tuple(Predictions.load(f) for f in files)))
   return entries
 
@@ -123,19 +123,20 @@ def aligned(entries: Sequence[Entry]) -> list[Entry]:
   """
   reference = entries[0].seeds[0]
   where = entries[0].sources[0]
-  order = {clip_id: i for i, clip_id in enumerate(reference.clip_ids)}
+  order = {str(clip_id): i for i, clip_id in enumerate(reference.clip_ids)}
   result = []
   for entry in entries:
     seeds = []
     for source, seed in zip(entry.sources, entry.seeds, strict=True):
-      if len(seed.clip_ids) != len(reference.clip_ids) or not set(seed.clip_ids) <= order.keys():
-        other = sorted(set(seed.clip_ids) ^ order.keys())
-        example = f" (e.g. {other[0]!r})" if other else ""
+      ids = [str(clip_id) for clip_id in seed.clip_ids]
+      if len(ids) != len(order) or not set(ids) <= order.keys():
+        extra, missing = sorted(set(ids) - order.keys()), sorted(order.keys() - set(ids))
+        odd, holder, other = (extra, source, where) if extra else (missing, where, source)
         raise ValueError(
-            f"{source} scores {len(seed.clip_ids)} clips, {where} {len(reference.clip_ids)}, "
-            f"and {len(other)} clip ids are in only one of them{example}: compare needs "
+            f"{source} scores {len(ids)} clips, {where} {len(order)}; {len(odd)} clips of "
+            f"{holder} are not in {other} (e.g. {odd[0]!r}): compare needs "
             f"entries scored on the same split of the same store")
-      rows = np.asarray([order[clip_id] for clip_id in seed.clip_ids])
+      rows = np.asarray([order[clip_id] for clip_id in ids])
       inverse = np.argsort(rows)
       labels, scores = seed.labels[inverse], seed.scores[inverse]
       if labels.shape != reference.labels.shape or not np.array_equal(labels,
@@ -144,7 +145,7 @@ def aligned(entries: Sequence[Entry]) -> list[Entry]:
                                         axis=1))
                   if labels.shape == reference.labels.shape else np.arange(1))
         raise ValueError(
-            f"{source} and {where} label clip {reference.clip_ids[differ[0]]!r} differently "
+            f"{source} and {where} label clip {str(reference.clip_ids[differ[0]])!r} differently "
             f"({len(differ)} clips differ, labels {labels.shape} vs {reference.labels.shape}): "
             f"they were scored on different versions of the store")
       if not _same_map(seed.eval_label_map, reference.eval_label_map):
