@@ -41,6 +41,7 @@ from samplecnn_jax import (
   models,
   sharding,
   store,
+  tracking,
   transfer,
   workdir_files,
 )
@@ -395,6 +396,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   checkpointing.check_config_matches(workdir, config)
+  tracking.check_available(config)
   model = models.create_model(config.model, config.num_classes)
   return Run(config, str(workdir), data, mesh, model, compile_steps(config, mesh, model))
 
@@ -407,11 +409,12 @@ class Progress:
 
   def __init__(self, config, workdir: str, start_step: int):
     self.config = config
-    self.writer = None
+    self.writer, self.tracker = None, tracking.Tracker()
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
 
       self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      self.tracker = tracking.start(config, workdir)
     self.last_step, self.last_time = start_step, time.perf_counter()
 
   def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
@@ -421,6 +424,7 @@ class Progress:
       if isinstance(value, int | float) and math.isfinite(value):
         self.writer.add_scalar(f"{prefix}/{key}", value, step)
     self.writer.flush()
+    self.tracker.log(step, values, prefix)
 
   def compiled(self, step: int) -> None:
     """Logs the first step's time (mostly compilation) and starts the steps/s clock after it."""
@@ -451,6 +455,7 @@ class Progress:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
+    self.tracker.close()
 
 
 def _format_seconds(seconds: float) -> str:
