@@ -359,7 +359,7 @@ def _with_interval(entry: dict[str, Any], key: str) -> str:
   interval = entry.get(f"{key}_ci95")
   if interval is None:
     return f"{entry[key]:.3f}"
-  return f"{entry[key]:.3f} ({interval[0]:.2f}-{interval[1]:.2f})"
+  return f"{entry[key]:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
 
 
 def _define_flags(flag_values: flags.FlagValues) -> None:

@@ -4,8 +4,9 @@
       [--resamples=1000] [--seed=0] [--output=comparison.json]
 
 Each argument is a training workdir (its `predictions_<split>.npz`), a `baseline` output folder
-(one entry per model, from its `baseline_<split>.json` and `predictions_<split>_<model>.npz`),
-or several of either joined by commas, `A1,A2,A3`: the seeds of one recipe as one entry.
+(one entry per model, from its `baseline_<split>.json` and `predictions_<split>_<model>.npz`;
+`FOLDER:logmel+lr` picks one model), or several of these joined by commas, `A1,A2,A3`: the
+seeds of one recipe as one entry.
 
 For every entry: its metric, recomputed from the clip scores, with a 95% percentile bootstrap
 interval over clips; for every entry after the first: the difference to the first and the
@@ -56,8 +57,18 @@ class Entry:
 
 
 def _members(folder: str, split: str) -> list[tuple[str, Path]]:
-  """(model suffix, predictions file) of one folder: a run ("") and/or baseline models."""
+  """(model suffix, predictions file) of one folder: a run ("") and/or baseline models; of
+  one baseline model for `FOLDER:features+model`."""
   path = Path(folder)
+  if not path.is_dir() and ":" in folder:
+    base, model = folder.rsplit(":", 1)
+    found = _members(base, split)
+    chosen = [(suffix, file) for suffix, file in found if suffix == f":{model}"]
+    if not chosen:
+      names = ", ".join(suffix[1:] for suffix, _ in found if suffix) or "none"
+      raise FileNotFoundError(f"{base} has no baseline model {model!r} for {split} (it has: "
+                              f"{names})")
+    return [("", chosen[0][1])]
   if not path.is_dir():
     raise FileNotFoundError(f"{folder} is not a folder: pass training workdirs or baseline "
                             f"output folders (--out_dir of samplecnn_jax.baseline)")
@@ -87,8 +98,8 @@ def _members(folder: str, split: str) -> list[tuple[str, Path]]:
 def load_entries(argument: str, split: str = "test") -> list[Entry]:
   """The entries of one command-line argument: a folder, or seeds joined by commas.
 
-  A workdir gives one entry, a baseline folder one per model (`FOLDER:features+model`);
-  `A1,A2,A3` gives the same entries with the seeds of each pooled (the folders must hold
+  A workdir gives one entry, a baseline folder one per model (named `FOLDER:features+model`,
+  which also picks that model alone); `A1,A2,A3` gives the same entries with the seeds of each pooled (the folders must hold
   the same runs and models).
   """
   folders = [part for part in argument.split(",") if part]

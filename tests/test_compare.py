@@ -133,6 +133,11 @@ def test_a_baseline_folder_gives_one_entry_per_model(tmp_path):
   entries = compare.load_entries(run) + compare.load_entries(str(folder))
   assert [e.name for e in entries] == [run, f"{folder}:mfcc+lr", f"{folder}:logmel+mlp"]
   assert len(compare.compare(entries).rows) == 3
+  one = compare.load_entries(f"{folder}:logmel+mlp")
+  assert [e.name for e in one] == [f"{folder}:logmel+mlp"]
+  np.testing.assert_array_equal(one[0].seeds[0].scores, entries[2].seeds[0].scores)
+  with pytest.raises(FileNotFoundError, match=r"no baseline model 'svm' .*mfcc\+lr, logmel"):
+    compare.load_entries(f"{folder}:svm")
 
 
 def test_command_prints_the_table_and_verdicts_and_writes_json(tmp_path, capsys):
