@@ -425,9 +425,12 @@ def resampled_metric(
   """`statistic(counts)`: the metric `key` of the clips, each drawn `counts[..., i]` times.
 
   `counts` is `(..., N)` (N = the clips of `labels` / `scores`), the result `(...)`; all ones
-  gives the number `compute_metrics` reports, to floating-point rounding. This is what the
-  bootstrap evaluates for every resample, so it is vectorised: the clips are sorted once per
-  class, and a resample only re-weights them (no sklearn call, no sort per resample).
+  (and any 0/1 counts) gives the number `compute_metrics` reports on those clips, to
+  floating-point rounding, and a clip drawn k times counts as k clips (for `pr_auc`, k copies
+  ranked one after another rather than tied, which keeps resampled APs from drifting
+  upwards). This is what the bootstrap evaluates for every resample, so it is vectorised: the
+  clips are sorted once per class, and a resample only re-weights them (no sklearn call, no
+  sort per resample).
 
   `key`: `accuracy` (class indices or one-hot rows, through `eval_label_map` as `accuracy`
   does), `f_score` (the official micro F-score at `threshold`: one number or one per class),
@@ -469,26 +472,39 @@ def _resampled_f_score(counts: np.ndarray, per_clip: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class _RankedTags:
-  """The clips of every tag sorted by score once, and where runs of tied scores begin and end.
+  """Each tag's clips sorted by score once, and where its positives and their runs of tied
+  scores sit, so that a resample needs one cumulative sum over all clips and otherwise
+  touches only the positives (a few percent of the clips for most tags)."""
 
-  Arrays are `(C, N)`: tag by tag, the clips in ascending order of score.
-  """
-
-  order: np.ndarray  # Clip indices by ascending score.
-  positive: np.ndarray  # Whether the clip at that rank is a positive of the tag.
-  run_start: np.ndarray  # Whether the rank begins a run of equal scores.
-  run_end: np.ndarray  # Whether the rank ends one.
-  tied: bool  # Whether any tag has two clips with the same score.
+  order: np.ndarray  # (C, N): clip indices by ascending score, tag by tag.
+  clip: np.ndarray  # (P,): the clip of each positive (tag-major, ascending score).
+  tag: np.ndarray  # (P,): its tag.
+  run_start: np.ndarray  # (P,): rank of the first clip scored as the positive is (ties).
+  run_end: np.ndarray  # (P,): one past the rank of the last one.
+  pos_start: np.ndarray  # (P,): index of the first of its tag's positives in that run.
+  pos_end: np.ndarray  # (P,): one past the index of the last one.
+  tag_bounds: np.ndarray  # (C + 1,): each tag's positives are [tag_bounds[c], tag_bounds[c+1]).
 
   @classmethod
   def of(cls, truth: np.ndarray, scores: np.ndarray) -> _RankedTags:
+    num_clips = len(scores)
     order = np.argsort(scores.T, axis=1, kind="stable")
     ranked = np.take_along_axis(scores.T, order, axis=1)
-    same = ranked[:, 1:] == ranked[:, :-1]
-    edge = np.ones((len(order), 1), bool)
-    return cls(order, np.take_along_axis(truth.T, order, axis=1),
-               np.concatenate([edge, ~same], axis=1), np.concatenate([~same, edge], axis=1),
-               bool(same.any()))
+    new_run = np.ones(ranked.shape, bool)
+    new_run[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    ranks = np.arange(num_clips)
+    starts = np.maximum.accumulate(np.where(new_run, ranks, 0), axis=1)
+    ends_after = np.ones(ranked.shape, bool)  # Whether a run ends at this rank.
+    ends_after[:, :-1] = new_run[:, 1:]
+    ends = np.minimum.accumulate(np.where(ends_after, ranks + 1, num_clips)[:, ::-1],
+                                 axis=1)[:, ::-1]
+    tag, rank = np.nonzero(np.take_along_axis(truth.T, order, axis=1))
+    run_start, run_end = starts[tag, rank], ends[tag, rank]
+    key = tag * (num_clips + 1) + rank  # Ascending: positives are tag-major, by rank.
+    return cls(order, order[tag, rank], tag, run_start, run_end,
+               np.searchsorted(key, tag * (num_clips + 1) + run_start),
+               np.searchsorted(key, tag * (num_clips + 1) + run_end),
+               np.searchsorted(tag, np.arange(order.shape[0] + 1)))
 
 
 def _resampled_tag_average(counts: np.ndarray, ranked: _RankedTags,
@@ -503,37 +519,48 @@ def _resampled_tag_average(counts: np.ndarray, ranked: _RankedTags,
   return out.reshape(batch_shape)
 
 
-def _run_values(cumulative: np.ndarray, ranked: _RankedTags) -> tuple[np.ndarray, np.ndarray]:
-  """From inclusive cumulative weights `(B, C, N)`: the weight below each rank's run of tied
-  scores, and the weight up to the end of that run (both are the exclusive / inclusive sums
-  at the rank itself when there are no ties)."""
-  below = np.concatenate([np.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
-  if not ranked.tied:
-    return below, cumulative
-  # Cumulative weights never decrease along a tag, so a running max (min from the end) of the
-  # values at run starts (ends) carries each run's value to all of its ranks.
-  below = np.maximum.accumulate(np.where(ranked.run_start, below, 0.0), axis=-1)
-  upto = np.minimum.accumulate(np.where(ranked.run_end, cumulative, np.inf)[..., ::-1],
-                               axis=-1)[..., ::-1]
-  return below, upto
+def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
+  """(B, K) -> (B, K + 1): entry i holds the sum of values[:, :i]."""
+  out = np.zeros((values.shape[0], values.shape[1] + 1))
+  np.cumsum(values, axis=1, out=out[:, 1:])
+  return out
 
 
 def _tag_average_of_weights(counts: np.ndarray, ranked: _RankedTags,
                             precision: bool) -> np.ndarray:
-  weights = counts[:, ranked.order]  # (B, C, N): each tag's clips in score order.
-  positive = np.where(ranked.positive, weights, 0.0)
-  negative = weights - positive
-  cum_pos, cum_neg = np.cumsum(positive, axis=-1), np.cumsum(negative, axis=-1)
-  total_pos, total_neg = cum_pos[..., -1], cum_neg[..., -1]  # (B, C)
-  neg_below, neg_upto = _run_values(cum_neg, ranked)
-  if precision:  # Precision at each positive's score: positives / clips scored at least as high.
-    pos_below, _ = _run_values(cum_pos, ranked)
-    hits = total_pos[..., None] - pos_below
-    at_least = hits + total_neg[..., None] - neg_below
-    per_tag = _safe_ratio(np.sum(positive * _safe_ratio(hits, at_least), axis=-1), total_pos)
+  num_tags, num_clips = ranked.order.shape
+  # Weight of the clips below each rank, tag by tag: (B, C, N + 1), entry r = ranks < r.
+  below = np.zeros((len(counts), num_tags, num_clips + 1))
+  np.cumsum(counts[:, ranked.order], axis=-1, out=below[..., 1:])
+  weight = counts[:, ranked.clip]  # (B, P): each positive's weight.
+  pos_cum = _exclusive_cumsum(weight)  # (B, P + 1), over all tags' positives in a row.
+  first = pos_cum[:, ranked.tag_bounds[ranked.tag]]  # Before the tag's first positive.
+  total = below[:, :, -1]  # (B, C): all drawn clips.
+  total_pos = pos_cum[:, ranked.tag_bounds[1:]] - pos_cum[:, ranked.tag_bounds[:-1]]
+  all_below = below[:, ranked.tag, ranked.run_start]  # Clips scored below the positive.
+  pos_below = pos_cum[:, ranked.pos_start] - first  # Positives scored below it.
+  if precision:
+    # Precision at each positive's score: positives / clips scored at least as high. The k
+    # copies of a clip drawn k times are ranked one after another (their order among
+    # themselves does not matter: they are all positives), so copy i counts the copies
+    # before it, not all k: (others + i) / (all others + i). Counting all k at every copy (the
+    # ties of sklearn on repeated rows) biases resampled APs upwards, by up to the width of
+    # the interval. A clip drawn once scores as in `pr_auc`.
+    others = total_pos[:, ranked.tag] - pos_below - weight
+    all_others = total[:, ranked.tag] - all_below - weight
+    terms = np.zeros_like(weight)
+    for copy in range(1, int(weight.max(initial=0)) + 1):
+      terms += np.where(weight >= copy, (others + copy) / (all_others + copy), 0.0)
   else:  # Each positive beats the negatives below it and ties with half of those equal to it.
-    wins = np.sum(positive * (neg_below + neg_upto), axis=-1) / 2
-    per_tag = _safe_ratio(wins, total_pos * total_neg)
+    neg_below = all_below - pos_below
+    neg_upto = (below[:, ranked.tag, ranked.run_end]
+                - (pos_cum[:, ranked.pos_end] - first))
+    terms = weight * (neg_below + neg_upto) / 2
+  summed = _exclusive_cumsum(terms)
+  per_tag = summed[:, ranked.tag_bounds[1:]] - summed[:, ranked.tag_bounds[:-1]]  # (B, C)
+  total_neg = total - total_pos
+  denominator = total_pos if precision else total_pos * total_neg
+  per_tag = _safe_ratio(per_tag, denominator)
   scorable = (total_pos > 0) & (total_neg > 0)
   num_scorable = scorable.sum(axis=-1)
   average = np.sum(np.where(scorable, per_tag, 0.0), axis=-1) / np.maximum(num_scorable, 1)
