@@ -263,8 +263,9 @@ def run_baselines(data_dir: str | Path, *, features: Sequence[str] = FEATURES,
 
   For every evaluation split, one entry per model, `"<features>+<model>"`, holding
   `features`, `model`, `num_clips`, the metric keys and their intervals, and the clip scores
-  (`write_results` writes them as `baseline_<split>.json` and the predictions files). `progress(message)` is called after each step. Raises ValueError
-  (naming the store's splits) when a split is missing, before any work is done.
+  (`write_results` writes them as `baseline_<split>.json` and the predictions files).
+  `progress(message)` is called after each step. Raises ValueError (naming the store's
+  splits) when a split is missing, before any work is done.
   """
   features = _check_names("feature sets", features, FEATURES)
   models = _check_names("models", models, MODELS)

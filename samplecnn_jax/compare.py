@@ -99,8 +99,8 @@ def load_entries(argument: str, split: str = "test") -> list[Entry]:
   """The entries of one command-line argument: a folder, or seeds joined by commas.
 
   A workdir gives one entry, a baseline folder one per model (named `FOLDER:features+model`,
-  which also picks that model alone); `A1,A2,A3` gives the same entries with the seeds of each pooled (the folders must hold
-  the same runs and models).
+  which also picks that model alone); `A1,A2,A3` gives the same entries with the seeds of
+  each pooled (the folders must hold the same runs and models).
   """
   folders = [part for part in argument.split(",") if part]
   if not folders:
@@ -155,10 +155,11 @@ def aligned(entries: Sequence[Entry]) -> list[Entry]:
         differ = (np.flatnonzero(np.any((labels != reference.labels).reshape(len(labels), -1),
                                         axis=1))
                   if labels.shape == reference.labels.shape else np.arange(1))
+        clip_id = str(reference.clip_ids[differ[0]])
         raise ValueError(
-            f"{source} and {where} label clip {str(reference.clip_ids[differ[0]])!r} differently "
-            f"({len(differ)} clips differ, labels {labels.shape} vs {reference.labels.shape}): "
-            f"they were scored on different versions of the store")
+            f"{source} and {where} label clip {clip_id!r} differently ({len(differ)} clips "
+            f"differ, labels {labels.shape} vs {reference.labels.shape}): they were scored on "
+            f"different versions of the store")
       if not _same_map(seed.eval_label_map, reference.eval_label_map):
         raise ValueError(f"{source} and {where} score in different label spaces (their "
                          f"eval_label_map differs): they come from different stores")
