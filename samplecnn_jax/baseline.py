@@ -22,11 +22,15 @@ Hyperparameters are fixed, nothing is tuned: the point is a floor, not a contest
 stores get one-vs-rest LR and SVM (the MLP has sigmoid outputs of its own). The valid and test
 splits are scored with `evaluate.score_clips`, the function training's evaluation uses, so
 `baseline_<split>.json` has the keys of `metrics_<split>.json` (accuracy with the store's
-`eval_label_map`, or F-score and ROC/PR-AUC).
+`eval_label_map`, or F-score and ROC/PR-AUC), with the same 95% bootstrap intervals over clips
+(`<metric>_ci95`, `evaluate.score_intervals`). Each model's clip scores go to their own
+`predictions_<split>_<features>+<model>.npz` beside the JSON (`workdir_files.Predictions`,
+the format of a run's `predictions_<split>.npz`), which `python -m samplecnn_jax.compare`
+reads to set the models against a run on the same clips.
 
 The engine is `run_baselines(data_dir, ...)`, which returns a `BaselineResult` (for tests and
 notebooks); `main(argv)` is the command (`cli.run`: exit 0 done, 2 usage or data error), which
-writes `baseline_<split>.json` and prints the table.
+writes `baseline_<split>.json` with the predictions and prints the table.
 
 What this is not for: anything with a GPU, model selection, or the CNN itself; it reads a store
 only through `store.Store`.
@@ -47,7 +51,7 @@ import numpy as np
 import threadpoolctl
 from absl import flags
 
-from samplecnn_jax import cli, evaluate, metrics, store
+from samplecnn_jax import cli, evaluate, metrics, store, workdir_files
 
 FEATURES = ("mfcc", "mfcc_d", "logmel")
 MODELS = ("lr", "svm", "mlp")
@@ -103,6 +107,7 @@ class SplitFeatures:
   features: dict[str, np.ndarray]  # name -> (clips, dims) float32.
   labels: np.ndarray  # (clips,) class indices (multi-class) or (clips, classes) multi-hot.
   seconds: float  # Wall time of reading and featurising the split.
+  clip_ids: tuple[str, ...] = ()  # The store's ids, in the store's order.
 
 
 def split_features(prepared: store.Store, split: str) -> SplitFeatures:
@@ -118,11 +123,12 @@ def split_features(prepared: store.Store, split: str) -> SplitFeatures:
   if len(source) == 0:
     raise ValueError(f"Split {split!r} of {prepared.path} has no clips.")
   rate = manifest.sample_rate
-  rows, clip_labels = [], []
+  rows, clip_labels, clip_ids = [], [], []
   for index in range(len(source)):
     clip = source[index]
     rows.append(clip_features(clip["audio"], rate))
     clip_labels.append(clip["labels"])
+    clip_ids.append(str(clip["clip_id"]))
   features = {name: np.stack([row[name] for row in rows]) for name in FEATURES}
   num_classes = len(manifest.vocabulary)
   if manifest.label_type == "multi_class":
@@ -131,7 +137,7 @@ def split_features(prepared: store.Store, split: str) -> SplitFeatures:
     labels = np.zeros((len(clip_labels), num_classes), np.int64)
     for row, indices in enumerate(clip_labels):
       labels[row, indices] = 1
-  return SplitFeatures(features, labels, time.perf_counter() - start_time)
+  return SplitFeatures(features, labels, time.perf_counter() - start_time, tuple(clip_ids))
 
 
 # --- Models -----------------------------------------------------------------------------------
@@ -212,23 +218,29 @@ def metric_kinds(label_type: str, metric: str = "auto") -> tuple[str, ...]:
 
 def score_split(scores: np.ndarray, labels: np.ndarray, kinds: Sequence[str],
                 eval_label_map: list[int] | None, f_score_threshold: float) -> dict[str, Any]:
-  """The numbers training writes for a split (same keys): `evaluate.score_clips` per kind."""
+  """The numbers training writes for a split (same keys): `evaluate.score_clips` and
+  `evaluate.score_intervals` per kind."""
   result: dict[str, Any] = {}
+  options = {"eval_label_map": eval_label_map, "f_score_threshold": f_score_threshold}
   for kind in kinds:
-    result.update(evaluate.score_clips(labels, scores, kind, eval_label_map=eval_label_map,
-                                       f_score_threshold=f_score_threshold))
+    result.update(evaluate.score_clips(labels, scores, kind, **options))
+  for kind in kinds:
+    result.update(evaluate.score_intervals(labels, scores, kind, **options))
   return result
 
 
 @dataclasses.dataclass
 class BaselineResult:
-  """What `run_baselines` produced: per split, per model (`<features>+<model>`), the metrics."""
+  """What `run_baselines` produced: per split, per model (`<features>+<model>`), the metrics
+  and the clip scores behind them."""
 
   scores: dict[str, dict[str, dict[str, Any]]]  # split -> name -> metrics.
   fit_seconds: dict[str, float]  # name -> seconds to fit on the train split.
   score_seconds: dict[str, float]  # name -> seconds to score all evaluation splits.
   feature_seconds: dict[str, float]  # split -> seconds to read and featurise it.
   kinds: tuple[str, ...]  # The metric kinds reported.
+  predictions: dict[str, dict[str, workdir_files.Predictions]] = dataclasses.field(
+      default_factory=dict)  # split -> name -> clip scores.
 
 
 def _check_names(kind: str, names: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
@@ -250,9 +262,10 @@ def run_baselines(data_dir: str | Path, *, features: Sequence[str] = FEATURES,
   """Fits every feature set x model on `train_split` and scores `eval_splits`.
 
   For every evaluation split, one entry per model, `"<features>+<model>"`, holding
-  `features`, `model`, `num_clips` and the metric keys (`write_results` writes them as
-  `baseline_<split>.json`). `progress(message)` is called after each step. Raises ValueError
-  (naming the store's splits) when a split is missing, before any work is done.
+  `features`, `model`, `num_clips`, the metric keys and their intervals, and the clip scores
+  (`write_results` writes them as `baseline_<split>.json` and the predictions files).
+  `progress(message)` is called after each step. Raises ValueError (naming the store's
+  splits) when a split is missing, before any work is done.
   """
   features = _check_names("feature sets", features, FEATURES)
   models = _check_names("models", models, MODELS)
@@ -275,6 +288,7 @@ def run_baselines(data_dir: str | Path, *, features: Sequence[str] = FEATURES,
   # Multi-label classes that training never (or always) sees.
   constant = train.labels.min(axis=0) == train.labels.max(axis=0)
   scores: dict[str, dict[str, dict[str, Any]]] = {split: {} for split in eval_splits}
+  predictions: dict[str, dict[str, workdir_files.Predictions]] = {s: {} for s in eval_splits}
   fit_seconds, score_seconds = {}, {}
   for feature_set in features:
     for model_name in models:
@@ -297,16 +311,23 @@ def run_baselines(data_dir: str | Path, *, features: Sequence[str] = FEATURES,
             "features": feature_set, "model": model_name,
             **score_split(split_scores, data[split].labels, kinds,
                           manifest.eval_label_map, f_score_threshold)}
+        predictions[split][name] = workdir_files.Predictions.of(
+            data[split].clip_ids, data[split].labels, split_scores, label_type=label_type,
+            metric=kinds[0], f_score_threshold=f_score_threshold,
+            eval_label_map=manifest.eval_label_map)
       score_seconds[name] = time.perf_counter() - start
       say(f"{name}: fit {fit_seconds[name]:.2f} s, scored in {score_seconds[name]:.2f} s")
   return BaselineResult(scores, fit_seconds, score_seconds,
-                        {split: data[split].seconds for split in splits}, kinds)
+                        {split: data[split].seconds for split in splits}, kinds, predictions)
 
 
 def write_results(result: BaselineResult, out_dir: str | Path) -> list[Path]:
-  """Writes `baseline_<split>.json` into `out_dir` for every scored split; returns the paths."""
+  """Writes `baseline_<split>.json` into `out_dir` for every scored split, and each model's
+  `predictions_<split>_<name>.npz` beside it; returns the JSON paths."""
   paths = []
   for split, entries in result.scores.items():
+    for name, predictions in result.predictions.get(split, {}).items():
+      predictions.save(workdir_files.predictions_path(out_dir, split, name))
     path = Path(out_dir) / f"baseline_{split}.json"
     store.write_json(path, entries)
     paths.append(path)
@@ -315,20 +336,18 @@ def write_results(result: BaselineResult, out_dir: str | Path) -> list[Path]:
 
 # --- Command line -----------------------------------------------------------------------------
 
-_HEADLINE = {"accuracy": ("accuracy",), "f_score": ("f_score",), "roc_auc": ("roc_auc", "pr_auc"),
-             "pr_auc": ("roc_auc", "pr_auc")}
-
-
 def format_table(result: BaselineResult) -> str:
-  """A plain-text table: one row per model, a column per split x headline metric, times."""
-  keys = [key for kind in result.kinds for key in _HEADLINE[kind]]
+  """A plain-text table: one row per model, a column per split x headline metric (with its
+  95% interval), times."""
+  keys = [key for kind in result.kinds for key in metrics.HEADLINE[kind]]
   keys = list(dict.fromkeys(keys))
   splits = list(result.scores)
   names = list(result.fit_seconds)
   header = ["model"] + [f"{split} {key}" for split in splits for key in keys] + ["fit s", "score s"]
   rows = [header]
   for name in names:
-    row = [name] + [f"{result.scores[split][name][key]:.3f}" for split in splits for key in keys]
+    row = [name] + [_with_interval(result.scores[split][name], key)
+                    for split in splits for key in keys]
     rows.append(row + [f"{result.fit_seconds[name]:.2f}", f"{result.score_seconds[name]:.2f}"])
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
   lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
@@ -337,10 +356,17 @@ def format_table(result: BaselineResult) -> str:
   return "\n".join(lines)
 
 
+def _with_interval(entry: dict[str, Any], key: str) -> str:
+  interval = entry.get(f"{key}_ci95")
+  if interval is None:
+    return f"{entry[key]:.3f}"
+  return f"{entry[key]:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+
+
 def _define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_string("data_dir", None, "Prepared store (output of samplecnn_jax.prepare).",
                       flag_values=flag_values)
-  flags.DEFINE_string("out_dir", ".", "Folder for baseline_<split>.json.",
+  flags.DEFINE_string("out_dir", ".", "Folder for baseline_<split>.json and the predictions.",
                       flag_values=flag_values)
   flags.DEFINE_list("features", list(FEATURES), f"Feature sets: {', '.join(FEATURES)}.",
                     flag_values=flag_values)

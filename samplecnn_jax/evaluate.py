@@ -3,13 +3,16 @@
 `score_clips(labels, scores, metric)` turns clip labels and clip scores into the record a run
 writes to `metrics_<split>.json`; `Evaluator` (what `train` validates with and scores the test
 split with) and `baseline` both call it, so that their JSON files have the same keys.
+`score_intervals` adds the 95% bootstrap interval over clips of each headline number
+(`<metric>_ci95`), and `write_metrics` writes the clip scores behind a final score
+(`predictions_<split>.npz`, `workdir_files.Predictions`) beside the JSON.
 `evaluate_checkpoint(config, workdir, split, checkpoint)` is the eval-only job
 (`python -m samplecnn_jax.main --mode=eval`): it scores a workdir's best or latest
 checkpoint, reading only the model's variables (no optimizer state is built).
 
 What is not here: training and its schedule (`train.py`, which imports this module, never the
-other way round), the definitions of the metrics (`metrics.py`), checkpoint files
-(`checkpointing.py`) and the other files of a workdir (`workdir_files.py`).
+other way round), the definitions of the metrics and of the bootstrap (`metrics.py`),
+checkpoint files (`checkpointing.py`) and the other files of a workdir (`workdir_files.py`).
 """
 
 from __future__ import annotations
@@ -99,6 +102,34 @@ def score_clips(
   return result
 
 
+def score_intervals(
+    labels: np.ndarray, scores: np.ndarray, metric: str, *,
+    eval_label_map: list[int] | None = None, f_score_threshold: float = 0.5,
+    tuned_thresholds: np.ndarray | None = None,
+    resamples: int = metrics.BOOTSTRAP_RESAMPLES, seed: int = metrics.BOOTSTRAP_SEED,
+) -> dict[str, list[float]]:
+  """`<key>_ci95: [low, high]` for each headline number of `score_clips(labels, scores, metric)`.
+
+  A seeded percentile bootstrap over the clips (`metrics.bootstrap_interval`): it says how much
+  the number would move on another draw of as many clips from the same population, not how
+  much it moves between training seeds. With `tuned_thresholds` (per-class F-score thresholds
+  tuned on validation) it adds `tuned_f_score_ci95`, the thresholds held fixed. A number whose
+  interval is undefined (fewer than 2 clips) gets no key.
+  """
+  options = {"threshold": f_score_threshold, "eval_label_map": eval_label_map}
+  statistics = {key: metrics.resampled_metric(key, labels, scores, **options)
+                for key in metrics.HEADLINE[metric]}
+  if tuned_thresholds is not None:
+    statistics["tuned_f_score"] = metrics.resampled_metric(
+        "f_score", labels, scores, threshold=tuned_thresholds)
+  result = {}
+  for key, statistic in statistics.items():
+    interval = metrics.bootstrap_interval(statistic, len(labels), resamples=resamples, seed=seed)
+    if interval is not None:
+      result[f"{key}_ci95"] = [interval[0], interval[1]]
+  return result
+
+
 class Evaluator:
   """Scores splits of a run's store; reads each split's clip labels once and keeps them."""
 
@@ -119,8 +150,8 @@ class Evaluator:
     """Scores `split`: segment-level loss and the task metric on clip-averaged predictions.
 
     `variables` ({'params', 'batch_stats'}) must be replicated over the mesh. Returns
-    (metrics, arrays) where arrays holds the clip scores and labels (for threshold tuning
-    and for writing predictions).
+    (metrics, arrays) where arrays holds the clip ids, scores and labels (for threshold
+    tuning, intervals and predictions: `intervals`, `predictions`).
     """
     config, mesh = self.config, self.mesh
     clip_ids, clip_labels = self.clip_labels(split)
@@ -145,16 +176,32 @@ class Evaluator:
     if sample is not None:  # A sample scores only its clips.
       remap = np.searchsorted(seen, clip_index)
       clip_scores = metrics.clip_level_scores(probs, remap, len(seen))
-      labels = clip_labels[seen]
+      labels, ids = clip_labels[seen], [clip_ids[i] for i in seen]
     else:
       clip_scores = metrics.clip_level_scores(probs, clip_index, len(clip_ids))
-      labels = clip_labels
+      labels, ids = clip_labels, clip_ids
     result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
               "num_segments": int(len(losses))}
     result.update(score_clips(labels, clip_scores, config.metric,
                               eval_label_map=self.store.manifest.eval_label_map,
                               f_score_threshold=config.f_score_threshold))
-    return result, {"scores": clip_scores, "labels": labels}
+    return result, {"scores": clip_scores, "labels": labels, "clip_ids": np.asarray(ids)}
+
+  def intervals(self, arrays: dict[str, np.ndarray],
+                tuned_thresholds: np.ndarray | None = None) -> dict[str, list[float]]:
+    """`score_intervals` of `evaluate`'s arrays, scored as `evaluate` scored them."""
+    return score_intervals(arrays["labels"], arrays["scores"], self.config.metric,
+                           eval_label_map=self.store.manifest.eval_label_map,
+                           f_score_threshold=self.config.f_score_threshold,
+                           tuned_thresholds=tuned_thresholds)
+
+  def predictions(self, arrays: dict[str, np.ndarray]) -> workdir_files.Predictions:
+    """The `predictions_<split>.npz` record of `evaluate`'s arrays."""
+    return workdir_files.Predictions.of(
+        arrays["clip_ids"], arrays["labels"], arrays["scores"],
+        label_type=self.store.manifest.label_type, metric=self.config.metric,
+        f_score_threshold=self.config.f_score_threshold,
+        eval_label_map=self.store.manifest.eval_label_map)
 
 
 def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
@@ -165,13 +212,28 @@ def _gather_local(local: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
 
 
 def summary(result: dict[str, Any]) -> str:
-  """The numbers of a metrics record, for a log line."""
-  return ", ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+  """The numbers of a metrics record, for a log line; those with an interval as
+  "accuracy 0.600 (95% CI 0.49-0.71, 75 clips)"."""
+  parts = []
+  for key, value in result.items():
+    if not isinstance(value, float):
+      continue
+    interval = result.get(f"{key}_ci95")
+    if interval is None:
+      parts.append(f"{key} {value:.4f}")
+    else:
+      parts.append(f"{key} {value:.3f} (95% CI {interval[0]:.2f}-{interval[1]:.2f}, "
+                   f"{result.get('num_clips', '?')} clips)")
+  return ", ".join(parts)
 
 
-def write_metrics(workdir: str, split: str, step: int, values: dict[str, Any]) -> Path:
-  """Writes `WORKDIR/metrics_<split>.json` (process 0 only) and returns its path."""
+def write_metrics(workdir: str, split: str, step: int, values: dict[str, Any],
+                  predictions: workdir_files.Predictions | None = None) -> Path:
+  """Writes `WORKDIR/metrics_<split>.json` and, when given, `predictions_<split>.npz` beside
+  it (process 0 only, each atomically); returns the JSON's path."""
   if jax.process_index() == 0:
+    if predictions is not None:
+      predictions.save(workdir_files.predictions_path(workdir, split))
     return workdir_files.write_metrics(workdir, split, step, values)
   return workdir_files.metrics_path(workdir, split)
 
@@ -212,7 +274,8 @@ def evaluate_checkpoint(
     checkpoint: "best" or "latest".
 
   Returns:
-    The metrics record, with `checkpoint` (also written to `WORKDIR/metrics_<split>.json`).
+    The metrics record, with `checkpoint` and the intervals (also written to
+    `WORKDIR/metrics_<split>.json`; the clip scores to `WORKDIR/predictions_<split>.npz`).
     Every check (config values, store, split, devices, checkpoints) runs before anything is
     written.
   """
@@ -227,9 +290,10 @@ def evaluate_checkpoint(
   model = models.create_model(config.model, config.num_classes)
   variables = sharding.replicate(checkpointing.load_variables(workdir, config, checkpoint), mesh)
   evaluator = Evaluator(config, data, mesh, compile_eval_step(config, mesh, model))
-  result, _ = evaluator.evaluate(variables, split)
+  result, arrays = evaluator.evaluate(variables, split)
+  result.update(evaluator.intervals(arrays))
   step = checkpointing.checkpoint_step(workdir, checkpoint)
   result["checkpoint"] = checkpoint
-  write_metrics(str(workdir), split, step, result)
+  write_metrics(str(workdir), split, step, result, evaluator.predictions(arrays))
   logging.info("%s checkpoint (step %d) on %s: %s", checkpoint, step, split, summary(result))
   return result

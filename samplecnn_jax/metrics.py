@@ -14,7 +14,10 @@ outputs), `labels` are 0/1 multi-hot matrices or class indices as each function 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -392,3 +395,219 @@ def compute_metrics(
       result["accuracy_train_classes"] = accuracy(labels, scores)
     return result
   return instance_f_score(labels, scores, threshold)
+
+
+# --- Bootstrap intervals over clips -------------------------------------------------------
+
+# The headline numbers of each metric family: what gets an interval (`<key>_ci95`) and what a
+# table prints. F-score's threshold variants and the per-class numbers are not headlines.
+HEADLINE = {
+    "accuracy": ("accuracy",),
+    "f_score": ("f_score",),
+    "roc_auc": ("roc_auc", "pr_auc"),
+    "pr_auc": ("roc_auc", "pr_auc"),
+}
+BOOTSTRAP_RESAMPLES = 1000  # Resamples of the clips per interval (>= 1,000; see docs/reporting.md).
+BOOTSTRAP_SEED = 0  # Seed of the resampling: the same predictions always give the same interval.
+CONFIDENCE = 0.95  # Coverage of the intervals (the `_ci95` keys).
+_CHUNK_ELEMENTS = 1_000_000  # resamples x clips x classes per step of the AUC statistics.
+_INDEX_ELEMENTS = 4_000_000  # resamples x clips of the index arrays scipy draws at once.
+
+
+def resampled_metric(
+    key: str,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    threshold: float | np.ndarray = 0.5,
+    eval_label_map: Sequence[int] | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+  """`statistic(counts)`: the metric `key` of the clips, each drawn `counts[..., i]` times.
+
+  `counts` is `(..., N)` (N = the clips of `labels` / `scores`), the result `(...)`; all ones
+  (and any 0/1 counts) gives the number `compute_metrics` reports on those clips, to
+  floating-point rounding, and a clip drawn k times counts as k clips (for `pr_auc`, k copies
+  ranked one after another rather than tied, which keeps resampled APs from drifting
+  upwards). This is what the bootstrap evaluates for every resample, so it is vectorised: the
+  clips are sorted once per class, and a resample only re-weights them (no sklearn call, no
+  sort per resample).
+
+  `key`: `accuracy` (class indices or one-hot rows, through `eval_label_map` as `accuracy`
+  does), `f_score` (the official micro F-score at `threshold`: one number or one per class),
+  `roc_auc` or `pr_auc` (macro over the tags that have a positive and a negative among the
+  drawn clips, as `scorable_tags` does for the whole split; NaN when no tag has both). Class
+  indices are scored as one-hot rows by all but `accuracy`.
+  """
+  scores = _scores_matrix(scores)
+  labels = np.asarray(labels)
+  if key == "accuracy":
+    truth, predicted, _ = _mapped_predictions(labels, scores, eval_label_map, False)
+    correct = (truth == predicted).astype(np.float64)
+    return lambda counts: _weighted_mean(counts, correct)
+  if key not in ("f_score", "roc_auc", "pr_auc"):
+    raise ValueError(f"No resampled metric {key!r}; choose one of accuracy, f_score, roc_auc, "
+                     f"pr_auc.")
+  if labels.ndim == 1:
+    labels = np.eye(scores.shape[1], dtype=np.int64)[_class_indices(labels, scores.shape[1])]
+  truth = _multi_hot(labels, scores)
+  if key == "f_score":
+    predicted = binarize(scores, threshold)
+    per_clip = np.stack([np.sum(truth & predicted, axis=1), np.sum(~truth & predicted, axis=1),
+                         np.sum(truth & ~predicted, axis=1)]).astype(np.float64)  # (3, N)
+    return functools.partial(_resampled_f_score, per_clip=per_clip)
+  return functools.partial(_resampled_tag_average, ranked=_RankedTags.of(truth, scores),
+                           precision=key == "pr_auc")
+
+
+def _weighted_mean(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+  counts = np.asarray(counts, np.float64)
+  return (counts @ values) / counts.sum(axis=-1)
+
+
+def _resampled_f_score(counts: np.ndarray, per_clip: np.ndarray) -> np.ndarray:
+  """2 TP / (2 TP + FP + FN) of the summed counts: the official P, R and F (0 when empty)."""
+  tp, fp, fn = np.moveaxis(np.asarray(counts, np.float64) @ per_clip.T, -1, 0)
+  return _safe_ratio(2 * tp, 2 * tp + fp + fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RankedTags:
+  """Each tag's clips sorted by score once, and where its positives and their runs of tied
+  scores sit, so that a resample needs one cumulative sum over all clips and otherwise
+  touches only the positives (a few percent of the clips for most tags)."""
+
+  order: np.ndarray  # (C, N): clip indices by ascending score, tag by tag.
+  clip: np.ndarray  # (P,): the clip of each positive (tag-major, ascending score).
+  tag: np.ndarray  # (P,): its tag.
+  run_start: np.ndarray  # (P,): rank of the first clip scored as the positive is (ties).
+  run_end: np.ndarray  # (P,): one past the rank of the last one.
+  pos_start: np.ndarray  # (P,): index of the first of its tag's positives in that run.
+  pos_end: np.ndarray  # (P,): one past the index of the last one.
+  tag_bounds: np.ndarray  # (C + 1,): each tag's positives are [tag_bounds[c], tag_bounds[c+1]).
+
+  @classmethod
+  def of(cls, truth: np.ndarray, scores: np.ndarray) -> _RankedTags:
+    num_clips = len(scores)
+    order = np.argsort(scores.T, axis=1, kind="stable")
+    ranked = np.take_along_axis(scores.T, order, axis=1)
+    new_run = np.ones(ranked.shape, bool)
+    new_run[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    ranks = np.arange(num_clips)
+    starts = np.maximum.accumulate(np.where(new_run, ranks, 0), axis=1)
+    ends_after = np.ones(ranked.shape, bool)  # Whether a run ends at this rank.
+    ends_after[:, :-1] = new_run[:, 1:]
+    ends = np.minimum.accumulate(np.where(ends_after, ranks + 1, num_clips)[:, ::-1],
+                                 axis=1)[:, ::-1]
+    tag, rank = np.nonzero(np.take_along_axis(truth.T, order, axis=1))
+    run_start, run_end = starts[tag, rank], ends[tag, rank]
+    key = tag * (num_clips + 1) + rank  # Ascending: positives are tag-major, by rank.
+    return cls(order, order[tag, rank], tag, run_start, run_end,
+               np.searchsorted(key, tag * (num_clips + 1) + run_start),
+               np.searchsorted(key, tag * (num_clips + 1) + run_end),
+               np.searchsorted(tag, np.arange(order.shape[0] + 1)))
+
+
+def _resampled_tag_average(counts: np.ndarray, ranked: _RankedTags,
+                           precision: bool) -> np.ndarray:
+  """Macro ROC-AUC (Mann-Whitney U with ties as halves) or average precision, by weights."""
+  counts = np.asarray(counts, np.float64)
+  batch_shape, n = counts.shape[:-1], counts.shape[-1]
+  counts = counts.reshape(-1, n)
+  chunk = max(1, _CHUNK_ELEMENTS // max(1, ranked.order.size))
+  out = np.concatenate([_tag_average_of_weights(counts[i:i + chunk], ranked, precision)
+                        for i in range(0, len(counts), chunk)])
+  return out.reshape(batch_shape)
+
+
+def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
+  """(B, K) -> (B, K + 1): entry i holds the sum of values[:, :i]."""
+  out = np.zeros((values.shape[0], values.shape[1] + 1))
+  np.cumsum(values, axis=1, out=out[:, 1:])
+  return out
+
+
+def _tag_average_of_weights(counts: np.ndarray, ranked: _RankedTags,
+                            precision: bool) -> np.ndarray:
+  num_tags, num_clips = ranked.order.shape
+  # Weight of the clips below each rank, tag by tag: (B, C, N + 1), entry r = ranks < r.
+  below = np.zeros((len(counts), num_tags, num_clips + 1))
+  np.cumsum(counts[:, ranked.order], axis=-1, out=below[..., 1:])
+  weight = counts[:, ranked.clip]  # (B, P): each positive's weight.
+  pos_cum = _exclusive_cumsum(weight)  # (B, P + 1), over all tags' positives in a row.
+  first = pos_cum[:, ranked.tag_bounds[ranked.tag]]  # Before the tag's first positive.
+  total = below[:, :, -1]  # (B, C): all drawn clips.
+  total_pos = pos_cum[:, ranked.tag_bounds[1:]] - pos_cum[:, ranked.tag_bounds[:-1]]
+  all_below = below[:, ranked.tag, ranked.run_start]  # Clips scored below the positive.
+  pos_below = pos_cum[:, ranked.pos_start] - first  # Positives scored below it.
+  if precision:
+    # Precision at each positive's score: positives / clips scored at least as high. The k
+    # copies of a clip drawn k times are ranked one after another (their order among
+    # themselves does not matter: they are all positives), so copy i counts the copies
+    # before it, not all k: (others + i) / (all others + i). Counting all k at every copy (the
+    # ties of sklearn on repeated rows) biases resampled APs upwards, by up to the width of
+    # the interval. A clip drawn once scores as in `pr_auc`.
+    others = total_pos[:, ranked.tag] - pos_below - weight
+    all_others = total[:, ranked.tag] - all_below - weight
+    terms = np.zeros_like(weight)
+    for copy in range(1, int(weight.max(initial=0)) + 1):
+      terms += np.where(weight >= copy, (others + copy) / (all_others + copy), 0.0)
+  else:  # Each positive beats the negatives below it and ties with half of those equal to it.
+    neg_below = all_below - pos_below
+    neg_upto = (below[:, ranked.tag, ranked.run_end]
+                - (pos_cum[:, ranked.pos_end] - first))
+    terms = weight * (neg_below + neg_upto) / 2
+  summed = _exclusive_cumsum(terms)
+  per_tag = summed[:, ranked.tag_bounds[1:]] - summed[:, ranked.tag_bounds[:-1]]  # (B, C)
+  total_neg = total - total_pos
+  denominator = total_pos if precision else total_pos * total_neg
+  per_tag = _safe_ratio(per_tag, denominator)
+  scorable = (total_pos > 0) & (total_neg > 0)
+  num_scorable = scorable.sum(axis=-1)
+  average = np.sum(np.where(scorable, per_tag, 0.0), axis=-1) / np.maximum(num_scorable, 1)
+  return np.where(num_scorable > 0, average, np.nan)
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    num_clips: int,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float] | None:
+  """The percentile bootstrap interval of `statistic` over `num_clips` clips.
+
+  `statistic(counts)` is a `resampled_metric` (or a difference or mean of several, which makes
+  the interval paired: every term sees the same resampled clips). `scipy.stats.bootstrap`
+  draws `resamples` samples of the clip indices with replacement (seeded); the interval is
+  the (1 - confidence) / 2 and (1 + confidence) / 2 percentiles of the statistic over them.
+  Resamples where the statistic is undefined (NaN: an AUC with no tag that has both a
+  positive and a negative among the drawn clips) are left out; None when fewer than 2 clips
+  or than half of the resamples give a number.
+  """
+  import scipy.stats
+
+  if num_clips < 2:
+    return None
+
+  def on_indices(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+    indices = np.moveaxis(np.asarray(indices), axis, -1)
+    flat = indices.reshape(-1, num_clips)
+    offsets = (np.arange(len(flat)) * num_clips)[:, None]
+    counts = np.bincount((flat + offsets).ravel(), minlength=flat.size).reshape(flat.shape)
+    return statistic(counts).reshape(indices.shape[:-1])
+
+  with warnings.catch_warnings():  # NaN resamples are handled below.
+    warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+    result = scipy.stats.bootstrap(
+        (np.arange(num_clips),), on_indices, n_resamples=resamples, vectorized=True,
+        method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed),
+        batch=max(1, _INDEX_ELEMENTS // num_clips))
+  low, high = result.confidence_interval
+  if np.isfinite(low) and np.isfinite(high):
+    return float(low), float(high)
+  values = result.bootstrap_distribution[np.isfinite(result.bootstrap_distribution)]
+  if values.size < resamples / 2:
+    return None
+  tail = (1 - confidence) / 2 * 100
+  return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))

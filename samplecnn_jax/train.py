@@ -46,6 +46,7 @@ from samplecnn_jax import (
   preemption,
   sharding,
   store,
+  tracking,
   transfer,
   workdir_files,
 )
@@ -400,6 +401,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   checkpointing.check_config_matches(workdir, config)
+  tracking.check_available(config)
   model = models.create_model(config.model, config.num_classes)
   return Run(config, str(workdir), data, mesh, model, compile_steps(config, mesh, model))
 
@@ -412,11 +414,12 @@ class Progress:
 
   def __init__(self, config, workdir: str, start_step: int):
     self.config = config
-    self.writer = None
+    self.writer, self.tracker = None, tracking.Tracker()
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
 
       self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      self.tracker = tracking.start(config, workdir)
     self.last_step, self.last_time = start_step, time.perf_counter()
 
   def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
@@ -426,6 +429,7 @@ class Progress:
       if isinstance(value, int | float) and math.isfinite(value):
         self.writer.add_scalar(f"{prefix}/{key}", value, step)
     self.writer.flush()
+    self.tracker.log(step, values, prefix)
 
   def compiled(self, step: int) -> None:
     """Logs the first step's time (mostly compilation) and starts the steps/s clock after it."""
@@ -456,6 +460,7 @@ class Progress:
   def close(self) -> None:
     if self.writer is not None:
       self.writer.close()
+    self.tracker.close()
 
 
 def _format_seconds(seconds: float) -> str:
@@ -712,8 +717,10 @@ def _evaluate_best_on_test(run: Run, evaluator: evaluate.Evaluator,
                                          threshold=thresholds)
     result.update({f"tuned_{k}": v for k, v in tuned.items()})
     result["tuned_thresholds"] = [float(t) for t in thresholds]
+  result.update(evaluator.intervals(test, thresholds))
   result["step"] = int(state.step)
-  path = evaluate.write_metrics(run.workdir, config.test_split, int(state.step), result)
+  path = evaluate.write_metrics(run.workdir, config.test_split, int(state.step), result,
+                                evaluator.predictions(test))
   logging.info("Best checkpoint (step %d) on %s: %s -> %s", int(state.step), config.test_split,
                evaluate.summary(result), path)
   return result

@@ -3,6 +3,8 @@
   WORKDIR/config.json          the run's config (written at the start of training)
   WORKDIR/labels.json          class names of the run (`LabelInfo`; prediction without the store)
   WORKDIR/metrics_<split>.json the latest scores of a split (validation, test, eval-only)
+  WORKDIR/predictions_<split>.npz  the clip scores behind the test and eval-only metrics
+                               (`Predictions`; `baseline` writes one per model beside its JSON)
   WORKDIR/checkpoints/, best/  Orbax checkpoints (`checkpointing.py`)
   WORKDIR/tensorboard/         TensorBoard events (`train.Progress`)
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from samplecnn_jax import config_base, store
 
@@ -181,6 +184,72 @@ def write_metrics(
 def read_metrics(workdir: str | os.PathLike, split: str) -> dict[str, Any]:
   """The last scores written for `split` (`write_metrics`)."""
   return json.loads(metrics_path(workdir, split).read_text())
+
+
+def predictions_path(folder: str | os.PathLike, split: str, model: str | None = None) -> Path:
+  """`FOLDER/predictions_<split>.npz`, or `predictions_<split>_<model>.npz` for a baseline
+  model (`<features>+<model>`)."""
+  return Path(folder) / (f"predictions_{split}.npz" if model is None
+                         else f"predictions_{split}_{model}.npz")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Predictions:
+  """The `predictions_<split>.npz` record: one row per clip of a scored split, and how the run
+  scored them, so that `compare` recomputes any run's metric from this file alone.
+
+  `labels` are as the store holds them: class indices `(N,)` for a multi-class store,
+  0/1 rows `(N, C)` for a multi-label one. `scores` are the clip scores `(N, C)` the metrics
+  were computed from (segment probabilities averaged per clip; a baseline's class scores).
+  """
+
+  clip_ids: np.ndarray  # (N,) the store's clip ids, in the store's order.
+  labels: np.ndarray  # (N,) int64 class indices or (N, C) uint8 multi-hot.
+  scores: np.ndarray  # (N, C) clip scores.
+  metric: str  # The metric the run is judged by (its config's `metric`).
+  f_score_threshold: float = 0.5  # The threshold its F-score was computed at.
+  eval_label_map: np.ndarray | None = None  # Output class -> scoring class (Speech Commands).
+
+  @classmethod
+  def of(cls, clip_ids: Any, labels: Any, scores: Any, *, label_type: str, metric: str,
+         f_score_threshold: float = 0.5, eval_label_map: Any = None) -> Predictions:
+    """The record of an evaluation's arrays; `labels` as class indices or multi-hot rows (the
+    evaluator reads one-hot float rows for a multi-class store: they become indices)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if label_type == "multi_class" and labels.ndim == 2:
+      labels = labels.argmax(axis=1)
+    labels = labels.astype(np.int64 if labels.ndim == 1 else np.uint8)
+    clip_ids = np.asarray([str(clip_id) for clip_id in clip_ids], dtype=str)
+    if scores.ndim != 2 or not len(clip_ids) == len(labels) == len(scores):
+      raise ValueError(f"Predictions need one clip id, label and score row per clip, got "
+                       f"{len(clip_ids)} ids, labels {labels.shape}, scores {scores.shape}.")
+    return cls(clip_ids, labels, scores, str(metric), float(f_score_threshold),
+               None if eval_label_map is None else np.asarray(eval_label_map, np.int64))
+
+  def save(self, path: str | os.PathLike) -> Path:
+    """Writes the .npz under a temporary name and renames it (never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"clip_ids": self.clip_ids, "labels": self.labels, "scores": self.scores,
+              "metric": np.asarray(self.metric), "f_score_threshold": np.asarray(
+                  self.f_score_threshold)}
+    if self.eval_label_map is not None:
+      arrays["eval_label_map"] = self.eval_label_map
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+      np.savez(handle, **arrays)
+    os.replace(tmp, path)
+    return path
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> Predictions:
+    with np.load(path, allow_pickle=False) as data:
+      missing = {"clip_ids", "labels", "scores", "metric"} - set(data.files)
+      if missing:
+        raise ValueError(f"{path} is not a predictions file (no {', '.join(sorted(missing))}).")
+      return cls(data["clip_ids"], data["labels"], data["scores"], str(data["metric"]),
+                 float(data["f_score_threshold"]) if "f_score_threshold" in data.files else 0.5,
+                 data["eval_label_map"] if "eval_label_map" in data.files else None)
 
 
 class WorkdirLockedError(RuntimeError):

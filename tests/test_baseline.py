@@ -1,6 +1,6 @@
-"""Tests for samplecnn_jax.baseline: JSON per model with main's metric keys, determinism,
-one-line errors and exit codes of the command, multi-class and multi-label stores, and the
-real Speech Commands v0.02 excerpt."""
+"""Tests for samplecnn_jax.baseline: JSON per model with main's metric keys and intervals, the
+predictions of each model, determinism, one-line errors and exit codes of the command,
+multi-class and multi-label stores, and the real Speech Commands v0.02 excerpt."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from samplecnn_jax import baseline, metrics, prepare
+from samplecnn_jax import baseline, metrics, prepare, store, workdir_files
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,10 @@ def run_cli(*args: str) -> int:
 
 
 def expected_keys(kind: str, labels: np.ndarray, scores: np.ndarray) -> set[str]:
-  """The metric keys `main` writes for `kind` (computed, so they follow metrics.py)."""
-  return set(metrics.compute_metrics(kind, labels, scores))
+  """The metric keys `main` writes for `kind` (computed, so they follow metrics.py), with the
+  intervals of the headline ones."""
+  return set(metrics.compute_metrics(kind, labels, scores)) | {
+      f"{key}_ci95" for key in metrics.HEADLINE[kind]}
 
 
 def test_demo_store_writes_one_entry_per_model_with_main_metric_keys(demo_store, tmp_path):
@@ -75,6 +77,21 @@ def test_demo_store_writes_one_entry_per_model_with_main_metric_keys(demo_store,
     assert written == result.scores[split]
   # The demo classes are easy: the best baseline separates them far better than chance.
   assert max(e["roc_auc"] for e in result.scores["test"].values()) > 0.8
+
+
+def test_each_model_writes_its_predictions_beside_the_json(demo_store, tmp_path):
+  result = run_baselines(demo_store, tmp_path, features=["logmel"], models=["lr", "svm"])
+  clip_ids, labels = store.Store.open(demo_store).clip_labels("test", 6)
+  for name in ("logmel+lr", "logmel+svm"):
+    saved = workdir_files.Predictions.load(tmp_path / f"predictions_test_{name}.npz")
+    assert saved.clip_ids.tolist() == clip_ids and saved.metric == "f_score"
+    np.testing.assert_array_equal(saved.labels, labels)
+    entry = result.scores["test"][name]
+    for key in ("f_score", "roc_auc"):
+      recomputed = metrics.compute_metrics(key, saved.labels, saved.scores)[key]
+      assert recomputed == pytest.approx(entry[key], abs=1e-12)
+      assert entry[f"{key}_ci95"][0] <= entry[key] <= entry[f"{key}_ci95"][1]
+  assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_same_seed_same_numbers_other_seed_other_mlp(demo_store, tmp_path):
@@ -97,10 +114,14 @@ def test_multi_class_store_scores_accuracy_and_confusion_matrix(tone_store, tmp_
   test = json.loads((tmp_path / "baseline_test.json").read_text())
   assert set(test) == {"logmel+lr", "logmel+svm", "mfcc+lr", "mfcc+svm"}
   for entry in test.values():
-    assert set(entry) == {"features", "model", "num_clips", "accuracy", "confusion_matrix"}
+    assert set(entry) == {"features", "model", "num_clips", "accuracy", "confusion_matrix",
+                          "accuracy_ci95"}
     assert np.asarray(entry["confusion_matrix"]).shape == (3, 3)
     assert np.asarray(entry["confusion_matrix"]).sum() == entry["num_clips"] == 6
   assert test["logmel+lr"]["accuracy"] == 1.0  # Tones and noise are trivially separable.
+  assert test["logmel+lr"]["accuracy_ci95"] == [1.0, 1.0]  # Every resample is all right.
+  saved = workdir_files.Predictions.load(tmp_path / "predictions_test_logmel+lr.npz")
+  assert saved.labels.shape == (6,) and saved.labels.dtype == np.int64  # Class indices.
   roc = run_baselines(tone_store, tmp_path, features=["logmel"], models=["lr"], metric="roc_auc")
   assert {"roc_auc", "pr_auc", "num_excluded_tags"} <= set(roc.scores["test"]["logmel+lr"])
 
@@ -147,6 +168,7 @@ def test_command_writes_the_json_and_prints_the_table(tone_store, tmp_path, caps
   test = json.loads((tmp_path / "baseline_test.json").read_text())
   assert set(test) == {"logmel+lr"} and test["logmel+lr"]["accuracy"] == 1.0
   assert "logmel+lr" in capsys.readouterr().out
+  assert (tmp_path / "predictions_test_logmel+lr.npz").is_file()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -240,3 +240,93 @@ def test_compute_metrics_families_are_flat_and_json_serialisable():
 def test_compute_metrics_rejects_unknown_kind():
   with pytest.raises(ValueError, match="choose one of roc_auc, pr_auc, accuracy, f_score"):
     metrics.compute_metrics("loss", F_LABELS, F_SCORES)
+
+
+# --- Bootstrap intervals over clips -------------------------------------------------------
+
+
+def _tagging_data(rng, clips, tags, ties):
+  labels = (rng.random((clips, tags)) < 0.3).astype(int)
+  labels[:, 0] = 0  # A tag without positives: left out of the macro averages.
+  scores = rng.random((clips, tags))
+  return labels, (np.round(scores, 1) if ties else scores)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_resampled_metrics_give_the_reported_numbers_and_weights_act_as_repeated_clips(ties):
+  rng = np.random.default_rng(0)
+  labels, scores = _tagging_data(rng, 40, 6, ties)
+  counts = rng.integers(0, 3, 40)  # Clip i drawn counts[i] times (0: left out).
+  repeated = np.repeat(np.arange(40), counts)
+  drawn = np.flatnonzero(counts)  # Each drawn clip once: `pr_auc` itself, ties and all.
+  for key, reference in (("roc_auc", metrics.roc_auc), ("pr_auc", metrics.pr_auc),
+                         ("f_score", lambda y, s: metrics.instance_f_score(y, s)["f_score"])):
+    statistic = metrics.resampled_metric(key, labels, scores)
+    assert statistic(np.ones(40)) == pytest.approx(reference(labels, scores), abs=1e-12), key
+    assert statistic(counts > 0) == pytest.approx(
+        reference(labels[drawn], scores[drawn]), abs=1e-12), key
+    batch = np.stack([np.ones(40), counts])  # Vectorised over resamples.
+    np.testing.assert_allclose(statistic(batch), [statistic(np.ones(40)), statistic(counts)])
+    if key == "pr_auc":
+      continue  # Repeated clips in AP are not ties: see the next test.
+    assert statistic(counts) == pytest.approx(
+        reference(labels[repeated], scores[repeated]), abs=1e-12), key
+  classes = rng.integers(0, 4, 40)
+  eval_label_map = [0, 1, 2, 2]
+  statistic = metrics.resampled_metric("accuracy", classes, scores[:, :4],
+                                       eval_label_map=eval_label_map)
+  assert statistic(counts) == metrics.accuracy(classes[repeated], scores[repeated, :4],
+                                               eval_label_map)
+
+
+def test_resampled_pr_auc_ranks_the_copies_of_a_repeated_clip_one_after_another():
+  rng = np.random.default_rng(1)
+  labels, scores = _tagging_data(rng, 60, 4, ties=False)
+  counts = rng.integers(0, 4, 60)
+  repeated = np.repeat(np.arange(60), counts)
+  # Copies a hair apart: sklearn then counts, at copy i, the copies up to i (not all of them).
+  copies = np.concatenate([np.arange(k) for k in counts])
+  apart = scores[repeated] + 1e-9 * copies[:, None]
+  statistic = metrics.resampled_metric("pr_auc", labels, scores)
+  assert statistic(counts) == pytest.approx(metrics.pr_auc(labels[repeated], apart), abs=1e-12)
+  assert statistic(counts) < metrics.pr_auc(labels[repeated], scores[repeated])  # Tied: higher.
+
+
+def test_resampled_auc_without_a_scorable_tag_is_nan_and_unknown_keys_are_errors():
+  labels = np.array([[1, 0], [0, 1], [1, 0]])
+  statistic = metrics.resampled_metric("roc_auc", labels, np.eye(3, 2))
+  assert np.isnan(statistic(np.array([1, 0, 1])))  # Tag 0 all positive, tag 1 all negative.
+  with pytest.raises(ValueError, match="accuracy, f_score, roc_auc, pr_auc"):
+    metrics.resampled_metric("loss", labels, np.eye(3, 2))
+
+
+def test_bootstrap_interval_contains_the_estimate_shrinks_with_clips_and_is_seeded():
+  rng = np.random.default_rng(1)
+  widths = []
+  for clips in (50, 800):
+    classes = rng.integers(0, 3, clips)
+    scores = np.eye(3)[np.where(rng.random(clips) < 0.7, classes, (classes + 1) % 3)]
+    statistic = metrics.resampled_metric("accuracy", classes, scores)
+    low, high = metrics.bootstrap_interval(statistic, clips)
+    assert low <= statistic(np.ones(clips)) <= high
+    assert metrics.bootstrap_interval(statistic, clips) == (low, high)  # Seeded.
+    assert metrics.bootstrap_interval(statistic, clips, seed=1) != (low, high)
+    widths.append(high - low)
+  # The standard error of a proportion falls as 1/sqrt(clips): 16x the clips, 1/4 the width.
+  assert widths[1] < widths[0] / 2.5
+  for separation in (0.0, 0.3):  # A model at chance too: AP's resamples are least biased there.
+    labels, scores = _tagging_data(rng, 300, 8, ties=False)
+    scores = np.clip(scores + separation * labels, 0, 1)
+    for key in ("roc_auc", "pr_auc"):
+      statistic = metrics.resampled_metric(key, labels, scores)
+      low, high = metrics.bootstrap_interval(statistic, 300)
+      assert low <= statistic(np.ones(300)) <= high, (key, separation)
+
+
+def test_bootstrap_interval_leaves_out_undefined_resamples_and_needs_two_clips():
+  # 4 clips, one positive: about a third of the resamples miss it (ROC-AUC undefined).
+  labels = np.array([[1], [0], [0], [0]])
+  statistic = metrics.resampled_metric("roc_auc", labels, np.array([[0.9], [0.1], [0.95], [0.2]]))
+  low, high = metrics.bootstrap_interval(statistic, 4)
+  assert 0.0 <= low <= statistic(np.ones(4)) <= high <= 1.0
+  assert metrics.bootstrap_interval(statistic, 1) is None
