@@ -159,6 +159,9 @@ class Checkpointer:
   def has_best(self) -> bool:
     return self.best.latest_step() is not None
 
+  def best_step(self) -> int | None:
+    return self.best.latest_step()
+
   def set_aside_best_after(self, step: int) -> list[Path]:
     """Moves best checkpoints newer than `step` (the step a run resumes from) to
     `workdir/superseded/`, and returns where they went.

@@ -505,22 +505,23 @@ def _non_finite_reason(state: TrainState) -> str | None:
 
 def _check_best(ckpt: checkpointing.Checkpointer, template: TrainState,
                 schedule: Schedule, step: int) -> None:
-  """On resume, a best checkpoint that does not restore is moved aside and forgotten.
+  """On resume, a best checkpoint that does not restore is moved to damaged/ and forgotten.
 
   The next validation then saves a new best, instead of the run failing at the end of a
   stage or at the test evaluation hours later. A best written after `step` (the run got
-  further before its newer latest checkpoints were damaged) is unknown to `schedule`: it is
-  moved to superseded/ (`Checkpointer.set_aside_best_after`), and the resumed run saves its
-  own, the same one after an exact resume.
+  further before its newer latest checkpoints were damaged) is unknown to `schedule`: if it
+  restores it is moved to superseded/ (`Checkpointer.set_aside_best_after`), and the resumed
+  run saves its own, the same one after an exact resume.
   """
+  if ckpt.best_step() is not None:
+    newer = ckpt.best_step() > step
+    try:
+      ckpt.restore_best(template, validate=_non_finite_reason)  # Moves it to damaged/.
+    except checkpointing.DamagedCheckpointError as error:
+      logging.warning("%s\nThe next validation saves a new best checkpoint.", error)
+      if not newer:  # The schedule's own best is gone; a newer one was never its.
+        schedule.best_value = schedule.best_step = None
   ckpt.set_aside_best_after(step)
-  if not ckpt.has_best():
-    return
-  try:
-    ckpt.restore_best(template, validate=_non_finite_reason)
-  except checkpointing.DamagedCheckpointError as error:
-    logging.warning("%s\nThe next validation saves a new best checkpoint.", error)
-    schedule.best_value = schedule.best_step = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -189,10 +189,12 @@ def test_damaged_store_shard_stops_naming_the_shard(demo_store, first, tmp_path)
   garbage(shard)
   workdir = copy_of(first, tmp_path)
   config = config_for(str(data))
-  with pytest.raises(Exception) as error:  # noqa: PT011 -- what matters is the message.
+  with pytest.raises(ValueError) as error:
     train.train_and_evaluate(config, str(workdir))
   message = str(error.value)
-  assert len(message.splitlines()) == 1 and str(shard) in message and "prepare" in message
+  assert isinstance(error.value, ValueError), "a command prints it in one line (exit 2)"
+  assert len(message.splitlines()) == 1 and f"store shard {shard} is damaged" in message
+  assert "re-run the `prepare` command" in message
   assert steps_of(workdir / "checkpoints") == [6, 9], "nothing of the workdir is touched"
 
 
