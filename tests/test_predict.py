@@ -186,28 +186,27 @@ def _truncate_files(folder: Path) -> None:
       f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
 
 
+def test_damaged_checkpoint_exits_2_with_a_message(run, audio_dir, tmp_path, capsys):
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run["workdir"], damaged)
+  _truncate_files(damaged / "best")
+  assert main(f"--workdir={damaged}", audio_dir / "a_int16_mono_16k.wav") == 2
+  err = capsys.readouterr().err
+  assert "predict: error:" in err and "Traceback" not in err
+  assert f"{damaged / 'best' / '0'}" in _one_error_line(err), "names the damaged file"
+
+
 def test_damaged_best_falls_back_to_latest_with_a_note(run, audio_dir, tmp_path, capsys):
   """Issue 22 failure 2: a damaged best scores with the latest checkpoint and says so."""
   damaged = tmp_path / "damaged"
   shutil.copytree(run["workdir"], damaged)
+  shutil.copytree(damaged / "best" / "0", damaged / "checkpoints" / "0")  # An intact latest.
   _truncate_files(damaged / "best")
   assert main(f"--workdir={damaged}", audio_dir / "a_int16_mono_16k.wav") == 0
   out, err = capsys.readouterr()
   notes = [line for line in err.splitlines() if line.startswith("predict: note:")]
-  assert len(notes) == 1 and "used the latest checkpoint" in notes[0]
-  assert f"{damaged / 'best'}" in notes[0] and "a_int16_mono_16k.wav" in out
-
-
-def test_no_restorable_checkpoint_exits_2_naming_the_file(run, audio_dir, tmp_path, capsys):
-  damaged = tmp_path / "damaged"
-  shutil.copytree(run["workdir"], damaged)
-  _truncate_files(damaged / "best")
-  _truncate_files(damaged / "checkpoints")
-  assert main(f"--workdir={damaged}", audio_dir / "a_int16_mono_16k.wav") == 2
-  err = capsys.readouterr().err
-  assert "predict: error:" in err and "Traceback" not in err
-  assert f"{damaged / 'best'}" in err and f"{damaged / 'checkpoints'}" in err
-  _one_error_line(err)
+  assert len(notes) == 1 and "used the latest checkpoint of step 0" in notes[0]
+  assert f"{damaged / 'best' / '0'}" in notes[0] and "a_int16_mono_16k.wav" in out
 
 
 def test_cli_writes_the_embeddings_of_the_engine(run, predictor, audio_dir, tmp_path, capsys):
