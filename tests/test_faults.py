@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,12 +24,22 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, tiny_config
 
-from samplecnn_jax import checkpointing, inference, store, train
+from samplecnn_jax import (
+  checkpointing,
+  evaluate,
+  filters,
+  inference,
+  models,
+  store,
+  train,
+  transfer,
+)
 
 STEPS = 12  # The reruns' num_train_steps; `first` stops at 9 (validations at 3, 6, 9, 12).
 
@@ -266,6 +277,35 @@ def test_a_reader_falls_back_from_a_damaged_best_and_moves_nothing(
                        jax.tree.leaves(variables(first, config_for(demo_store, 9), "latest")),
                        strict=True):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("reader", ["visualize", "init_from", "eval"])
+def test_every_reader_falls_back_from_a_damaged_best(
+    reader, demo_store, first, tmp_path, caplog):
+  """visualize (filters.load_model), init_from (transfer.load_into) and --mode=eval
+  (evaluate.evaluate_checkpoint) load the latest checkpoint and say why."""
+  workdir = copy_of(first, tmp_path)
+  damage_step(workdir / "best" / "9", "garbage")
+  config = config_for(demo_store, 9)
+  with caplog.at_level(logging.WARNING):
+    if reader == "visualize":
+      got = filters.load_model(config, str(workdir))[1]
+    elif reader == "init_from":
+      model = models.create_model(config.model, config.num_classes)
+      fresh = model.init(jax.random.key(0), jnp.zeros((1, config.input_size)), train=False)
+      got = transfer.load_into(tiny_config(demo_store, init_from=str(workdir)), dict(fresh))
+    else:
+      result = evaluate.evaluate_checkpoint(None, str(workdir), "valid")
+      assert result["checkpoint"] == "latest" and "best step 9" in result["checkpoint_note"]
+      recorded = json.loads((workdir / "metrics_valid.json").read_text())
+      assert recorded["step"] == 9 and recorded["checkpoint_note"] == result["checkpoint_note"]
+      got = None
+  assert "used the latest checkpoint of step 9" in caplog.text
+  if got is not None:
+    for leaf, want in zip(jax.tree.leaves(got["params"]),
+                          jax.tree.leaves(variables(first, config, "latest")["params"]),
+                          strict=True):
+      np.testing.assert_array_equal(np.asarray(leaf), np.asarray(want))
 
 
 def test_a_reader_with_nothing_restorable_raises_one_line_naming_the_files(
