@@ -9,16 +9,24 @@ the staged schedule can reload it at once). Orbax writes each checkpoint under a
 name and renames it when complete, so a run killed during a save resumes from the last
 complete one.
 
+Damage is never fatal where an older checkpoint restores, and nothing is deleted: training
+moves a checkpoint that does not restore to `workdir/damaged/`, and a best checkpoint that a
+resumed run would overwrite to `workdir/superseded/`. Readers (`read_checkpoint`: predict,
+visualize, eval-only, init_from) fall back from a damaged best to the newest checkpoint that
+restores, say which file was damaged, and move nothing (docs/faults.md).
+
 This module does not decide when to save or what is best (`train.py` does), and reads the
 workdir's other files (config.json, labels, metrics) through `workdir_files.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from samplecnn_jax import models, sharding, workdir_files
 from samplecnn_jax.cli import CHECKPOINTS
@@ -35,7 +44,9 @@ from samplecnn_jax.cli import CHECKPOINTS
 ARCHITECTURE_FIELDS = ("num_classes", "label_type", "input_size", "dataset")
 # Config fields that change the structure of the optimizer state (not of the model).
 OPTIMIZER_FIELDS = ("optimizer", "grad_clip_norm", "weight_decay", "trainable", "trunk_lr_factor")
-DAMAGED_DIR = "damaged"  # Where checkpoints that do not restore are moved (never deleted).
+# Where a best checkpoint goes that a resumed run would otherwise overwrite or outlive: one
+# written after the step the run resumed from (its newer latest checkpoint was damaged).
+SUPERSEDED_DIR = "superseded"
 
 
 class CheckpointMismatchError(ValueError):
@@ -85,9 +96,21 @@ class Checkpointer:
     )
 
   def save_best(self, state: Any, meta: dict[str, Any]) -> None:
-    """Replaces the best checkpoint with `state`."""
+    """Replaces the best checkpoint with `state`.
+
+    A best checkpoint at this step or a later one (written by an earlier run that got
+    further: `set_aside_best_after` normally moves it on resume) is moved to
+    `workdir/superseded/` first: Orbax would refuse the step (StepAlreadyExistsError) or keep
+    the later step and drop this one.
+    """
+    step = int(state.step)
+    for old in self.best.all_steps():
+      if old >= step:
+        moved = _move_aside(self.best, old, self.workdir, SUPERSEDED_DIR)
+        logging.warning("A best checkpoint of step %d was already in %s; moved it to %s before "
+                        "saving the best of step %d.", old, self.best.directory, moved, step)
     self.best.save(
-        int(state.step),
+        step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
         ),
@@ -136,6 +159,28 @@ class Checkpointer:
   def has_best(self) -> bool:
     return self.best.latest_step() is not None
 
+  def best_step(self) -> int | None:
+    return self.best.latest_step()
+
+  def set_aside_best_after(self, step: int) -> list[Path]:
+    """Moves best checkpoints newer than `step` (the step a run resumes from) to
+    `workdir/superseded/`, and returns where they went.
+
+    They were written by a run that got further than the latest checkpoint that restores
+    (the newer ones were damaged). Left in place, the resumed run's bookkeeping would not
+    know them: it would save its own best over them (Orbax refuses a step that exists), or
+    reload a best from another trajectory at a stage end. Moved, never deleted: after an
+    exact resume the run writes the same best again; otherwise the user keeps both.
+    """
+    moved = []
+    for old in sorted(self.best.all_steps()):
+      if old > step:
+        moved.append(_move_aside(self.best, old, self.workdir, SUPERSEDED_DIR))
+        logging.warning("The best checkpoint of step %d was written after step %d, where this "
+                        "run resumes; moved it to %s (kept; the run saves its own best).",
+                        old, step, moved[-1])
+    return moved
+
   def wait(self) -> None:
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
@@ -154,15 +199,22 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:300]}"
 
 
-def _move_aside(manager: ocp.CheckpointManager, step: int, workdir: Path) -> Path:
-  """Moves a damaged step out of the managed folder (into workdir/damaged/) and forgets it."""
+def _move_aside(manager: ocp.CheckpointManager, step: int, workdir: Path,
+                into: str = workdir_files.DAMAGED_DIR) -> Path:
+  """Moves a step out of the managed folder (into workdir/`into`/) and forgets it.
+
+  Process 0 moves it; every process waits for the move and then reloads its manager.
+  """
   source = Path(manager.directory) / str(step)
   name = f"{source.parent.name}_{step}"  # checkpoints_N or best_N.
-  target, suffix = workdir / DAMAGED_DIR / name, 1
+  target, suffix = workdir / into / name, 1
   while target.exists():
-    target, suffix = workdir / DAMAGED_DIR / f"{name}.{suffix}", suffix + 1
-  target.parent.mkdir(parents=True, exist_ok=True)
-  source.rename(target)
+    target, suffix = workdir / into / f"{name}.{suffix}", suffix + 1
+  if jax.process_index() == 0:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"move aside {source}")
   manager.reload()
   return target
 
@@ -267,27 +319,43 @@ def check_config_matches(workdir: str | Path, config: Any) -> None:
     )
 
 
-def _read_only(workdir: str | Path, which: str) -> tuple[ocp.CheckpointManager, Path, int]:
-  """A read-only manager of the best or latest checkpoints, their folder and newest step."""
-  directory = Path(workdir) / ("best" if check_which(which) == "best" else "checkpoints")
-  manager = ocp.CheckpointManager(
+def _folder(workdir: str | Path, which: str) -> Path:
+  return Path(workdir) / ("best" if check_which(which) == "best" else "checkpoints")
+
+
+def _open_read_only(workdir: str | Path, which: str) -> ocp.CheckpointManager | None:
+  """A read-only manager of the best or latest checkpoints; None when the folder is missing."""
+  directory = _folder(workdir, which)
+  if not directory.is_dir():
+    return None
+  return ocp.CheckpointManager(
       directory.absolute(), options=ocp.CheckpointManagerOptions(read_only=True, create=False)
   )
-  step = manager.latest_step()
-  if step is None:
-    manager.close()
-    raise FileNotFoundError(
-        f"No {which} checkpoint in {directory}. Train first with "
-        f"`python -m samplecnn_jax.main --config=... --workdir={workdir}`."
-    )
-  return manager, directory, step
+
+
+def _steps(workdir: str | Path, which: str) -> list[int]:
+  manager = _open_read_only(workdir, which)
+  if manager is None:
+    return []
+  with _orbax_errors_quiet():  # A damaged step's metadata: its restore reports it.
+    steps = list(manager.all_steps())
+  manager.close()
+  return steps
+
+
+def _no_checkpoint(workdir: str | Path, which: str) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"No {which} checkpoint in {_folder(workdir, which)}. Train first with "
+      f"`python -m samplecnn_jax.main --config=... --workdir={workdir}`."
+  )
 
 
 def checkpoint_step(workdir: str | Path, which: str = "best") -> int:
   """The step of a workdir's best or latest checkpoint."""
-  manager, _, step = _read_only(workdir, which)
-  manager.close()
-  return step
+  steps = _steps(workdir, which)
+  if not steps:
+    raise _no_checkpoint(workdir, which)
+  return max(steps)
 
 
 def _model_target(workdir: str | Path, config: Any, where: Any) -> dict[str, Any]:
@@ -296,7 +364,7 @@ def _model_target(workdir: str | Path, config: Any, where: Any) -> dict[str, Any
   fine-tuning config with another head still names the source model's arrays."""
   try:
     config = workdir_files.read_config(workdir)
-  except FileNotFoundError:
+  except (FileNotFoundError, workdir_files.DamagedFileError):
     pass
   model = models.create_model(config.model, config.num_classes)
   dummy = jax.ShapeDtypeStruct((1, config.input_size), jnp.float32)
@@ -313,21 +381,13 @@ def _restore_model_subtrees(manager: ocp.CheckpointManager, step: int, target: d
   return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
 
 
-def load_variables(workdir: str | Path, config: Any, which: str = "best",
-                   check_config: bool = True) -> dict[str, Any]:
-  """The model variables {'params', 'batch_stats'} of a workdir's best or latest checkpoint.
-
-  For inference and visualisation: no optimizer or data state is built, and only the
-  params and batch_stats arrays are read (a checkpoint whose optimizer state is damaged,
-  missing or of another optimizer still loads). `check_config=False` skips the config
-  check, for fine-tuning (`transfer.py` matches the variables one by one).
-  """
-  if check_config:
-    check_config_matches(workdir, config)
-  manager, directory, step = _read_only(workdir, which)
+def _load_step(workdir: str | Path, config: Any, which: str, step: int) -> dict[str, Any]:
+  """{'params', 'batch_stats'} of one step of the best or latest checkpoints."""
+  directory = _folder(workdir, which)
   # Arrays come back replicated over this job's devices: a checkpoint of a multi-host run
   # loads on one machine.
   anywhere = sharding.replicated(sharding.create_mesh())
+  manager = _open_read_only(workdir, which)
   try:
     state = _restore_model_subtrees(manager, step, _model_target(workdir, config, anywhere))
   except ValueError as e:
@@ -335,7 +395,7 @@ def load_variables(workdir: str | Path, config: Any, which: str = "best",
     # config, or a layer renamed since): read the whole state as saved, as before.
     logging.info("Partial restore of %s failed (%s); restoring the whole state.", directory, e)
     manager.close()
-    manager, _, _ = _read_only(workdir, which)  # A fresh manager: the first kept its handler.
+    manager = _open_read_only(workdir, which)  # A fresh manager: the first kept its handler.
     state = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=anywhere))
     )["state"]
@@ -343,3 +403,117 @@ def load_variables(workdir: str | Path, config: Any, which: str = "best",
     manager.close()
   logging.info("Loaded %s checkpoint at step %d from %s", which, step, directory)
   return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def load_variables(workdir: str | Path, config: Any, which: str = "best",
+                   check_config: bool = True) -> dict[str, Any]:
+  """The model variables {'params', 'batch_stats'} of a workdir's newest best or latest
+  checkpoint, exactly that one (no fallback: tests compare runs with it; readers use
+  `read_checkpoint`).
+
+  No optimizer or data state is built, and only the params and batch_stats arrays are read
+  (a checkpoint whose optimizer state is damaged, missing or of another optimizer still
+  loads). `check_config=False` skips the config check.
+  """
+  if check_config:
+    check_config_matches(workdir, config)
+  return _load_step(workdir, config, which, checkpoint_step(workdir, which))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadCheckpoint:
+  """What `read_checkpoint` loaded and from where."""
+
+  variables: dict[str, Any]  # {'params', 'batch_stats'}.
+  which: str  # The kind loaded: "best" or "latest" (not always the one asked for).
+  step: int
+  path: Path  # The step's folder.
+  note: str | None = None  # One line when it is not the newest of the kind asked for: why.
+
+
+class UnreadableCheckpointError(DamagedCheckpointError, ValueError):
+  """No checkpoint of a workdir restores for a reader (a ValueError: commands exit 2)."""
+
+
+# Files of an Orbax step that hold JSON: one that does not parse is the damaged file.
+_JSON_FILES = ("_CHECKPOINT_METADATA", "metadata", "_METADATA", "_sharding")
+
+
+def damaged_file(step_dir: Path, error: BaseException | str) -> Path:
+  """The file of a step that most likely made its restore fail, else the step's folder.
+
+  TensorStore names the file it could not read or decode; Orbax's JSON errors do not, so
+  the step's JSON files are parsed one by one.
+  """
+  step_dir = Path(step_dir).absolute()
+  for name in re.findall(r'local file \\?"([^"\\]+)\\?"', str(error)):
+    path = Path(name)
+    if path.is_relative_to(step_dir) and not path.is_dir():
+      return path
+  unparsable = {}
+  for path in sorted(step_dir.rglob("*")):
+    if path.is_file() and (path.name in _JSON_FILES or path.suffix == ".json"
+                           or path.parent.name == "array_metadatas"):
+      try:
+        json.loads(path.read_bytes().decode())
+      except (ValueError, UnicodeDecodeError) as parse_error:
+        unparsable[path] = str(parse_error)
+  # The file whose parse error is the restore's error, else the first that does not parse.
+  same = [path for path, text in unparsable.items() if text == str(error)]
+  return (same or list(unparsable) or [step_dir])[0]
+
+
+@contextlib.contextmanager
+def _orbax_errors_quiet() -> Iterator[None]:
+  """Silences Orbax's own log lines (absl logger) about a file it cannot parse."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def read_checkpoint(workdir: str | Path, config: Any, which: str = "best",
+                    check_config: bool = True) -> ReadCheckpoint:
+  """The model variables of a workdir for a reader (predict, visualize, eval-only, init_from).
+
+  Tries the `which` checkpoints newest first, then the other kind's newest first: a damaged
+  best (a truncated, deleted or garbled file, or NaN weights) falls back to the newest
+  latest checkpoint that restores, and the result's `note` says which file was damaged and
+  which checkpoint was used (the caller shows it: a command prints it, a library logs it). A reader never moves or deletes a
+  file (training moves damaged checkpoints aside). Raises `UnreadableCheckpointError` (one
+  line naming each damaged file and the way out) when none restores, FileNotFoundError when
+  the workdir has no checkpoint.
+  """
+  check_which(which)
+  if check_config:
+    check_config_matches(workdir, config)
+  order = [which] + [kind for kind in CHECKPOINTS if kind != which]
+  candidates = [(kind, step) for kind in order
+                for step in sorted(_steps(workdir, kind), reverse=True)]
+  if not candidates:
+    raise _no_checkpoint(workdir, which)
+  failed: list[str] = []
+  for kind, step in candidates:
+    path = _folder(workdir, kind) / str(step)
+    try:
+      with _orbax_errors_quiet():  # Each failure is reported below, naming the file.
+        variables = _load_step(workdir, config, kind, step)
+      finite = all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
+      problem = None if finite else f"{path}: its weights hold NaN/Inf"
+    except Exception as error:  # Any damage: JSON, tensorstore, metadata, missing files.
+      problem = f"{damaged_file(path, error)} is damaged ({_reason(error)[:160]})"
+    if problem is None:
+      note = None
+      if failed or kind != which:
+        damage = "; ".join(failed) if failed else f"there is no {which} checkpoint"
+        note = f"used the {kind} checkpoint of step {step} ({path}) because {damage}."
+      return ReadCheckpoint(variables, kind, step, path, note)
+    failed.append(f"{kind} step {step}: {problem}")
+  raise UnreadableCheckpointError(
+      f"no checkpoint of {workdir} restores: {'; '.join(failed)}. Nothing was moved. Restore "
+      f"the files from a backup, or train again with a new --workdir (training in this workdir "
+      f"moves a damaged checkpoint to {Path(workdir) / workdir_files.DAMAGED_DIR} when an older one restores)."
+  )

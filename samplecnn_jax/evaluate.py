@@ -288,12 +288,16 @@ def evaluate_checkpoint(
   mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   model = models.create_model(config.model, config.num_classes)
-  variables = sharding.replicate(checkpointing.load_variables(workdir, config, checkpoint), mesh)
+  loaded = checkpointing.read_checkpoint(workdir, config, checkpoint)  # Falls back if damaged.
+  variables = sharding.replicate(loaded.variables, mesh)
   evaluator = Evaluator(config, data, mesh, compile_eval_step(config, mesh, model))
   result, arrays = evaluator.evaluate(variables, split)
   result.update(evaluator.intervals(arrays))
-  step = checkpointing.checkpoint_step(workdir, checkpoint)
+  step, checkpoint = loaded.step, loaded.which
   result["checkpoint"] = checkpoint
+  if loaded.note:
+    logging.warning("%s", loaded.note)
+    result["checkpoint_note"] = loaded.note
   write_metrics(str(workdir), split, step, result, evaluator.predictions(arrays))
   logging.info("%s checkpoint (step %d) on %s: %s", checkpoint, step, split, summary(result))
   return result

@@ -27,6 +27,7 @@ training or checkpoint writing (it reads checkpoints only through
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -117,7 +118,10 @@ def load_model(
         jax.random.key(config.seed), jnp.zeros((1, config.input_size), jnp.float32), train=False
     )
   else:
-    variables = checkpointing.load_variables(workdir, config, checkpoint)
+    loaded = checkpointing.read_checkpoint(workdir, config, checkpoint)  # Falls back if damaged.
+    if loaded.note:
+      logging.warning("%s", loaded.note)
+    variables = loaded.variables
   return model, variables
 
 

@@ -424,6 +424,8 @@ class Predictor:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
     self.inputs = ClipInputs.from_config(config, num_segments)
     self.network = Network(config, variables)
+    # `from_workdir`: why another checkpoint than the one asked for was loaded, else None.
+    self.checkpoint_note: str | None = None
 
   @classmethod
   def from_workdir(
@@ -448,8 +450,11 @@ class Predictor:
       config = workdir_files.read_config(workdir, config)
     if not isinstance(labels, LabelInfo):
       labels = load_labels(workdir, config, labels)
-    variables = checkpointing.load_variables(workdir, config, which)
-    return cls(config, variables, labels, batch_size=batch_size, num_segments=num_segments)
+    loaded = checkpointing.read_checkpoint(workdir, config, which)  # Falls back if damaged.
+    predictor = cls(config, loaded.variables, labels, batch_size=batch_size,
+                    num_segments=num_segments)
+    predictor.checkpoint_note = loaded.note
+    return predictor
 
   @property
   def num_classes(self) -> int:

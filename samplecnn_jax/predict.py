@@ -263,6 +263,8 @@ def _command(fv: flags.FlagValues, paths: list[str]) -> int:
   # Orbax warns on every read-only restore; a CLI user cannot act on it.
   logging.getLogger("absl").setLevel(logging.ERROR)
   predictor = _load(fv)
+  if predictor.checkpoint_note:  # A damaged checkpoint: says which file and what was used.
+    print(f"predict: note: {predictor.checkpoint_note}", file=sys.stderr)
   files, notes = find_audio_files(paths)
   for note in notes:
     print(f"predict: {note}", file=sys.stderr)

@@ -371,6 +371,9 @@ def prepare(
   _remove_stale_files(out, plan)
   report = _report(name, src, sample_rate, listing, plan, infos)
   report.update(_check_counts(listing, plan, infos, min_class_clips))
+  # The count the summary line prints: silent clips, and the class and split warnings too.
+  report["num_warnings"] = sum(len(report[key]) for key in
+                               ("warnings", "class_warnings", "split_warnings"))
   if report["errors"]:
     store.write_json(out / store.REPORT, report)  # Every reason is kept; no manifest.
     raise UnusableStoreError(_unusable_message(name, out, report))

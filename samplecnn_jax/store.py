@@ -267,7 +267,14 @@ class ClipSource:
     if self._source is None:
       import grain
 
-      self._source = grain.sources.ArrayRecordDataSource(self.paths) if self.paths else []
+      try:
+        self._source = grain.sources.ArrayRecordDataSource(self.paths) if self.paths else []
+      except Exception as error:  # Riegeli's errors do not name the file: find it.
+        bad = [path for path in self.paths if not _opens(grain, path)] or self.paths
+        raise ValueError(
+            f"store shard {bad[0]} is damaged ({' '.join(str(error).split())[:160]}); delete "
+            f"it and re-run the `prepare` command that wrote {self.prepared_dir} (it rewrites "
+            f"missing shards).") from error
     return self._source
 
   def __len__(self) -> int:
@@ -279,6 +286,14 @@ class ClipSource:
   def __repr__(self) -> str:
     return f"ClipSource({self.prepared_dir!r}, split={self.split!r}, clips={len(self)})"
 
+
+
+def _opens(grain: Any, path: str) -> bool:
+  try:
+    grain.sources.ArrayRecordDataSource([path])
+  except Exception:  # noqa: BLE001 -- any reader error means the shard is damaged.
+    return False
+  return True
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

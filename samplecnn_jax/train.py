@@ -400,7 +400,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  checkpointing.check_config_matches(workdir, config)
+  try:
+    checkpointing.check_config_matches(workdir, config)
+  except workdir_files.DamagedFileError as error:  # `_train` moves it aside and rewrites it.
+    logging.warning("%s", error)
   tracking.check_available(config)
   model = models.create_model(config.model, config.num_classes)
   return Run(config, str(workdir), data, mesh, model, compile_steps(config, mesh, model))
@@ -492,7 +495,7 @@ def restore_state(
       logging.info("config.init_from=%s is ignored: %s holds checkpoints, so it resumes.",
                    config.init_from, run.workdir)
     schedule = Schedule.from_json(meta)
-    _check_best(ckpt, template, schedule)
+    _check_best(ckpt, template, schedule, int(state.step))
     return sharding.replicate(state, run.mesh), schedule
   if config.init_from:
     loaded = transfer.load_into(config, model_variables(state))
@@ -511,19 +514,24 @@ def _non_finite_reason(state: TrainState) -> str | None:
 
 
 def _check_best(ckpt: checkpointing.Checkpointer, template: TrainState,
-                schedule: Schedule) -> None:
-  """On resume, a best checkpoint that does not restore is moved aside and forgotten.
+                schedule: Schedule, step: int) -> None:
+  """On resume, a best checkpoint that does not restore is moved to damaged/ and forgotten.
 
   The next validation then saves a new best, instead of the run failing at the end of a
-  stage or at the test evaluation hours later.
+  stage or at the test evaluation hours later. A best written after `step` (the run got
+  further before its newer latest checkpoints were damaged) is unknown to `schedule`: if it
+  restores it is moved to superseded/ (`Checkpointer.set_aside_best_after`), and the resumed
+  run saves its own, the same one after an exact resume.
   """
-  if not ckpt.has_best():
-    return
-  try:
-    ckpt.restore_best(template, validate=_non_finite_reason)
-  except checkpointing.DamagedCheckpointError as error:
-    logging.warning("%s\nThe next validation saves a new best checkpoint.", error)
-    schedule.best_value = schedule.best_step = None
+  if ckpt.best_step() is not None:
+    newer = ckpt.best_step() > step
+    try:
+      ckpt.restore_best(template, validate=_non_finite_reason)  # Moves it to damaged/.
+    except checkpointing.DamagedCheckpointError as error:
+      logging.warning("%s\nThe next validation saves a new best checkpoint.", error)
+      if not newer:  # The schedule's own best is gone; a newer one was never its.
+        schedule.best_value = schedule.best_step = None
+  ckpt.set_aside_best_after(step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -555,6 +563,7 @@ def _train(run: Run, signals: preemption.StopSignals) -> dict[str, Any]:
   evaluator = evaluate.Evaluator(config, run.store, run.mesh, run.steps.eval_step)
   state, schedule = restore_state(run, ckpt, train_iter)
   if jax.process_index() == 0:  # Only once the restore worked: it describes these checkpoints.
+    workdir_files.set_aside_damaged(workdir)  # Kept in damaged/, then written anew.
     workdir_files.write_config(workdir, config)
     labels = workdir_files.LabelInfo.from_json(run.store.manifest.label_record(),
                                                run.store.path)

@@ -140,9 +140,11 @@ def format_table(rows: list[tuple[str, str, str]]) -> str:
 
 def load_into(config: ml_collections.ConfigDict, variables: dict[str, Any]) -> dict[str, Any]:
   """`variables` with every matching layer replaced by config.init_from's; logs the table."""
-  source = checkpointing.load_variables(config.init_from, config, config.init_from_checkpoint,
-                                        check_config=False)
-  source = jax.tree.map(np.asarray, source)
+  loaded = checkpointing.read_checkpoint(config.init_from, config, config.init_from_checkpoint,
+                                         check_config=False)  # Falls back if damaged.
+  if loaded.note:
+    logging.warning("config.init_from: %s", loaded.note)
+  source = jax.tree.map(np.asarray, loaded.variables)
   merged, rows = match_variables(variables, source)
   logging.info("Initialised from the %s checkpoint of %s:\n%s", config.init_from_checkpoint,
                config.init_from, format_table(rows))

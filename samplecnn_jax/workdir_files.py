@@ -9,7 +9,9 @@
   WORKDIR/tensorboard/         TensorBoard events (`train.Progress`)
 
 Training, prediction and visualisation read a workdir through these functions, so a CLI
-given `--workdir` alone finds the config and labels the run recorded. (A lock file that
+given `--workdir` alone finds the config and labels the run recorded. A file that does not
+parse raises `DamagedFileError` naming it and the way out; training moves such a file to
+WORKDIR/damaged/ (`set_aside_damaged`) and writes it again. (A lock file that
 keeps two jobs out of one workdir belongs here too.) This module does not touch
 checkpoints: `checkpointing.py` does.
 """
@@ -20,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -35,6 +38,45 @@ from samplecnn_jax import config_base, store
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"  # Label vocabulary of a run (for prediction without the store).
 LOCK_FILE = ".lock"  # Held (an OS file lock) by the one training process of the workdir.
+DAMAGED_DIR = "damaged"  # Where training moves a damaged file of the workdir (never deleted).
+
+
+class DamagedFileError(ValueError):
+  """A workdir file that exists but does not parse (truncated, garbled); names the file."""
+
+
+def _read_json(path: Path, fix: str) -> Any:
+  """`path`'s JSON; a file that does not parse raises DamagedFileError naming it and `fix`."""
+  try:
+    return json.loads(path.read_bytes().decode())
+  except (ValueError, UnicodeDecodeError) as error:
+    raise DamagedFileError(
+        f"{path} is damaged ({type(error).__name__}: {' '.join(str(error).split())[:120]}); "
+        f"{fix}"
+    ) from None
+
+
+def set_aside_damaged(workdir: str | os.PathLike) -> list[Path]:
+  """Moves a config.json or labels.json that does not parse to `workdir/damaged/` (never
+  deletes it) and returns where they went. For training, which writes both anew right after;
+  readers only report a damaged file (`DamagedFileError`)."""
+  moved = []
+  for name in (CONFIG_FILE, LABELS_FILE):
+    path = Path(workdir) / name
+    if not path.is_file():
+      continue
+    try:
+      _read_json(path, "")
+    except DamagedFileError as error:
+      target, suffix = Path(workdir) / DAMAGED_DIR / name, 1
+      while target.exists():
+        target, suffix = target.with_name(f"{name}.{suffix}"), suffix + 1
+      target.parent.mkdir(parents=True, exist_ok=True)
+      os.replace(path, target)
+      logging.warning("%s Moved it to %s; training writes a new one.",
+                      str(error).partition(";")[0], target)
+      moved.append(target)
+  return moved
 
 
 def metrics_path(workdir: str | os.PathLike, split: str) -> Path:
@@ -57,7 +99,12 @@ def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
 def saved_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
   """The raw `config.json` of a workdir as a dict, or None when training never wrote one."""
   path = Path(workdir) / CONFIG_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  return _read_json(path, _CONFIG_FIX) if path.exists() else None
+
+
+# The way out of a damaged config.json (training moves it aside and writes it again).
+_CONFIG_FIX = ("pass the config that trained the run with --config=configs/NAME.py[:ARG], or "
+               "rerun training in this workdir (it moves the file aside and writes it again).")
 
 
 def read_config(
@@ -85,7 +132,7 @@ def read_config(
 
 def _config_from_json(path: Path) -> ml_collections.ConfigDict:
   config = config_base.base_config()
-  config.update(json.loads(path.read_text()))
+  config.update(_read_json(path, _CONFIG_FIX))
   return config
 
 
@@ -168,7 +215,9 @@ def read_labels(
       return LabelInfo.from_json(store.Manifest.read(candidate.parent).label_record(),
                                  str(candidate))
     if candidate.is_file():
-      return LabelInfo.from_json(json.loads(candidate.read_text()), str(candidate))
+      fix = ("pass the store's class names with --labels=STORE/manifest.json, or rerun "
+             "training in this workdir (it moves the file aside and writes it again).")
+      return LabelInfo.from_json(_read_json(candidate, fix), str(candidate))
   return None
 
 

@@ -135,6 +135,33 @@ def test_damaged_best_checkpoint_is_moved_aside_with_the_reason(trained, templat
   assert (workdir / "damaged" / f"best_{best.name}").is_dir()
 
 
+def test_a_best_newer_than_the_resumed_step_is_moved_to_superseded(trained, tmp_path):
+  """Issue 22 failure 1: a run resuming at step 2 must not keep (or clash with) best/3."""
+  workdir = copy_of(trained, tmp_path)
+  ckpt = checkpointing.Checkpointer(workdir)
+  assert ckpt.set_aside_best_after(3) == [], "a best at or before the step stays"
+  assert ckpt.set_aside_best_after(2) == [workdir / "superseded" / "best_3"]
+  assert not ckpt.has_best()
+  ckpt.close()
+  assert (workdir / "superseded" / "best_3" / "state").is_dir(), "moved whole, not deleted"
+
+
+def test_save_best_at_a_step_that_exists_moves_the_old_one_aside(
+    demo_store, trained, template, tmp_path):
+  """Orbax refuses an existing step (StepAlreadyExistsError); the old best is kept aside."""
+  workdir = copy_of(trained, tmp_path)
+  state, new_iterator = template
+  ckpt = checkpointing.Checkpointer(workdir)
+  restored, meta = ckpt.restore_latest(state, new_iterator())
+  ckpt.save_best(restored.replace(step=np.asarray(3, np.int32)), meta)
+  ckpt.close()
+  assert (workdir / "superseded" / "best_3").is_dir()
+  assert best_dir(workdir).name == "3"
+  saved = checkpointing.load_variables(workdir, tiny_config(demo_store), "best")
+  np.testing.assert_array_equal(np.asarray(saved["params"]["logits"]["kernel"]),
+                                np.asarray(restored.params["logits"]["kernel"]))
+
+
 @pytest.mark.slow  # Trains.
 def test_resume_after_damage_continues_from_the_older_step_and_saves_a_new_best(
     demo_store, trained, tmp_path, caplog):

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -164,16 +165,33 @@ def test_json_stays_strict(run, audio_dir, tmp_path):
     predict.write_json([{"score": float("nan")}], open(tmp_path / "bad.json", "w"), {})
 
 
+def _truncate_files(folder: Path) -> None:
+  for f in folder.rglob("*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+
+
 def test_damaged_checkpoint_exits_2_with_a_message(run, audio_dir, tmp_path, capsys):
   damaged = tmp_path / "damaged"
   shutil.copytree(run["workdir"], damaged)
-  for f in (damaged / "best").rglob("*"):
-    if f.is_file():
-      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+  _truncate_files(damaged / "best")
   assert main(f"--workdir={damaged}", audio_dir / "a_int16_mono_16k.wav") == 2
   err = capsys.readouterr().err
   assert "predict: error:" in err and "Traceback" not in err
-  _one_error_line(err)
+  assert f"{damaged / 'best' / '0'}" in _one_error_line(err), "names the damaged file"
+
+
+def test_damaged_best_falls_back_to_latest_with_a_note(run, audio_dir, tmp_path, capsys):
+  """Issue 22 failure 2: a damaged best scores with the latest checkpoint and says so."""
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run["workdir"], damaged)
+  shutil.copytree(damaged / "best" / "0", damaged / "checkpoints" / "0")  # An intact latest.
+  _truncate_files(damaged / "best")
+  assert main(f"--workdir={damaged}", audio_dir / "a_int16_mono_16k.wav") == 0
+  out, err = capsys.readouterr()
+  notes = [line for line in err.splitlines() if line.startswith("predict: note:")]
+  assert len(notes) == 1 and "used the latest checkpoint of step 0" in notes[0]
+  assert f"{damaged / 'best' / '0'}" in notes[0] and "a_int16_mono_16k.wav" in out
 
 
 def test_cli_writes_the_embeddings_of_the_engine(run, predictor, audio_dir, tmp_path, capsys):

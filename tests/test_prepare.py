@@ -67,7 +67,11 @@ def test_folder_store_manifest_records_lengths_and_report(raw, tmp_path):
   assert manifest.source == str(raw.resolve())
   assert manifest.created_by == f"samplecnn_jax {__version__}"
   assert manifest.extra["split_method"] == "folders"  # From Listing.extra.
-  assert (manifest.skipped, manifest.warnings) == (4, 1)
+  report = json.loads((out / store.REPORT).read_text())
+  # Warnings: the silent clip, and the class and split warnings the command prints.
+  assert len(report["warnings"]) == 1
+  assert (manifest.skipped, manifest.warnings) == (4, 1 + len(report["class_warnings"])
+                                                   + len(report["split_warnings"])) == (4, 4)
   train = manifest.splits["train"]
   # 8 listed train clips in shards of 2: c1 c2 | c3 c4 (both bad: no shard) | c5 d1 | d2 d3.
   assert train.shards == tuple(f"train/train-{i:05d}.array_record" for i in (0, 2, 3))
@@ -413,12 +417,17 @@ def test_a_class_with_few_train_clips_is_a_warning_that_names_it(tmp_path, capsy
   out = tmp_path / "out"
   argv = ["prepare", "folder", "--src", str(src), "--out", str(out), "--workers", "1", "--quiet"]
   assert prepare.main(argv) == 0
-  err = capsys.readouterr().err
+  out_text, err = capsys.readouterr()
   assert "warning: class 'cat' has only 1 train clips (fewer than 5)" in err
   assert "'dog'" not in err
   report = json.loads((out / store.REPORT).read_text())
   assert len(report["class_warnings"]) == 1 and "'cat'" in report["class_warnings"][0]
   assert report["errors"] == [] and report["num_skipped"] == 2
+  # The summary counts the warnings it printed (issue 22: it said "warnings 0"): the class
+  # and the missing valid split.
+  assert err.count("warning: ") == 2 and "no 'valid' split" in err
+  assert report["num_warnings"] == 2 and store.Manifest.read(out).warnings == 2
+  assert "skipped 2, warnings 2 " in out_text
 
 
 @pytest.mark.skipif("MP3" not in sf.available_formats(), reason="libsndfile lacks MP3")
