@@ -98,8 +98,12 @@ def test_pcm_blocks_read_to_eof_and_refuse_what_is_not_pcm():
 
 
 @pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory):
-  run = make_run(tmp_path_factory.mktemp("stream"))
+def run(tmp_path_factory):
+  return make_run(tmp_path_factory.mktemp("stream"))
+
+
+@pytest.fixture(scope="module")
+def onnx_file(run):
   out = run["root"] / "model.onnx"
   assert export.main(["export", f"--workdir={run['workdir']}", f"--out={out}"]) == 0
   return out
@@ -126,6 +130,19 @@ def test_command_reads_stdin_to_eof_and_prints_json_lines(onnx_file, monkeypatch
   assert times[0] == pytest.approx(first, abs=1e-3)
   assert all(b - a >= 0.5 - 1e-9 for a, b in zip(times, times[1:], strict=False))
   assert len(lines) == 6 * len(times) and set(lines[0]) == {"time_s", "label", "score"}
+
+
+def test_workdir_and_model_detect_the_same(run, onnx_file, monkeypatch, capsys):
+  pcm = (_noise(1.5) * 32767).astype("<i2").tobytes()
+  found = {}
+  for flag in (f"--workdir={run['workdir']}", f"--model={onnx_file}"):
+    monkeypatch.setattr(sys, "stdin", _Stdin(pcm))
+    assert stream.main([PROG, flag, "--threshold=0.3", "--refractory_s=0.3"]) == 0
+    found[flag[:7]] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(found["--workd"]) == len(found["--model"]) > 0
+  for ours, theirs in zip(found["--model"], found["--workd"], strict=True):
+    assert (ours["time_s"], ours["label"]) == (theirs["time_s"], theirs["label"])
+    assert abs(ours["score"] - theirs["score"]) <= 2e-4  # Both rounded to 4 decimals.
 
 
 def test_command_reads_a_file_at_another_rate(onnx_file, tmp_path, capsys):
