@@ -14,8 +14,9 @@ exported ONNX graph through onnxruntime), so both score a clip the same way:
   (scores, embedding, timeline), `DEFAULT_THREADS` files read ahead while the model runs;
 - `describe_scores` / `file_record`: the readable record of a clip's scores.
 
-This module imports numpy, audio decoding and the segment rules only, never JAX or Flax (a
-deployed model scores files without them; a test checks it). It loads no model, parses no
+This module imports numpy, audio decoding, the segment rules and the labels record
+(`workdir_files.LabelInfo`) only, never JAX or Flax (a deployed model scores files without
+them; a test checks it). It loads no model, parses no
 arguments, prints nothing and writes no files.
 """
 

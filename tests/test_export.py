@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -172,6 +174,20 @@ def test_stablehlo_export_deserializes_with_jax_alone(run, tmp_path):
                                export.jax_scores(config, variables, waveforms), atol=1e-6)
   facts = json.loads((tmp_path / "model.jax.json").read_text())
   assert facts["input_size"] == str(config.input_size)
+
+
+@pytest.mark.slow
+def test_stablehlo_export_runs_in_a_process_without_the_project(run, tmp_path):
+  out = tmp_path / "model.jax"
+  assert main(f"--workdir={run['workdir']}", f"--out={out}") == 0
+  code = ("import sys, jax, numpy as np\n"
+          f"artifact = jax.export.deserialize(bytearray(open({str(out)!r}, 'rb').read()))\n"
+          f"scores = artifact.call(np.zeros((2, {run['config'].input_size}), np.float32))\n"
+          "print(scores.shape, any(m.startswith('samplecnn_jax') for m in sys.modules))\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[-2] == f"(2, {run['config'].num_classes}) False"
 
 
 @pytest.mark.parametrize("argv, expected", [
