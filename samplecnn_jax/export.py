@@ -169,8 +169,8 @@ def quantize_int8(model_bytes: bytes, calibration: np.ndarray) -> bytes:
   Weights (per channel) and activations are int8 (QDQ format), the activation ranges
   calibrated on `calibration` (unscaled windows, `calibration_windows`). Static rather than
   dynamic: on the demo run both kept the float model's F-score, and dynamic quantisation
-  (ConvInteger, activations quantised per batch) ran at 0.4x the float model's speed, static
-  at 1.0x (docs/deploy.md).
+  (ConvInteger, activations quantised per batch) ran at 0.4x the float model's speed where
+  static ran at 0.6-1.0x (3-4x on the speech SampleCNN; docs/deploy.md).
   """
   import onnx
   from onnxruntime.quantization import (
