@@ -34,6 +34,7 @@ INPUT = "waveform"
 SCORES = "scores"
 EMBEDDING = "embedding"
 BATCH = "batch"  # The symbolic batch dimension.
+FRONT_END = "front_end"  # The front conv's output: the nodes up to it are the front end.
 
 
 def same_pads(length: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -177,7 +178,7 @@ def build_model(
   x = g.op("Unsqueeze", [x, g.const("axis1", [1], np.int64)], "ncw")
   pads = (0, 0) if m.front_padding == "valid" else same_pads(input_size, 3, 3)
   x = g.op("Relu", [b.conv_bn(x, params["front_conv"], params["front_bn"], stats["front_bn"],
-                               pads, stride=3, hint="front_conv")], "front_out")
+                               pads, stride=3, hint="front_conv")], output=FRONT_END)
   outputs, width = [], int(m.base_width)
   for i, features in enumerate(models.block_widths(int(m.num_blocks), int(m.base_width))):
     x = b.block(x, f"block{i + 1}", block, width, features)
