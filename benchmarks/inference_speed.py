@@ -47,7 +47,7 @@ import numpy as np
 import soundfile as sf
 
 from benchmarks import common
-from samplecnn_jax import inference, models, testing, train
+from samplecnn_jax import inference, models, scoring, testing, train
 from samplecnn_jax.workdir_files import LabelInfo
 
 CONFIGS = ("mtat", "speech_commands")
@@ -75,7 +75,7 @@ def write_folder(folder: Path, count: int, seconds: float, seed: int) -> list[Pa
 class TorchPipeline:
   """Files -> clip scores in PyTorch, as a PyTorch user would write `Predictor`'s pipeline."""
 
-  def __init__(self, config, model, num_threads: int = inference.DEFAULT_THREADS):
+  def __init__(self, config, model, num_threads: int = scoring.DEFAULT_THREADS):
     import torch
 
     self.torch = torch
@@ -278,7 +278,7 @@ def main(argv=None) -> None:
   os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_"))
   print(f"backend {jax.default_backend()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); {args.rounds} rounds; "
-        f"{inference.DEFAULT_THREADS} decoding threads in both pipelines")
+        f"{scoring.DEFAULT_THREADS} decoding threads in both pipelines")
   count = max(files_per_folder(testing.load_config(name), args)
               for name in args.configs.split(","))
   with tempfile.TemporaryDirectory() as tmp:

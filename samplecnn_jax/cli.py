@@ -29,8 +29,6 @@ from typing import Any
 
 from absl import flags
 
-from samplecnn_jax import config_base
-
 EXIT_DONE = 0  # Everything asked for was done.
 EXIT_SOME_FAILED = 1  # Some inputs failed (reported); the rest was done.
 EXIT_USAGE = 2  # A usage or configuration error: nothing was done.
@@ -177,6 +175,8 @@ def check_config_overrides(argv: Sequence[str], flag: str = "config", *, config:
     source = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")), None)
     if not source:
       return
+    from samplecnn_jax import config_base  # Imports the models (JAX); `predict --model` does not.
+
     try:
       config = config_base.load_config(source)
     except Exception:  # noqa: BLE001 -- the config flag's own loading reports the real error.

@@ -1,18 +1,20 @@
-"""The `predict` command: score audio files with a trained workdir and write what was asked.
+"""The `predict` command: score audio files with a trained workdir or an exported model.
 
   python -m samplecnn_jax.predict --workdir=DIR FILE_OR_FOLDER [...] [--output=out.json|out.csv]
       [--embeddings=OUT.npz] [--timeline=OUT_DIR --hop_seconds=S]
+  python -m samplecnn_jax.predict --model=FILE.onnx FILE_OR_FOLDER [...] [same options]
 
-This module finds the files (`find_audio_files`), runs the engine
-(`samplecnn_jax.inference.Predictor`, which decodes each file once for everything asked)
-and writes the results: a table, JSON or CSV (`write_json`, `write_csv`, `format_table`),
+This module finds the files (`find_audio_files`), runs the engine (a `scoring.ClipScorer`:
+`inference.Predictor` for a workdir, `exported.OnnxPredictor` for an exported model; both
+decode each file once for everything asked) and writes the results: a table, JSON or CSV (`write_json`, `write_csv`, `format_table`),
 clip embeddings (.npz) and per-file timelines (`write_timeline`: CSV + PNG heat map). Exit
 codes (`cli.run`): 0 every file scored, 1 some or all files failed (each is reported in the
 output with its error), 2 a usage or configuration error (bad flag, missing workdir,
 unloadable checkpoint), said in one line. See docs/predict.md.
 
 From Python, use the engine: `from samplecnn_jax.inference import Predictor`. This module
-holds no model code and does no scoring of its own.
+holds no model code and does no scoring of its own. With `--model` it imports neither JAX nor
+Flax (only onnxruntime): a deployed model predicts without them.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from samplecnn_jax import audio, cli, inference, segments
-from samplecnn_jax.inference import DEFAULT_THREADS, DEFAULT_TOP_K, FileResult, Predictor
+from samplecnn_jax import audio, cli, exported, scoring, segments
+from samplecnn_jax.scoring import DEFAULT_THREADS, DEFAULT_TOP_K, ClipScorer, FileResult
 from samplecnn_jax.workdir_files import LabelInfo
 
 PROG = "python -m samplecnn_jax.predict"
@@ -163,7 +165,9 @@ def format_table(results: list[dict], threshold: float) -> str:
 def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints).",
                       flag_values=fv)
-  flags.mark_flag_as_required("workdir", flag_values=fv)
+  flags.DEFINE_string("model", None, "An exported FILE.onnx (`python -m samplecnn_jax.export`), "
+                      "instead of --workdir: scored through onnxruntime, without JAX.",
+                      flag_values=fv)
   cli.define_checkpoint(fv)
   flags.DEFINE_string("config", None, "Config that trained the workdir (file.py[:arg] or "
                       ".json); default: the workdir's config.json.", flag_values=fv)
@@ -218,9 +222,27 @@ def _output_format(fv: flags.FlagValues) -> str:
   return suffix
 
 
-def _load(fv: flags.FlagValues) -> Predictor:
-  """The predictor of --workdir; every way that fails is a configuration error (exit 2)."""
+def _load(fv: flags.FlagValues) -> ClipScorer:
+  """The predictor of --workdir or --model; every way that fails is a configuration error
+  (exit 2)."""
   num_segments = _segments_flag(fv.segments)
+  if (fv.workdir is None) == (fv.model is None):
+    raise cli.UsageError("name the model to score with: --workdir=DIR (a training run) or "
+                         "--model=FILE.onnx (an export), not both")
+  if fv.model is not None:
+    if fv.config is not None or fv.labels is not None:
+      raise cli.UsageError("--config and --labels read a workdir: an exported --model carries "
+                           "its own; drop them")
+    try:
+      return exported.OnnxPredictor.from_file(fv.model, batch_size=fv.batch_size,
+                                              num_segments=num_segments)
+    except cli.USER_ERRORS:
+      raise
+    except Exception as e:  # onnxruntime's errors on a file that is not a valid model.
+      raise cli.UsageError(f"cannot load --model={fv.model} (not an ONNX model, or damaged?): "
+                           f"{type(e).__name__}: {str(e)[:300]}") from e
+  from samplecnn_jax.inference import Predictor  # JAX: not imported for --model.
+
   try:
     return Predictor.from_workdir(
         fv.workdir, fv.checkpoint, config=fv.config, labels=fv.labels,
@@ -270,7 +292,7 @@ def _command(fv: flags.FlagValues, paths: list[str]) -> int:
     print(f"predict: {note}", file=sys.stderr)
   if not files:
     raise cli.UsageError("no audio files to score: name audio files, or folders that hold them")
-  threshold = predictor.config.f_score_threshold if fv.threshold is None else fv.threshold
+  threshold = predictor.threshold if fv.threshold is None else fv.threshold
   hop = None
   if fv.timeline:
     hop = fv.hop_seconds or predictor.input_size / predictor.sample_rate / 2
@@ -279,20 +301,25 @@ def _command(fv: flags.FlagValues, paths: list[str]) -> int:
   records, embedded = [], []
   show = not fv.no_progress and len(files) >= PROGRESS_MIN_FILES
   for result in tqdm(results, total=len(files), unit="file", desc="predict", disable=not show):
-    records.append(inference.file_record(result, predictor.labels, fv.top_k, threshold))
+    records.append(scoring.file_record(result, predictor.labels, fv.top_k, threshold))
     if fv.embeddings:
       embedded.append(result)
     if fv.timeline:
       _write_timeline_of(result, predictor.labels, fv.timeline)
+  if fv.model is not None:
+    source = {"model": str(fv.model), "quantization": predictor.info.quantization,
+              "label_type": predictor.info.label_type}
+  else:
+    source = {"workdir": str(fv.workdir), "checkpoint": fv.checkpoint,
+              "label_type": predictor.config.label_type}
   meta = {
-      "workdir": str(fv.workdir), "checkpoint": fv.checkpoint,
-      "label_type": predictor.config.label_type, "sample_rate": predictor.sample_rate,
+      **source, "sample_rate": predictor.sample_rate,
       "input_size": predictor.input_size, "segments": predictor.num_segments,
       "threshold": threshold, "top_k": fv.top_k, "labels": list(predictor.labels.vocabulary),
   }
   _write_results(fv, fmt, records, meta, predictor.labels)
   if fv.embeddings:
-    embeddings, kept, failures = inference.embedding_table(embedded)
+    embeddings, kept, failures = scoring.embedding_table(embedded)
     np.savez(fv.embeddings, embeddings=embeddings, paths=np.asarray(kept, dtype=str))
     print(f"predict: {len(kept)} embeddings ({embeddings.shape[-1]} dims) -> {fv.embeddings}",
           file=sys.stderr)

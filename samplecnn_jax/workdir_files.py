@@ -33,7 +33,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from samplecnn_jax import config_base, store
+from samplecnn_jax import store
 
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"  # Label vocabulary of a run (for prediction without the store).
@@ -127,10 +127,14 @@ def read_config(
   file = config_file.partition(":")[0]
   if file.endswith(".json"):
     return _config_from_json(Path(file))
+  from samplecnn_jax import config_base  # Imports the models (JAX): LabelInfo readers do not.
+
   return config_base.load_config(config_file)
 
 
 def _config_from_json(path: Path) -> ml_collections.ConfigDict:
+  from samplecnn_jax import config_base  # Imports the models (JAX): LabelInfo readers do not.
+
   config = config_base.base_config()
   config.update(_read_json(path, _CONFIG_FIX))
   return config

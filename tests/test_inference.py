@@ -264,22 +264,3 @@ def test_one_pass_gives_scores_embeddings_and_timelines_as_the_single_calls_do(
                                predictor.timeline(result.path, 0.1)["scores"], atol=1e-6)
   with pytest.raises(audio.AudioError):
     predictor.timeline(files[1], 0.1)
-
-
-def test_a_stream_that_fits_one_batch_runs_a_small_forward_pass():
-  """3 one-segment files run as 4 rows, not 64; longer streams keep the one full shape."""
-  shapes = []
-
-  def score(batch):
-    shapes.append(batch.shape)
-    return np.full((len(batch), 2), 0.5, np.float32) + batch[:, :1]
-
-  items = [(i, np.full((1, 5), i, np.float32)) for i in range(3)]
-  out = list(inference.stream_batches(items, score, batch_size=64, input_size=5))
-  assert shapes == [(4, 5)]
-  assert [k for k, _ in out] == [0, 1, 2] and inference.clip_scores(out[2][1])[0] == (
-      pytest.approx(2.5))
-  shapes.clear()
-  items = [(i, np.zeros((10, 5), np.float32)) for i in range(7)]  # 70 segments.
-  assert len(list(inference.stream_batches(items, score, batch_size=64, input_size=5))) == 7
-  assert shapes == [(64, 5), (64, 5)]

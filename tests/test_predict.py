@@ -14,12 +14,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import onnx
 import pytest
 import soundfile as sf
 from conftest import REPO
+from onnx import TensorProto, helper
 from trained_run import RATE, by_name, tone
 
-from samplecnn_jax import checkpointing, inference, predict, workdir_files
+from samplecnn_jax import checkpointing, export, inference, predict, workdir_files
 
 PROG = "python -m samplecnn_jax.predict"
 
@@ -324,3 +326,84 @@ def test_broken_symlinks_are_failed_files_with_a_reason(run, predictor, tmp_path
   assert main(f"--workdir={run['workdir']}", folder, "--no_progress") == 1
   out = capsys.readouterr()
   assert "gone.wav  ERROR missing: broken symbolic link" in out.out and "1 failed" in out.err
+
+
+# --- An exported model: predict --model (issue 24) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_file(run):
+  out = run["root"] / "exported" / "model.onnx"
+  assert export.main(["export", f"--workdir={run['workdir']}", f"--out={out}"]) == 0
+  return out
+
+
+def test_model_gives_the_records_of_the_workdir(run, onnx_file, audio_dir, tmp_path):
+  """Same files, errors, fields and formats as --workdir; scores within 1e-4; embeddings too."""
+  common = [audio_dir, "--no_progress", "--top_k=3"]
+  outputs = {}
+  for name, flag in (("workdir", f"--workdir={run['workdir']}"), ("model", f"--model={onnx_file}")):
+    out = tmp_path / f"{name}.json"
+    assert main(flag, *common, f"--output={out}", f"--embeddings={tmp_path / name}.npz") == 1
+    outputs[name] = json.loads(out.read_text())
+    assert main(flag, *common, f"--output={tmp_path / name}.csv") == 1
+  jax_out, onnx_out = outputs["workdir"], outputs["model"]
+  assert onnx_out["model"] == str(onnx_file) and onnx_out["quantization"] == "float32"
+  for key in ("label_type", "sample_rate", "input_size", "segments", "threshold", "labels"):
+    assert onnx_out[key] == jax_out[key], key
+  assert len(onnx_out["files"]) == len(jax_out["files"]) > 5
+  for ours, theirs in zip(onnx_out["files"], jax_out["files"], strict=True):
+    assert set(ours) == set(theirs) and ours["file"] == theirs["file"]
+    assert ours["error"] == theirs["error"] and ours["num_segments"] == theirs["num_segments"]
+    for label, score in theirs["scores"].items():
+      assert abs(ours["scores"][label] - score) <= 1e-4
+  with open(tmp_path / "model.csv", newline="") as f, open(tmp_path / "workdir.csv",
+                                                             newline="") as g:
+    assert next(csv.reader(f)) == next(csv.reader(g))  # The same columns.
+  emb = {name: np.load(tmp_path / f"{name}.npz") for name in outputs}
+  assert list(emb["model"]["paths"]) == list(emb["workdir"]["paths"])
+  np.testing.assert_allclose(emb["model"]["embeddings"], emb["workdir"]["embeddings"],
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "--workdir=DIR (a training run) or --model=FILE.onnx"),
+    (["--workdir=w", "--model=m.onnx"], "not both"),
+    (["--model=m.onnx", "--labels=labels.json"], "an exported --model carries its own"),
+    (["--model=nope.onnx"], "No model file nope.onnx"),
+])
+def test_model_usage_errors_exit_2_with_one_line(argv, expected, tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert main(*argv, "a.wav") == 2
+  assert expected in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_file_that_is_no_model_exits_2(run, tmp_path, capsys):
+  (tmp_path / "bad.onnx").write_bytes(b"not a model")
+  assert main(f"--model={tmp_path / 'bad.onnx'}", "a.wav") == 2
+  assert "cannot load --model=" in _one_error_line(capsys.readouterr().err)
+  foreign = tmp_path / "foreign.onnx"  # A valid ONNX model, not written by export.
+  graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+  onnx.save(helper.make_model(graph), str(foreign))
+  assert main(f"--model={foreign}", "a.wav") == 2
+  assert "not a samplecnn_jax export" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_model_scores_files_without_importing_jax_or_flax(onnx_file, audio_dir, tmp_path):
+  code = (
+      "import json, sys\n"
+      "from samplecnn_jax import predict\n"
+      f"code = predict.main(['predict', '--model={onnx_file}', '--output={tmp_path}/o.json',\n"
+      f"                     '--no_progress', '{audio_dir / 'a_int16_mono_16k.wav'}'])\n"
+      "print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in "
+      "('jax', 'jaxlib', 'flax'))]))\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  code, modules = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert code == 0 and modules == []
+  assert json.loads((tmp_path / "o.json").read_text())["files"][0]["scores"]
