@@ -98,7 +98,7 @@ def speed(config_name: str, variant: str, args) -> dict:
 
 
 def accuracy(workdir: str) -> dict:
-  config, variables, labels = export.load_run(workdir)
+  config, variables, labels, _ = export.load_run(workdir)
   float_bytes = export.onnx_model(config, variables, labels).SerializeToString()
   int8_bytes = export.quantize_int8(float_bytes, export.calibration_windows(config))
   clips = store.Store.open(config.data_dir).clips("test")

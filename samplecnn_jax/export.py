@@ -68,16 +68,21 @@ CALIBRATION_CLIPS = 64  # Clips whose segments calibrate the int8 activation ran
 def load_run(
     workdir: str | os.PathLike, which: str = "best", config: str | None = None,
     labels: str | None = None,
-) -> tuple[ml_collections.ConfigDict, dict[str, Any], LabelInfo]:
-  """(config, variables as numpy, labels) of a training workdir, as `predict` reads them."""
+) -> tuple[ml_collections.ConfigDict, dict[str, Any], LabelInfo, str | None]:
+  """(config, variables as numpy, labels, note) of a training workdir, as `predict` reads them.
+
+  A damaged checkpoint falls back to the newest one that restores
+  (`checkpointing.read_checkpoint`); `note` then says which was used and which file was
+  damaged (None otherwise).
+  """
   if not Path(workdir).is_dir():
     raise FileNotFoundError(f"Workdir {workdir} does not exist.")
   config = workdir_files.read_config(workdir, config)
   info = inference.load_labels(workdir, config, labels)
-  variables = checkpointing.load_variables(workdir, config, which)
-  variables = jax.device_get({"params": variables["params"],
-                              "batch_stats": variables["batch_stats"]})
-  return config, variables, info
+  loaded = checkpointing.read_checkpoint(workdir, config, which)
+  variables = jax.device_get({"params": loaded.variables["params"],
+                              "batch_stats": loaded.variables["batch_stats"]})
+  return config, variables, info, loaded.note
 
 
 def export_info(config: ml_collections.ConfigDict, labels: LabelInfo, source: str = "",
@@ -287,15 +292,10 @@ def _command(fv: flags.FlagValues, _: list[str]) -> int:
     except ImportError as e:
       raise cli.UsageError(f"ONNX export needs onnx and onnxruntime: {exported.INSTALL}") from e
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax warns on every read-only restore.
-  try:
-    config, variables, labels = load_run(fv.workdir, fv.checkpoint, fv.config, fv.labels)
-  except cli.USER_ERRORS:
-    raise
-  except Exception as e:  # A damaged checkpoint: Orbax/tensorstore/JSON errors of any type.
-    raise cli.UsageError(
-        f"cannot load the {fv.checkpoint} checkpoint of {fv.workdir} (damaged or "
-        f"incomplete?): {type(e).__name__}: {str(e)[:300]}"
-    ) from e
+  # A damaged checkpoint falls back to one that restores, with a note; none: one line, exit 2.
+  config, variables, labels, note = load_run(fv.workdir, fv.checkpoint, fv.config, fv.labels)
+  if note:
+    print(f"export: note: {note}", file=sys.stderr)
   source = f"{fv.workdir} ({fv.checkpoint})"
   out.parent.mkdir(parents=True, exist_ok=True)
   if kind == "stablehlo":

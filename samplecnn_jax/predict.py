@@ -243,18 +243,12 @@ def _load(fv: flags.FlagValues) -> ClipScorer:
                            f"{type(e).__name__}: {str(e)[:300]}") from e
   from samplecnn_jax.inference import Predictor  # JAX: not imported for --model.
 
-  try:
-    return Predictor.from_workdir(
-        fv.workdir, fv.checkpoint, config=fv.config, labels=fv.labels,
-        batch_size=fv.batch_size, num_segments=num_segments,
-    )
-  except cli.USER_ERRORS:  # Includes CheckpointMismatchError: its message says the fix.
-    raise
-  except Exception as e:  # A damaged checkpoint: Orbax/tensorstore/JSON errors of any type.
-    raise cli.UsageError(
-        f"cannot load the {fv.checkpoint} checkpoint of {fv.workdir} (damaged or "
-        f"incomplete?): {type(e).__name__}: {str(e)[:300]}"
-    ) from e
+  # A damaged best falls back to a checkpoint that restores (`checkpoint_note` says so);
+  # with none, `checkpointing.UnreadableCheckpointError` names the files in one line.
+  return Predictor.from_workdir(
+      fv.workdir, fv.checkpoint, config=fv.config, labels=fv.labels,
+      batch_size=fv.batch_size, num_segments=num_segments,
+  )
 
 
 def _write_results(fv, fmt: str, results: list[dict], meta: dict, labels: LabelInfo) -> None:

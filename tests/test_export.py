@@ -167,7 +167,7 @@ def test_stablehlo_export_deserializes_with_jax_alone(run, tmp_path):
   out = tmp_path / "model.jax"
   assert main(f"--workdir={run['workdir']}", f"--out={out}") == 0
   artifact = jax.export.deserialize(bytearray(out.read_bytes()))
-  config, variables, _ = export.load_run(run["workdir"])
+  config, variables, _, _ = export.load_run(run["workdir"])
   for count in (1, 3):  # The batch dimension is symbolic.
     waveforms = export.check_waveforms(config, count, seed=count)
     np.testing.assert_allclose(np.asarray(artifact.call(waveforms)),

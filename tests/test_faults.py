@@ -33,6 +33,7 @@ from conftest import REPO, tiny_config
 from samplecnn_jax import (
   checkpointing,
   evaluate,
+  export,
   filters,
   inference,
   models,
@@ -279,11 +280,12 @@ def test_a_reader_falls_back_from_a_damaged_best_and_moves_nothing(
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-@pytest.mark.parametrize("reader", ["visualize", "init_from", "eval"])
+@pytest.mark.parametrize("reader", ["visualize", "init_from", "eval", "export"])
 def test_every_reader_falls_back_from_a_damaged_best(
     reader, demo_store, first, tmp_path, caplog):
-  """visualize (filters.load_model), init_from (transfer.load_into) and --mode=eval
-  (evaluate.evaluate_checkpoint) load the latest checkpoint and say why."""
+  """visualize (filters.load_model), init_from (transfer.load_into), --mode=eval
+  (evaluate.evaluate_checkpoint) and export (export.load_run) load the latest checkpoint and
+  say why."""
   workdir = copy_of(first, tmp_path)
   damage_step(workdir / "best" / "9", "garbage")
   config = config_for(demo_store, 9)
@@ -294,12 +296,15 @@ def test_every_reader_falls_back_from_a_damaged_best(
       model = models.create_model(config.model, config.num_classes)
       fresh = model.init(jax.random.key(0), jnp.zeros((1, config.input_size)), train=False)
       got = transfer.load_into(tiny_config(demo_store, init_from=str(workdir)), dict(fresh))
-    else:
+    elif reader == "eval":
       result = evaluate.evaluate_checkpoint(None, str(workdir), "valid")
       assert result["checkpoint"] == "latest" and "best step 9" in result["checkpoint_note"]
       recorded = json.loads((workdir / "metrics_valid.json").read_text())
       assert recorded["step"] == 9 and recorded["checkpoint_note"] == result["checkpoint_note"]
       got = None
+    if reader == "export":
+      _, got, _, note = export.load_run(workdir)
+      logging.warning("%s", note)  # The command prints it as `export: note: ...`.
   assert "used the latest checkpoint of step 9" in caplog.text
   if got is not None:
     for leaf, want in zip(jax.tree.leaves(got["params"]),
