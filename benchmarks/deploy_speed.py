@@ -24,29 +24,13 @@ import argparse
 import json
 import time
 
-import jax
 import numpy as np
 
-from samplecnn_jax import export, exported, inference, metrics, models, store, stream, testing
+from samplecnn_jax import export, exported, inference, metrics, store, stream, testing
 from samplecnn_jax.workdir_files import LabelInfo
 
 CONFIGS = ("speech_commands",)
 VARIANTS = ("samplecnn", "rese2_multi")
-
-
-def _random_variables(config, seed: int = 0) -> dict:
-  model = models.create_model(config.model, config.num_classes)
-  x = np.zeros((1, config.input_size), np.float32)
-  variables = jax.device_get(model.init(jax.random.key(seed), x, train=False))
-  rng = np.random.default_rng(seed)
-
-  def perturb(tree):
-    if "var" in tree:
-      return {"mean": rng.uniform(-0.1, 0.1, tree["mean"].shape).astype(np.float32),
-              "var": rng.uniform(0.5, 1.5, tree["var"].shape).astype(np.float32)}
-    return {name: perturb(subtree) for name, subtree in tree.items()}
-
-  return {"params": variables["params"], "batch_stats": perturb(variables["batch_stats"])}
 
 
 def _median_seconds(fn, calls: int) -> float:
@@ -60,7 +44,7 @@ def _median_seconds(fn, calls: int) -> float:
 
 def speed(config_name: str, variant: str, args) -> dict:
   config = testing.load_config(config_name, variant)
-  variables = _random_variables(config)
+  variables = testing.random_variables(config, mean_spread=0.1)
   labels = LabelInfo.numbered(config.num_classes, config.label_type)
   rng = np.random.default_rng(1)
   noise = lambda n: (0.1 * rng.standard_normal((n, config.input_size))).astype(np.float32)

@@ -18,7 +18,7 @@ import onnx
 import pytest
 import soundfile as sf
 from conftest import load_config
-from trained_run import make_run, tone
+from trained_run import tone
 
 from samplecnn_jax import (
   audio,
@@ -31,6 +31,7 @@ from samplecnn_jax import (
   store,
   workdir_files,
 )
+from samplecnn_jax.testing import random_variables
 from samplecnn_jax.workdir_files import LabelInfo
 
 PROG = "python -m samplecnn_jax.export"
@@ -39,27 +40,6 @@ VARIANTS = ("samplecnn", "se", "res1", "res2", "rese1", "rese2", "se_multi", "re
 
 def main(*argv) -> int:
   return export.main([PROG, *map(str, argv)])
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  return make_run(tmp_path_factory.mktemp("export"))
-
-
-def _variables(config, seed: int = 0):
-  """Variables of a tiny model with non-trivial BatchNorm statistics (so folding matters)."""
-  model = models.create_model(config.model, config.num_classes)
-  x = np.zeros((1, config.input_size), np.float32)
-  variables = jax.device_get(model.init(jax.random.key(seed), x, train=False))
-  rng = np.random.default_rng(seed)
-
-  def perturb(tree):
-    if "var" in tree:
-      return {"mean": rng.uniform(-0.3, 0.3, tree["mean"].shape).astype(np.float32),
-              "var": rng.uniform(0.5, 1.5, tree["var"].shape).astype(np.float32)}
-    return {name: perturb(subtree) for name, subtree in tree.items()}
-
-  return {"params": variables["params"], "batch_stats": perturb(variables["batch_stats"])}
 
 
 def _embedding(config, variables, waveforms):
@@ -79,7 +59,7 @@ def test_every_variant_exports_and_equals_jax(variant):
   if variant == "se":  # Softmax, and the front conv's "same" padding on a length not 3^k.
     config.label_type, config.model.front_padding, config.input_size = (
         "multi_class", "same", 733)
-  variables = _variables(config)
+  variables = random_variables(config)
   labels = LabelInfo.numbered(config.num_classes, config.label_type)
   model = export.onnx_model(config, variables, labels)
   network = exported.OnnxNetwork(model.SerializeToString())
