@@ -20,10 +20,10 @@ sets that variable for its process. Only process 0 of a job tracks.
 
 With `config.tracking="wandb"`, a run is recorded in Weights & Biases, its files under the
 workdir (`WORKDIR/wandb/`; `WANDB_MODE=offline` keeps it there, `wandb sync` uploads it later),
-project `samplecnn_jax`: config = the flattened config; the scalars by step are W&B's
-TensorBoard sync of the tensorboardX logs training already writes (`WORKDIR/tensorboard`: one
-logging path, not two); the test metrics and their intervals go to the run's summary. A resumed
-run continues the same W&B run (`resume="allow"`): its id is kept in `WORKDIR/wandb_run_id`.
+project `samplecnn_jax`: config = the flattened config; history = the scalars training writes
+to TensorBoard, by step, as MLflow gets them; summary = the test metrics and their intervals.
+A resumed run continues the same W&B run (`resume="allow"`): its id is kept in
+`WORKDIR/wandb_run_id`.
 W&B is an optional extra too (`pip install -e '.[tracking]'`), imported only when chosen.
 
 What is not here: TensorBoard (`train.Progress`, which calls this module), the files of the
@@ -45,7 +45,6 @@ TRACKERS = ("none", "mlflow", "wandb")  # The values of config.tracking.
 EXPERIMENT = "samplecnn_jax"  # The MLflow experiment every run is filed under.
 RUN_ID_FILE = "run_id"  # In WORKDIR/mlruns: the MLflow run a resumed run continues.
 WANDB_RUN_ID_FILE = "wandb_run_id"  # In WORKDIR: the W&B run a resumed run continues.
-TENSORBOARD_DIR = "tensorboard"  # In WORKDIR: where train.Progress writes; W&B syncs it.
 INSTALL = "pip install -e '.[tracking]'"
 ARTIFACT_PATTERNS = ("config.json", "labels.json", "metrics_*.json", "predictions_*.npz")
 _BATCH = 100  # Params or metrics per MLflow call (its limit for params is 100).
@@ -182,9 +181,13 @@ class MlflowTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-  """A W&B run with its files in `WORKDIR/wandb`. Its scalars by step come from W&B's
-  TensorBoard sync of `WORKDIR/tensorboard`, so `log` only adds the test metrics and their
-  intervals to the summary (the TensorBoard logs have no intervals)."""
+  """A W&B run with its files in `WORKDIR/wandb`, logged to through `run.log` with training's
+  own step, like MLflow; the test metrics and their intervals also go to the run's summary.
+
+  Not W&B's TensorBoard sync of `WORKDIR/tensorboard` (`sync_tensorboard=True`): offline
+  (wandb 0.31) it missed the last scalars of our tensorboardX writer, always while the writer
+  was open and now and then after it was closed; its patch of the writer classes also needs
+  the full `tensorboard` package."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
     wandb = _wandb_module()
@@ -198,26 +201,23 @@ class WandbTracker(Tracker):
       id_file.write_text(self.run.id + "\n")
     else:
       logging.info("Continuing W&B run %s in %s", run_id, self.workdir / "wandb")
-    # What `wandb.init(sync_tensorboard=True)` does, without its patch of the writer classes,
-    # which needs the `tensorboard` package and a writer created after `init`: tell the run
-    # which log directory to follow (train.Progress's tensorboardX writer). The root directory
-    # names the scalars relative to it; without it W&B waits 10 s to guess one.
-    logdir = str(self.workdir / TENSORBOARD_DIR)
-    self.run._tensorboard_callback(logdir, save=False, root_logdir=logdir)
 
   @property
   def run_id(self) -> str:
     return self.run.id
 
   def log(self, step: int, values: dict[str, Any], prefix: str) -> None:
+    named = {f"{prefix}/{key}": value for key, value in metric_values(values).items()}
+    self.run.log(named, step=int(step))
     if prefix == "test":
-      self.run.summary.update({f"{prefix}/{key}": value
-                               for key, value in metric_values(values).items()})
+      self.run.summary.update(named)
 
   def close(self) -> None:
-    """Ends the run; close the TensorBoard writer first (train.Progress.close does), or W&B
-    may miss the last scalars it wrote."""
+    """Ends the run and stops W&B's service process: `finish` alone can return before the
+    service has written the run's records file (`run-<id>.wandb`), which a `wandb sync` or a
+    test reading it right after training would then find incomplete (wandb 0.31)."""
     self.run.finish()
+    _wandb_module().teardown()
 
 
 def start(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Tracker:
