@@ -28,7 +28,7 @@ CHOICES = {
     "label_type": datasets_common.LABEL_TYPES,
     "metric": metrics.METRICS,
     "best_metric": (*metrics.METRICS, "loss"),
-    "tracking": ("none", "mlflow"),
+    "tracking": ("none", "mlflow", "wandb"),
 }
 # Integer fields that count something and must be at least 1.
 AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval",
@@ -137,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.trunk_lr_factor = 1.0  # Learning-rate factor of the trunk when trainable=all (1.0 = the paper's).
 
   # --- Tracking (samplecnn_jax/tracking.py, docs/reporting.md) ----------------------------
-  c.tracking = "none"  # Experiment tracking: none | mlflow (local file store WORKDIR/mlruns; pip install -e '.[tracking]').
+  c.tracking = "none"  # Experiment tracking: none | mlflow (file store WORKDIR/mlruns) | wandb (WORKDIR/wandb); pip install -e '.[tracking]'.
 
   # --- Devices ----------------------------------------------------------------------------
   c.mesh_shape = (-1,)  # Device mesh shape; -1 = all devices on the data axis.

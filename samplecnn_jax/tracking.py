@@ -1,4 +1,4 @@
-"""Experiment tracking of a training run in MLflow: `--config.tracking=none|mlflow`.
+"""Experiment tracking of a training run in MLflow or W&B: `--config.tracking=none|mlflow|wandb`.
 
 With `config.tracking="mlflow"`, a run is recorded in a local MLflow file store under its
 workdir, `WORKDIR/mlruns` (no server, no network: `mlflow ui --backend-store-uri
@@ -18,8 +18,16 @@ only when a run asks for it. MLflow 3 keeps its file store in maintenance mode a
 unless `MLFLOW_ALLOW_FILE_STORE=true`; a run that chose the file store under its own workdir
 sets that variable for its process. Only process 0 of a job tracks.
 
+With `config.tracking="wandb"`, a run is recorded in Weights & Biases, its files under the
+workdir (`WORKDIR/wandb/`; `WANDB_MODE=offline` keeps it there, `wandb sync` uploads it later),
+project `samplecnn_jax`: config = the flattened config; history = the scalars training writes
+to TensorBoard, by step, as MLflow gets them; summary = the test metrics and their intervals.
+A resumed run continues the same W&B run (`resume="allow"`): its id is kept in
+`WORKDIR/wandb_run_id`.
+W&B is an optional extra too (`pip install -e '.[tracking]'`), imported only when chosen.
+
 What is not here: TensorBoard (`train.Progress`, which calls this module), the files of the
-workdir themselves (`workdir_files.py`), W&B.
+workdir themselves (`workdir_files.py`).
 """
 
 from __future__ import annotations
@@ -33,9 +41,10 @@ from typing import Any
 
 import ml_collections
 
-TRACKERS = ("none", "mlflow")  # The values of config.tracking.
+TRACKERS = ("none", "mlflow", "wandb")  # The values of config.tracking.
 EXPERIMENT = "samplecnn_jax"  # The MLflow experiment every run is filed under.
 RUN_ID_FILE = "run_id"  # In WORKDIR/mlruns: the MLflow run a resumed run continues.
+WANDB_RUN_ID_FILE = "wandb_run_id"  # In WORKDIR: the W&B run a resumed run continues.
 INSTALL = "pip install -e '.[tracking]'"
 ARTIFACT_PATTERNS = ("config.json", "labels.json", "metrics_*.json", "predictions_*.npz")
 _BATCH = 100  # Params or metrics per MLflow call (its limit for params is 100).
@@ -48,6 +57,8 @@ def check_available(config: ml_collections.ConfigDict) -> None:
   """
   if config.tracking == "mlflow":
     _mlflow_client_class()
+  elif config.tracking == "wandb":
+    _wandb_module()
 
 
 def _mlflow_client_class():
@@ -59,14 +70,25 @@ def _mlflow_client_class():
   return MlflowClient
 
 
-def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, str]:
-  """The config as MLflow params: dotted names -> values as text (`model.base_width`: '16')."""
+def _wandb_module():
+  try:
+    import wandb
+  except ImportError:
+    raise ValueError(f"config.tracking='wandb' needs wandb, which is not installed: "
+                     f"{INSTALL} (or --config.tracking=none).") from None
+  return wandb
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "",
+            as_text: bool = True) -> dict[str, Any]:
+  """The config with dotted names (`model.base_width`): values as text for MLflow params,
+  or as they are (`as_text=False`) for the W&B config, which keeps numbers as numbers."""
   params = {}
   for key, value in config.items():
     if hasattr(value, "items"):
-      params.update(flatten(value, f"{prefix}{key}."))
+      params.update(flatten(value, f"{prefix}{key}.", as_text))
     else:
-      params[f"{prefix}{key}"] = str(value)
+      params[f"{prefix}{key}"] = str(value) if as_text else value
   return params
 
 
@@ -158,10 +180,52 @@ class MlflowTracker(Tracker):
     self.client.set_terminated(self.run_id)
 
 
+class WandbTracker(Tracker):
+  """A W&B run with its files in `WORKDIR/wandb`, logged to through `run.log` with training's
+  own step, like MLflow; the test metrics and their intervals also go to the run's summary.
+
+  Not W&B's TensorBoard sync of `WORKDIR/tensorboard` (`sync_tensorboard=True`): offline
+  (wandb 0.31) it missed the last scalars of our tensorboardX writer, always while the writer
+  was open and now and then after it was closed; its patch of the writer classes also needs
+  the full `tensorboard` package."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
+    wandb = _wandb_module()
+    self.workdir = Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    id_file = self.workdir / WANDB_RUN_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    self.run = wandb.init(project=EXPERIMENT, name=self.workdir.name, dir=str(self.workdir),
+                          id=run_id, resume="allow", config=flatten(config, as_text=False))
+    if run_id is None:
+      id_file.write_text(self.run.id + "\n")
+    else:
+      logging.info("Continuing W&B run %s in %s", run_id, self.workdir / "wandb")
+
+  @property
+  def run_id(self) -> str:
+    return self.run.id
+
+  def log(self, step: int, values: dict[str, Any], prefix: str) -> None:
+    named = {f"{prefix}/{key}": value for key, value in metric_values(values).items()}
+    self.run.log(named, step=int(step))
+    if prefix == "test":
+      self.run.summary.update(named)
+
+  def close(self) -> None:
+    """Ends the run and stops W&B's service process: `finish` alone can return before the
+    service has written the run's records file (`run-<id>.wandb`), which a `wandb sync` or a
+    test reading it right after training would then find incomplete (wandb 0.31)."""
+    self.run.finish()
+    _wandb_module().teardown()
+
+
 def start(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Tracker:
   """The tracker `config.tracking` asks for, its run started (or continued) for `workdir`."""
   if config.tracking == "mlflow":
     return MlflowTracker(config, workdir)
+  if config.tracking == "wandb":
+    return WandbTracker(config, workdir)
   if config.tracking != "none":
     raise ValueError(f"config.tracking={config.tracking!r} is not valid; choose one of: "
                      f"{', '.join(TRACKERS)} (--config.tracking=...).")

@@ -1,6 +1,7 @@
 """Tests for samplecnn_jax.tracking: the flattened config and metric records MLflow gets, an
-offline MLflow run in WORKDIR/mlruns that a resumed run continues, training with
---config.tracking=mlflow, and no MLflow import unless a run asks for it."""
+offline MLflow run in WORKDIR/mlruns that a resumed run continues, an offline W&B run in
+WORKDIR/wandb that a resumed run continues, training with --config.tracking=mlflow|wandb, and
+no MLflow or W&B import unless a run asks for it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def history(client, run_id, key):
   return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
+def wandb_runs(workdir):
+  """The offline W&B runs of a workdir: {run folder name: bytes of its records file}."""
+  return {folder.name: b"".join(path.read_bytes() for path in folder.glob("run-*.wandb"))
+          for folder in sorted((workdir / "wandb").glob("offline-run-*"))}
+
+
 def test_flatten_gives_dotted_params_and_metric_values_split_the_intervals():
   config = load_config("test")
   params = tracking.flatten(config)
@@ -37,12 +44,16 @@ def test_flatten_gives_dotted_params_and_metric_values_split_the_intervals():
 
 def test_an_unknown_tracker_and_a_missing_mlflow_are_one_line_errors(monkeypatch):
   config = load_config("test")
-  config.tracking = "wandb"
-  with pytest.raises(ValueError, match=r"config.tracking='wandb' is not valid.*none, mlflow"):
+  config.tracking = "comet"
+  with pytest.raises(ValueError, match=r"config.tracking='comet' is not valid.*mlflow, wandb"):
     config_base.validate_config(config)
   config.tracking = "mlflow"
   monkeypatch.setitem(sys.modules, "mlflow", None)  # As if it were not installed.
   with pytest.raises(ValueError, match=r"needs MLflow.*pip install -e '.\[tracking\]'"):
+    tracking.check_available(config)
+  config.tracking = "wandb"
+  monkeypatch.setitem(sys.modules, "wandb", None)
+  with pytest.raises(ValueError, match=r"needs wandb.*pip install -e '.\[tracking\]'"):
     tracking.check_available(config)
   config.tracking = "none"
   tracking.check_available(config)  # Nothing to import.
@@ -75,6 +86,29 @@ def test_mlflow_run_is_offline_in_the_workdir_and_a_restart_continues_it(tmp_pat
                                                                     "metrics_test.json"}
 
 
+def test_wandb_run_is_offline_in_the_workdir_and_a_restart_continues_it(tmp_path, monkeypatch):
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  config = load_config("test")
+  config.tracking = "wandb"
+  first = tracking.start(config, tmp_path)
+  first.log(1, {"loss": 0.9, "learning_rate": 0.1}, "train")
+  first.log(2, {"f_score": 0.5, "f_score_ci95": [0.4, 0.6], "num_clips": 12}, "test")
+  first.close()
+  run_id = (tmp_path / tracking.WANDB_RUN_ID_FILE).read_text().strip()
+  assert run_id == first.run_id
+  again = tracking.start(config, tmp_path)
+  assert again.run_id == run_id
+  again.log(3, {"loss": 0.7}, "train")
+  again.close()
+  runs = wandb_runs(tmp_path)
+  assert len(runs) == 2 and all(f"-{run_id}" in name for name in runs), runs.keys()
+  first_records, again_records = (runs[name] for name in sorted(runs))
+  for key in (b"train/loss", b"train/learning_rate", b"test/f_score", b"test/f_score_ci95_low",
+              b"test/f_score_ci95_high", b"model.base_width"):
+    assert key in first_records, key
+  assert b"train/loss" in again_records and b"test/f_score" not in again_records
+
+
 @pytest.mark.slow
 def test_training_with_mlflow_tracks_params_metrics_and_artefacts(demo_store, tmp_path):
   config = tiny_config(demo_store, tracking="mlflow")
@@ -98,12 +132,30 @@ def test_training_with_mlflow_tracks_params_metrics_and_artefacts(demo_store, tm
 
 
 @pytest.mark.slow
-def test_mlflow_is_imported_only_when_a_run_asks_for_it():
+def test_training_with_wandb_logs_its_scalars_offline_and_a_longer_run_continues_it(
+    demo_store, tmp_path, monkeypatch):
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  config = tiny_config(demo_store, tracking="wandb")
+  train.train_and_evaluate(config, str(tmp_path))
+  run_id = (tmp_path / tracking.WANDB_RUN_ID_FILE).read_text().strip()
+  (records,) = wandb_runs(tmp_path).values()
+  for key in (b"train/loss", b"valid/f_score", b"test/f_score", b"test/f_score_ci95_low",
+              b'"wandb"'):
+    assert key in records, key
+  longer = tiny_config(demo_store, tracking="wandb", num_train_steps=config.num_train_steps + 2)
+  train.train_and_evaluate(longer, str(tmp_path))
+  runs = wandb_runs(tmp_path)
+  assert len(runs) == 2 and all(f"-{run_id}" in name for name in runs), runs.keys()
+
+
+@pytest.mark.slow
+def test_mlflow_and_wandb_are_imported_only_when_a_run_asks_for_it():
   code = ("import sys; from samplecnn_jax import tracking, train, main, compare; "
           "from samplecnn_jax.testing import load_config; "
           "tracking.check_available(load_config('test')); "
           "tracking.start(load_config('test'), '.'); "
-          "assert 'mlflow' not in sys.modules, 'mlflow imported'")
+          "assert 'mlflow' not in sys.modules, 'mlflow imported'; "
+          "assert 'wandb' not in sys.modules, 'wandb imported'")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
