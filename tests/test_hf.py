@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from datasets import Audio, ClassLabel, Dataset, DatasetDict
+from datasets import Audio, ClassLabel, Dataset, DatasetDict, Sequence
 
 from samplecnn_jax import audio, prepare, store
 
@@ -30,7 +30,8 @@ def _wav(samples: np.ndarray, rate: int) -> bytes:
 def _split(offset: int, count: int, labels: list, bad_row: int | None = None) -> Dataset:
   cells = []
   for i in range(offset, offset + count):
-    data = b"not audio at all" if i - offset == bad_row else _wav(_tone(i, RATES[i % 4]), RATES[i % 4])
+    rate = RATES[i % 4]
+    data = b"not audio at all" if i - offset == bad_row else _wav(_tone(i, rate), rate)
     cells.append({"bytes": data, "path": f"clip{i}.wav"})
   return Dataset.from_dict({
       "audio": cells, "label": labels, "id": [f"c{i:02d}" for i in range(offset, offset + count)]
@@ -81,11 +82,14 @@ def test_dataset_dict_round_trip_with_class_labels_and_a_bad_row(tmp_path):
       np.testing.assert_allclose(records[clip_id]["audio"], _expected(int(clip_id[1:])), atol=1)
 
 
-def test_one_dataset_with_split_column_and_string_multi_labels(tmp_path):
+@pytest.mark.parametrize("class_labels", [False, True], ids=["strings", "class_labels"])
+def test_one_dataset_with_split_column_and_multi_labels(tmp_path, class_labels):
   tags = [["car", "horn"], ["horn"], [], ["car"], ["siren", "car"]]
   dataset = _split(0, 5, tags).remove_columns("id").add_column(
       "split", ["train", "train", "valid", "test", "train"]
   )
+  if class_labels:  # Lists of ClassLabel indices; the names are the vocabulary, in order.
+    dataset = dataset.cast_column("label", Sequence(ClassLabel(names=["car", "horn", "siren"])))
   dataset.save_to_disk(tmp_path / "ds")
   manifest = _run(tmp_path / "ds", tmp_path / "out")
   assert manifest.vocabulary == ("car", "horn", "siren") and manifest.label_type == "multi_label"
@@ -102,7 +106,8 @@ def test_parquet_files_named_by_split(tmp_path):
   label = ClassLabel(names=NAMES)
   (tmp_path / "data").mkdir()
   for name, part in {"train": _split(0, 3, [0, 1, 2]), "test": _split(3, 3, [2, 2, 0])}.items():
-    part.cast_column("label", label).to_parquet(tmp_path / "data" / f"{name}-00000-of-00001.parquet")
+    path = tmp_path / "data" / f"{name}-00000-of-00001.parquet"
+    part.cast_column("label", label).to_parquet(path)
   manifest = _run(tmp_path, tmp_path / "out")
   assert manifest.vocabulary == tuple(NAMES)
   assert {s: info.num_clips for s, info in manifest.splits.items()} == {"train": 3, "test": 3}

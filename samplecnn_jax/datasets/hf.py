@@ -107,7 +107,7 @@ def open_tables(src: str) -> tuple[dict[str | None, Any], Any]:
 
 def _label_kind(feature: Any, datasets) -> tuple[bool, list[str] | None]:
   """(multi-label?, the ClassLabel names or None for string labels) of a label feature."""
-  multi = isinstance(feature, (list, datasets.Sequence, datasets.LargeList))
+  multi = isinstance(feature, list) or hasattr(feature, "feature")  # Sequence, List, LargeList.
   if multi:
     feature = feature[0] if isinstance(feature, list) else feature.feature
   if isinstance(feature, datasets.ClassLabel):
@@ -199,7 +199,7 @@ def list_clips(
       clips.append(ClipSpec(clip_id, "", split, labels, source=source))
     elif cell.get("path"):
       path = Path(cell["path"]).expanduser()
-      path = path if path.is_absolute() else src / path
+      path = path if path.is_absolute() else (src if src.is_dir() else src.parent) / path
       clips.append(ClipSpec(clip_id, str(path), split, labels, source=source))
     else:
       skipped.append({"source": source, "reason": "no audio (neither bytes nor a path)"})
