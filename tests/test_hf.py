@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -64,7 +65,9 @@ def test_dataset_dict_round_trip_with_class_labels_and_a_bad_row(tmp_path):
   DatasetDict({k: v.cast_column("label", label) for k, v in parts.items()}).save_to_disk(
       tmp_path / "ds"
   )
+  before = sorted(path.name for path in (tmp_path / "ds").rglob("*"))
   manifest = _run(tmp_path / "ds", tmp_path / "out")
+  assert sorted(path.name for path in (tmp_path / "ds").rglob("*")) == before  # No cache files.
   assert manifest.vocabulary == tuple(NAMES) and manifest.label_type == "multi_class"
   assert list(manifest.splits) == ["train", "valid", "test"]
   assert [manifest.splits[s].num_clips for s in manifest.splits] == [5, 3, 3]
@@ -131,3 +134,23 @@ def test_one_dataset_without_split_column_names_the_flag(tmp_path):
   _split(0, 2, ["a", "b"]).save_to_disk(tmp_path / "ds")
   with pytest.raises(prepare.LayoutError, match="pass --split_column"):
     _run(tmp_path / "ds", tmp_path / "out")
+
+
+def test_resumed_run_rereads_rows_whose_bytes_changed(tmp_path):
+  label = ClassLabel(names=NAMES)
+  for version in (0, 1):  # The second save gives row 1 the audio of clip 7.
+    part = _split(0, 3, [0, 1, 2])
+    if version:
+      cells = part.with_format("arrow")["audio"].to_pylist()
+      cells[1] = {"bytes": _wav(_tone(7, RATES[3]), RATES[3]), "path": None}
+      part = part.remove_columns("audio").add_column("audio", cells)
+      part = part.cast_column("audio", Audio(decode=False))
+    splits = {"train": part, "test": _split(3, 1, [0])}
+    shutil.rmtree(tmp_path / "ds", ignore_errors=True)  # The same folder, saved again.
+    DatasetDict({k: v.cast_column("label", label) for k, v in splits.items()}).save_to_disk(
+        tmp_path / "ds"
+    )
+    _run(tmp_path / "ds", tmp_path / "out")
+  train = _records(tmp_path / "out", "train")
+  np.testing.assert_allclose(train["c01"]["audio"], _expected(7), atol=1)
+  np.testing.assert_allclose(train["c02"]["audio"], _expected(2), atol=1)

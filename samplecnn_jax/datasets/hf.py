@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,9 @@ def open_tables(src: str) -> tuple[dict[str | None, Any], Any]:
     loaded = datasets.load_from_disk(str(root))
     parts = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {None: loaded}
     features = next(iter(parts.values())).features
-    return {name: part.flatten_indices().data for name, part in parts.items()}, features
+    # save_to_disk wrote the rows in order (no indices mapping); flatten_indices() would write
+    # a cache file into SRC.
+    return {name: part.data for name, part in parts.items()}, features
 
   import pyarrow as pa
   import pyarrow.parquet as pq
@@ -120,13 +122,20 @@ def _label_kind(feature: Any, datasets) -> tuple[bool, list[str] | None]:
   )
 
 
-def _column(table: Any, name: str, columns: Sequence[str], flag: str) -> list:
+def _require(name: str, columns: Sequence[str], flag: str) -> None:
   if name not in columns:
     raise LayoutError(
         f"the dataset has no column {name!r} (its columns: {', '.join(columns)}); pass "
         f"--{flag}"
     )
-  return table.column(name).to_pylist()
+
+
+def _audio_cells(table: Any, name: str) -> Iterator[tuple[bytes | None, str | None]]:
+  """(bytes, path) of each row, one row in memory at a time (the column may be gigabytes)."""
+  for chunk in table.column(name).chunks:
+    data, paths = chunk.field("bytes"), chunk.field("path")
+    for i in range(len(chunk)):
+      yield (None, None) if not chunk[i].is_valid else (data[i].as_py(), paths[i].as_py())
 
 
 def _digest(data: bytes) -> str:
@@ -145,11 +154,11 @@ def list_clips(
   """Lists the rows of a save_to_disk folder or parquet files as clips (see the module doc)."""
   datasets = _import_datasets()
   src = Path(src).expanduser().resolve()
+  open_tables.cache_clear()  # SRC may have been saved again since this process last read it.
   tables, features = open_tables(str(src))
   columns = list(features)
-  for name, flag in ((audio_column, "audio_column"), (label_column, "label_column")):
-    if name not in features:
-      _column(None, name, columns, flag)  # Raises, naming the columns the dataset has.
+  _require(audio_column, columns, "audio_column")
+  _require(label_column, columns, "label_column")
   multi_label, names = _label_kind(features[label_column], datasets)
   id_column = id_column or (DEFAULT_ID_COLUMN if DEFAULT_ID_COLUMN in features else "")
   if None in tables:
@@ -160,12 +169,14 @@ def list_clips(
           f"columns: {', '.join(columns)}); pass --split_column or save a DatasetDict"
       )
 
-  rows = []  # (hf split, row, our split, clip id, labels, audio cell)
+  if id_column:
+    _require(id_column, columns, "id_column")
+  rows = []  # (hf split, row, our split, clip id, labels, (bytes digest, path))
   for hf_split, table in tables.items():
-    labels = _column(table, label_column, columns, "label_column")
-    cells = _column(table, audio_column, columns, "audio_column")
-    ids = _column(table, id_column, columns, "id_column") if id_column else None
-    row_splits = _column(table, split_column, columns, "split_column") if hf_split is None else None
+    labels = table.column(label_column).to_pylist()
+    ids = table.column(id_column).to_pylist() if id_column else None
+    row_splits = table.column(split_column).to_pylist() if hf_split is None else None
+    cells = ((data and _digest(data), path) for data, path in _audio_cells(table, audio_column))
     for row, (label, cell) in enumerate(zip(labels, cells, strict=True)):
       split = str(row_splits[row]) if row_splits else hf_split
       ours = SPLIT_ALIASES.get(split.lower(), split)
@@ -191,14 +202,13 @@ def list_clips(
       skipped.append({"source": source, "reason": f"clip id {clip_id!r} is used twice"})
       continue
     seen.add(clip_id)
-    cell = cell or {}
+    digest, path = cell
     labels = tuple(sorted({x if names else index[str(x)] for x in found}))
-    if cell.get("bytes"):  # Decoded by `decode_row`; the digest makes a resumed run notice.
+    if digest:  # Decoded by `decode_row`; the digest makes a resumed run notice a change.
       locations[clip_id] = (hf_split, row)
-      source = f"{source} {_digest(cell['bytes'])}"
-      clips.append(ClipSpec(clip_id, "", split, labels, source=source))
-    elif cell.get("path"):
-      path = Path(cell["path"]).expanduser()
+      clips.append(ClipSpec(clip_id, "", split, labels, source=f"{source} {digest}"))
+    elif path:
+      path = Path(path).expanduser()
       path = path if path.is_absolute() else (src if src.is_dir() else src.parent) / path
       clips.append(ClipSpec(clip_id, str(path), split, labels, source=source))
     else:
