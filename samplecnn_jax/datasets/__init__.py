@@ -21,6 +21,7 @@ DATASETS: dict[str, tuple[str, str, str]] = {
     "folder": ("folder", "list_folder", "define_folder_flags"),
     "csv": ("folder", "list_csv", "define_csv_flags"),
     "demo": ("demo", "list_clips", "define_flags"),
+    "hf": ("hf", "list_clips", "define_flags"),
 }
 
 
