@@ -11,7 +11,16 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
-from trained_run import BROKEN, NUM_TEST_CLIPS, RATE, by_name, tone
+from trained_run import (
+  BROKEN,
+  EVAL_LABEL_MAP,
+  EVAL_VOCABULARY,
+  NUM_TEST_CLIPS,
+  RATE,
+  by_name,
+  make_eval_mapped_run,
+  tone,
+)
 
 from samplecnn_jax import (
   audio,
@@ -130,16 +139,8 @@ def test_labels_come_from_labels_json_then_the_store_manifest_then_numbers(run, 
 
 def test_multi_class_with_eval_label_map(run, audio_dir, tmp_path):
   """Speech Commands style: softmax scores and the coarser scoring label of the argmax."""
-  workdir = tmp_path / "sc"
-  shutil.copytree(run["workdir"] / "best", workdir / "best")
-  config = run["config"].copy_and_resolve_references()
-  config.label_type = "multi_class"
-  workdir_files.write_config(workdir, config)
-  eval_vocabulary = ["tonal", "noisy", "other"]
-  eval_label_map = [0, 0, 0, 2, 1, 2]
-  workdir_files.write_labels(workdir, workdir_files.LabelInfo(
-      tuple(run["vocabulary"]), "multi_class", tuple(eval_vocabulary), tuple(eval_label_map)))
-  sc = inference.Predictor.from_workdir(workdir)
+  eval_vocabulary, eval_label_map = list(EVAL_VOCABULARY), list(EVAL_LABEL_MAP)
+  sc = inference.Predictor.from_workdir(make_eval_mapped_run(run, tmp_path / "sc"))
   results = sc.predict_files([audio_dir / "a_int16_mono_16k.wav", audio_dir / "g_corrupt.wav"])
   scores = np.array(list(results[0]["scores"].values()))
   assert scores.sum() == pytest.approx(1.0, abs=1e-5)

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from conftest import REPO
 from onnx import TensorProto, helper
-from trained_run import RATE, by_name, tone
+from trained_run import RATE, by_name, make_eval_mapped_run, tone
 
 from samplecnn_jax import checkpointing, export, inference, predict, workdir_files
 
@@ -136,14 +136,7 @@ def test_module_entry_point_exits_2_on_a_missing_workdir(tmp_path):
 
 
 def test_csv_has_the_eval_label_of_multi_class_runs(run, audio_dir, tmp_path):
-  workdir = tmp_path / "sc"
-  shutil.copytree(run["workdir"] / "best", workdir / "best")
-  config = run["config"].copy_and_resolve_references()
-  config.label_type = "multi_class"
-  workdir_files.write_config(workdir, config)
-  workdir_files.write_labels(workdir, workdir_files.LabelInfo(
-      tuple(run["vocabulary"]), "multi_class", ("tonal", "noisy", "other"), (0, 0, 0, 2, 1, 2)))
-  sc = inference.Predictor.from_workdir(workdir)
+  sc = inference.Predictor.from_workdir(make_eval_mapped_run(run, tmp_path / "sc"))
   results = sc.predict_files([audio_dir / "a_int16_mono_16k.wav", audio_dir / "g_corrupt.wav"])
   out = tmp_path / "sc.csv"
   with open(out, "w", newline="") as f:

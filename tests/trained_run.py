@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import jax
@@ -45,6 +46,22 @@ def make_run(root: Path) -> dict:
       workdir, workdir_files.LabelInfo(tuple(manifest.vocabulary), manifest.label_type))
   return {"workdir": workdir, "config": config, "state": state, "data_dir": data_dir,
           "vocabulary": list(manifest.vocabulary), "root": root}
+
+
+EVAL_VOCABULARY = ("tonal", "noisy", "other")  # Scoring classes of `make_eval_mapped_run`.
+EVAL_LABEL_MAP = (0, 0, 0, 2, 1, 2)  # Demo class -> scoring class.
+
+
+def make_eval_mapped_run(run: dict, workdir: Path) -> Path:
+  """`run`'s best checkpoint as a Speech Commands style run: softmax outputs and an eval label
+  map onto coarser scoring classes."""
+  shutil.copytree(run["workdir"] / "best", workdir / "best")
+  config = run["config"].copy_and_resolve_references()
+  config.label_type = "multi_class"
+  workdir_files.write_config(workdir, config)
+  workdir_files.write_labels(workdir, workdir_files.LabelInfo(
+      tuple(run["vocabulary"]), "multi_class", EVAL_VOCABULARY, EVAL_LABEL_MAP))
+  return workdir
 
 
 def write_audio_folder(folder: Path) -> Path:
