@@ -160,3 +160,11 @@ def predictor(run):
 @pytest.fixture(scope="module")
 def audio_dir(run):
   return write_audio_folder(run["root"] / "audio")
+
+
+def one_error_line(stderr: str, prog: str) -> str:
+  """The one line a command prints for a usage or configuration error (`cli.report`): asserts
+  there is exactly one line and that it is `PROG: error: ...` (no traceback); returns it."""
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), stderr
+  return lines[0]

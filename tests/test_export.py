@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import soundfile as sf
-from conftest import load_config
+from conftest import load_config, one_error_line
 from trained_run import tone
 
 from samplecnn_jax import (
@@ -178,8 +178,7 @@ def test_stablehlo_export_runs_in_a_process_without_the_project(run, tmp_path):
 ])
 def test_usage_errors_exit_2_with_one_line(run, argv, expected, capsys):
   assert main(f"--workdir={run['workdir']}", *argv) == 2
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: ") and expected in lines[0]
+  assert expected in one_error_line(capsys.readouterr().err, PROG)
 
 
 def test_a_missing_workdir_exits_2(tmp_path, capsys):

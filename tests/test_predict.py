@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import soundfile as sf
-from conftest import REPO
+from conftest import REPO, one_error_line
 from onnx import TensorProto, helper
 from trained_run import RATE, by_name, make_eval_mapped_run, tone
 
@@ -29,13 +29,6 @@ PROG = "python -m samplecnn_jax.predict"
 def main(*argv) -> int:
   """`predict.main` in this process, as `python -m samplecnn_jax.predict ARGV...`."""
   return predict.main([PROG, *map(str, argv)])
-
-
-def _one_error_line(err: str) -> str:
-  """The one line a usage or configuration error prints (no traceback)."""
-  lines = err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: "), err
-  return lines[0]
 
 
 def test_cli_writes_json_csv_and_table(run, audio_dir, tmp_path, capsys):
@@ -106,19 +99,19 @@ def test_exit_codes_0_all_scored_1_some_failed(run, audio_dir, tmp_path, capsys)
 ])
 def test_usage_errors_exit_2_with_one_line(run, argv, expected, capsys):
   assert main(f"--workdir={run['workdir']}", *argv) == 2
-  assert expected in _one_error_line(capsys.readouterr().err)
+  assert expected in one_error_line(capsys.readouterr().err, PROG)
 
 
 def test_configuration_errors_exit_2_with_one_line(run, audio_dir, tmp_path, capsys):
   assert main(audio_dir) == 2  # No --workdir.
-  assert "workdir" in _one_error_line(capsys.readouterr().err)
+  assert "workdir" in one_error_line(capsys.readouterr().err, PROG)
   assert main(f"--workdir={tmp_path / 'nope'}", audio_dir) == 2
-  assert "does not exist" in _one_error_line(capsys.readouterr().err)
+  assert "does not exist" in one_error_line(capsys.readouterr().err, PROG)
   # A workdir without checkpoints: exit 2 with the fix.
   bare = tmp_path / "bare"
   workdir_files.write_config(bare, run["config"])
   assert main(f"--workdir={bare}", audio_dir) == 2
-  assert "No best checkpoint" in _one_error_line(capsys.readouterr().err)
+  assert "No best checkpoint" in one_error_line(capsys.readouterr().err, PROG)
   empty = tmp_path / "empty_folder"
   empty.mkdir()
   assert main(f"--workdir={run['workdir']}", empty) == 2
@@ -173,7 +166,7 @@ def test_damaged_checkpoint_exits_2_with_a_message(run, audio_dir, tmp_path, cap
   assert main(f"--workdir={damaged}", audio_dir / "a_int16_mono_16k.wav") == 2
   err = capsys.readouterr().err
   assert "predict: error:" in err and "Traceback" not in err
-  assert f"{damaged / 'best' / '0'}" in _one_error_line(err), "names the damaged file"
+  assert f"{damaged / 'best' / '0'}" in one_error_line(err, PROG), "names the damaged file"
 
 
 def test_damaged_best_falls_back_to_latest_with_a_note(run, audio_dir, tmp_path, capsys):
@@ -368,20 +361,20 @@ def test_model_gives_the_records_of_the_workdir(run, onnx_file, audio_dir, tmp_p
 def test_model_usage_errors_exit_2_with_one_line(argv, expected, tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(tmp_path)
   assert main(*argv, "a.wav") == 2
-  assert expected in _one_error_line(capsys.readouterr().err)
+  assert expected in one_error_line(capsys.readouterr().err, PROG)
 
 
 def test_a_file_that_is_no_model_exits_2(run, tmp_path, capsys):
   (tmp_path / "bad.onnx").write_bytes(b"not a model")
   assert main(f"--model={tmp_path / 'bad.onnx'}", "a.wav") == 2
-  assert "cannot load --model=" in _one_error_line(capsys.readouterr().err)
+  assert "cannot load --model=" in one_error_line(capsys.readouterr().err, PROG)
   foreign = tmp_path / "foreign.onnx"  # A valid ONNX model, not written by export.
   graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
   onnx.save(helper.make_model(graph), str(foreign))
   assert main(f"--model={foreign}", "a.wav") == 2
-  assert "not a samplecnn_jax export" in _one_error_line(capsys.readouterr().err)
+  assert "not a samplecnn_jax export" in one_error_line(capsys.readouterr().err, PROG)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import one_error_line
 from trained_run import make_run
 
 from samplecnn_jax import export, scoring, segments, stream
@@ -161,8 +162,7 @@ def test_command_reads_a_file_at_another_rate(onnx_file, tmp_path, capsys):
 def test_a_garbage_stream_exits_2_with_one_line(onnx_file, monkeypatch, capsys, data, expected):
   monkeypatch.setattr(sys, "stdin", _Stdin(data))
   assert stream.main([PROG, f"--model={onnx_file}"]) == 2
-  lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: ") and expected in lines[0]
+  assert expected in one_error_line(capsys.readouterr().err, PROG)
 
 
 def test_usage_errors_exit_2(onnx_file, tmp_path, capsys):

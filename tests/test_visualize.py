@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, load_config
+from conftest import REPO, load_config, one_error_line
 
 from samplecnn_jax import filters, models, visualize
 
@@ -116,10 +116,7 @@ def test_figure_has_one_column_per_run_and_one_row_per_layer():
 def _usage_error(capsys, argv: list[str]) -> str:
   """Runs the command in-process; asserts exit code 2 and one error line; returns it."""
   assert visualize.main(["visualize", *argv]) == 2
-  errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-  assert len(errors) == 1, errors
-  assert errors[0].startswith(f"{visualize.PROG}: error: ")
-  return errors[0]
+  return one_error_line(capsys.readouterr().err, visualize.PROG)
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
