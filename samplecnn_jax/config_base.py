@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from samplecnn_jax import metrics, models
+from samplecnn_jax import metrics, models, segments
 from samplecnn_jax.datasets import common as datasets_common
 
 # The valid values of the config's choice fields (model fields are checked by `models`).
@@ -29,6 +29,7 @@ CHOICES = {
     "metric": metrics.METRICS,
     "best_metric": (*metrics.METRICS, "loss"),
     "tracking": ("none", "mlflow", "wandb"),
+    "segment_pooling": segments.POOLINGS,
 }
 # Integer fields that count something and must be at least 1.
 AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval",
@@ -38,7 +39,7 @@ AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_e
 AT_LEAST_ZERO = ("max_eval_batches", "bn_recalibration_batches", "warmup_steps", "lr_decay",
                  "weight_decay", "grad_clip_norm", "label_smoothing", "momentum")
 # Probabilities and thresholds: in [0, 1].
-UNIT_INTERVAL = ("f_score_threshold", "augment.noise_prob", "augment.polarity_prob",
+UNIT_INTERVAL = ("f_score_threshold", "augment.noise_prob", "augment.speed_range", "augment.polarity_prob",
                  "augment.time_mask_prob", "augment.time_mask_fraction")
 
 
@@ -76,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_rate = 16000  # Sample rate of the prepared audio, Hz.
   c.input_size = 19683  # Samples per segment: the model input length.
   c.eval_segments = 9  # Segments per clip at evaluation, spread evenly over the clip.
+  c.segment_pooling = "mean"  # Clip score from its segments: mean (paper) | rms (weighted by segment RMS).
   c.train_segments = "all"  # Training examples: all (every segment, as the reference) | random (one crop per clip visit).
   c.num_classes = 17  # Output units in training (Speech Commands: 31, scored as 12).
   c.label_type = "multi_label"  # multi_label (sigmoid + BCE) | multi_class (softmax + CE).
@@ -100,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.polarity_prob = 0.0  # Probability of inverting a clip's polarity (x -> -x).
   c.augment.time_mask_prob = 0.0  # Probability of zeroing one random span of a clip.
   c.augment.time_mask_fraction = 0.1  # Max length of that span, as a fraction of the input.
+  c.augment.speed_range = 0.0  # Speed (and pitch) change by a factor from U(1-r, 1+r) per crop; 0 = off.
   c.augment.mixup_alpha = 0.0  # Mixup within each batch, lambda ~ Beta(alpha, alpha); 0 = off.
   c.label_smoothing = 0.0  # Training-loss label smoothing (multi_class: eps/K; multi_label: toward 0.5).
 

@@ -155,7 +155,7 @@ class Evaluator:
     """
     config, mesh = self.config, self.mesh
     clip_ids, clip_labels = self.clip_labels(split)
-    outputs, masks, indices = [], [], []
+    outputs, masks, indices, weights = [], [], [], []
     sample = input_pipeline.eval_sample(len(clip_ids), max_batches, config)
     if sample is not None:
       logging.info("Scoring %s on %d of its %d clips (config.max_eval_batches=%d): one drawn "
@@ -165,6 +165,7 @@ class Evaluator:
     for batch in batches:
       masks.append(_gather_local(batch.pop("mask"), mesh))
       indices.append(_gather_local(batch.pop("clip_index"), mesh))
+      weights.append(_gather_local(batch.pop("weight"), mesh))
       # Results stay on device until the loop ends, so steps are dispatched ahead of reading.
       outputs.append(self.step(variables, sharding.global_batch(batch, mesh)))
     # Every process sees the whole split's predictions (small: segments x classes).
@@ -172,13 +173,14 @@ class Evaluator:
     probs = np.concatenate([sharding.to_host(p) for p, _ in outputs])[mask]
     losses = np.concatenate([sharding.to_host(loss) for _, loss in outputs])[mask]
     clip_index = np.concatenate(indices)[mask]
+    weight = np.concatenate(weights)[mask]
     seen = np.unique(clip_index)
     if sample is not None:  # A sample scores only its clips.
       remap = np.searchsorted(seen, clip_index)
-      clip_scores = metrics.clip_level_scores(probs, remap, len(seen))
+      clip_scores = metrics.clip_level_scores(probs, remap, len(seen), weight)
       labels, ids = clip_labels[seen], [clip_ids[i] for i in seen]
     else:
-      clip_scores = metrics.clip_level_scores(probs, clip_index, len(clip_ids))
+      clip_scores = metrics.clip_level_scores(probs, clip_index, len(clip_ids), weight)
       labels, ids = clip_labels, clip_ids
     result = {"loss": float(losses.mean()), "num_clips": int(len(labels)),
               "num_segments": int(len(losses))}

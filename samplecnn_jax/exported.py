@@ -35,14 +35,18 @@ FORMAT = "samplecnn_jax.export/1"  # metadata_props["format"] of the files this 
 INSTALL = 'pip install -e ".[export]"'  # What installs onnx and onnxruntime.
 
 
-def segment_rule(num_segments: int, input_size: int, sample_rate: int) -> str:
+def segment_rule(num_segments: int, input_size: int, sample_rate: int,
+                 pooling: str = "mean") -> str:
   """The rule that turns a clip into the graph's inputs, in words (metadata `segment_rule`)."""
+  combine = ("average their scores" if pooling == "mean" else
+             "average their scores weighted by each window's RMS (floored at "
+             f"{segments.RMS_FLOOR:g}), computed before the graph scales them")
   return (
       f"Decode to mono float32 in [-1, 1] at {sample_rate} Hz. Cut {num_segments} windows of "
       f"{input_size} samples whose starts are round(i * (N - {input_size}) / "
       f"{max(num_segments - 1, 1)}) for i = 0..{num_segments - 1} (N = the clip's length; a clip "
       f"shorter than {input_size} samples is zero-padded at its end and every start is 0). "
-      f"Feed the windows unscaled (the graph scales them) and average their scores."
+      f"Feed the windows unscaled (the graph scales them) and {combine}."
   )
 
 
@@ -59,6 +63,7 @@ class ExportInfo:
   scaling: segments.InputScaling  # Applied inside the graph; recorded for readers.
   source: str = ""  # The workdir and checkpoint exported.
   quantization: str = "float32"  # Or "int8".
+  pooling: str = "mean"  # How a clip's window scores combine (config.segment_pooling).
 
   @property
   def label_type(self) -> str:
@@ -77,7 +82,9 @@ class ExportInfo:
         "threshold": repr(self.threshold),
         "batch_size": str(self.batch_size),
         "input_scaling": json.dumps(scaling),
-        "segment_rule": segment_rule(self.num_segments, self.input_size, self.sample_rate),
+        "segment_pooling": self.pooling,
+        "segment_rule": segment_rule(self.num_segments, self.input_size, self.sample_rate,
+                                     self.pooling),
         "source": self.source,
         "quantization": self.quantization,
     }
@@ -103,6 +110,7 @@ class ExportInfo:
         scaling=segments.InputScaling(**scaling),
         source=props.get("source", ""),
         quantization=props.get("quantization", "float32"),
+        pooling=props.get("segment_pooling", "mean"),
     )
 
 
@@ -158,7 +166,7 @@ class OnnxPredictor(scoring.ClipScorer):
     count = info.num_segments if num_segments is None else num_segments
     # The graph scales its inputs: the segments go in as decoded.
     inputs = scoring.ClipInputs(info.sample_rate, info.input_size, count,
-                                segments.InputScaling(False, 0.0, 1.0))
+                                segments.InputScaling(False, 0.0, 1.0), info.pooling)
     super().__init__(network, inputs, info.labels, batch_size=batch_size or info.batch_size,
                      threshold=info.threshold)
     self.info = info

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from samplecnn_jax.audio import to_float32
-from samplecnn_jax.segments import InputScaling, segment_clip
+from samplecnn_jax.segments import InputScaling, segment_clip, segment_weights
 from samplecnn_jax.store import READ_THREADS, Store
 
 BACKGROUND_NOISE_SPLIT = "background_noise"  # Long noise recordings mixed in by augmentation.
@@ -84,6 +84,24 @@ def _crop(audio: np.ndarray, start: int | None, input_size: int, rng) -> np.ndar
   if start is None:
     start = int(rng.integers(0, len(audio) - input_size + 1))
   return audio[start : start + input_size].copy()
+
+
+def _speed_crop(audio: np.ndarray, start: int | None, input_size: int, speed_range: float,
+                rng) -> np.ndarray:
+  """A random crop played `factor` ~ U(1 - r, 1 + r) times as fast: `factor * input_size`
+  samples resampled to `input_size` by linear interpolation (float32).
+
+  Speed perturbation changes tempo and pitch together, as a different player, speaker or
+  instrument size would; linear interpolation is crude but this is augmentation, not audio
+  output, and it costs well under a millisecond a crop.
+  """
+  factor = float(rng.uniform(1.0 - speed_range, 1.0 + speed_range))
+  length = max(2, int(round(input_size * factor)))
+  if start is not None:  # A fixed segment ('all' mode): read from its start, within the clip.
+    start = min(start, max(len(audio) - length, 0))
+  window = to_float32(_crop(audio, start, length, rng))
+  positions = np.linspace(0.0, length - 1, input_size)
+  return np.interp(positions, np.arange(length), window).astype(np.float32)
 
 
 # --- Training -------------------------------------------------------------------------------
@@ -173,13 +191,17 @@ class _TrainExample:
     self.noise = _BackgroundNoise(store) if self.noise_prob > 0 else None
     self.waveform = WaveformAugment.from_config(config)
     self.mixup = float(config.augment.mixup_alpha) > 0
+    self.speed_range = float(config.augment.speed_range)
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     clip, start = index, None
     if self.clips is not None:
       clip, start = int(self.clips[index]), int(self.starts[index])
     record = self.records[clip]
-    audio = _crop(record["audio"], start, self.input_size, rng)
+    if self.speed_range > 0:
+      audio = _speed_crop(record["audio"], start, self.input_size, self.speed_range, rng)
+    else:
+      audio = _crop(record["audio"], start, self.input_size, rng)
     if self.shift > 0 or self.noise is not None:
       audio = self._augment(to_float32(audio), rng)
     if self.waveform.active:
@@ -398,8 +420,10 @@ class EvalBatches:
   """Re-iterable evaluation batches of one split for one process; `len()` is the batch count.
 
   Each batch is dict(audio=(B, input_size) float32, label=(B, num_classes) float32,
-  clip_index=(B,) int32, mask=(B,) bool) with B = config.eval_batch_size // process_count.
-  Padding rows have mask False, zero audio and labels, and clip_index -1.
+  clip_index=(B,) int32, mask=(B,) bool, weight=(B,) float32) with B =
+  config.eval_batch_size // process_count; `weight` is each segment's weight in its clip's
+  score (`segments.segment_weights` of `config.segment_pooling`, before the input scaling).
+  Padding rows have mask False, zero audio, labels and weight, and clip_index -1.
   """
 
   def __init__(self, config, store: Store, split: str, process: ProcessSlice,
@@ -412,6 +436,7 @@ class EvalBatches:
     self.input_size, self.num_classes = int(config.input_size), int(config.num_classes)
     self.reader = _EvalClip(config, store, split, clips)
     self.scaling = InputScaling.from_config(config)
+    self.pooling = config.get("segment_pooling", "mean")  # Old config.json: the paper's mean.
 
   def __len__(self) -> int:
     return self.num_batches
@@ -429,6 +454,7 @@ class EvalBatches:
         "label": np.zeros((self.batch_size, self.num_classes), np.float32),
         "clip_index": np.full((self.batch_size,), -1, np.int32),
         "mask": np.zeros((self.batch_size,), bool),
+        "weight": np.zeros((self.batch_size,), np.float32),
     }
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -437,7 +463,9 @@ class EvalBatches:
       done = 0
       while done < len(segments):
         take = min(len(segments) - done, self.batch_size - row)
-        to_float32(segments[done : done + take], out=batch["audio"][row : row + take])
+        rows = batch["audio"][row : row + take]
+        to_float32(segments[done : done + take], out=rows)
+        batch["weight"][row : row + take] = segment_weights(rows, self.pooling)
         batch["label"][row : row + take, label_indices] = 1.0
         batch["clip_index"][row : row + take] = clip
         batch["mask"][row : row + take] = True

@@ -88,11 +88,13 @@ def _class_indices(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def clip_level_scores(
-    segment_scores: np.ndarray, clip_index: np.ndarray, num_clips: int
+    segment_scores: np.ndarray, clip_index: np.ndarray, num_clips: int,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
   """Mean of the segment probabilities of each clip: `(segments, C) -> (num_clips, C)`.
 
-  The paper scores a clip by averaging the outputs of its segments. `clip_index[i]` is the
+  The paper scores a clip by averaging the outputs of its segments; `weights` (one > 0 per
+  segment, `segments.segment_weights`) makes it a weighted mean. `clip_index[i]` is the
   clip (0..num_clips-1) segment i belongs to; segments may come in any order. A clip with
   no segment is an error (it would otherwise get a made-up score).
   """
@@ -117,9 +119,12 @@ def clip_level_scores(
         f"{missing.size} of {num_clips} clips have no segment (first: {missing[:5].tolist()}); "
         f"every clip needs at least one scored segment."
     )
+  weights = (np.ones(len(clip_index)) if weights is None
+             else np.asarray(weights, np.float64).reshape(len(clip_index)))
   sums = np.zeros((num_clips, segment_scores.shape[1]), np.float64)
-  np.add.at(sums, clip_index, segment_scores)
-  return sums / counts[:, None]
+  np.add.at(sums, clip_index, segment_scores * weights[:, None])
+  totals = np.bincount(clip_index, weights=weights, minlength=num_clips)
+  return sums / totals[:, None]
 
 
 # --- Tagging (MagnaTagATune): macro ROC-AUC and PR-AUC ------------------------------------

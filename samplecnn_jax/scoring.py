@@ -53,18 +53,21 @@ class ClipInputs:
   input_size: int
   num_segments: int | str  # Per clip: an int >= 1, or segments.COVER (the whole clip).
   scaling: segments.InputScaling
+  pooling: str = "mean"  # How the segment scores combine (segments.POOLINGS).
 
   def __post_init__(self):
     count = self.num_segments
     if count != segments.COVER and not (isinstance(count, int) and count >= 1):
       raise ValueError(f"num_segments must be an int >= 1 or {segments.COVER!r}, got {count!r}.")
+    segments.check_pooling(self.pooling)
 
   @classmethod
   def from_config(cls, config: Any, num_segments: int | str | None = None) -> ClipInputs:
     """As in evaluation; `num_segments` (an int or "cover") overrides config.eval_segments."""
     count = config.eval_segments if num_segments is None else num_segments
     return cls(int(config.sample_rate), int(config.input_size), count,
-               segments.InputScaling.from_config(config))
+               segments.InputScaling.from_config(config),
+               config.get("segment_pooling", "mean"))  # Old config.json: the paper's mean.
 
   def clip_starts(self, num_samples: int) -> np.ndarray:
     """Start samples of the segments that score a clip of `num_samples` samples."""
@@ -75,17 +78,23 @@ class ClipInputs:
 
   def from_mono(self, mono: np.ndarray) -> np.ndarray:
     """The `(k, input_size)` float32 model inputs of a mono clip at `sample_rate`."""
+    return self.weighted_from_mono(mono)[0]
+
+  def weighted_from_mono(self, mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`from_mono`'s inputs and each one's weight in the clip's score (`segment_weights`)."""
     count = self.num_segments
     if count == segments.COVER:
       count = segments.cover_count(len(mono), self.input_size)
-    return self.scaling(segments.segment_clip(mono, self.input_size, count).astype(np.float32))
+    windows = segments.segment_clip(mono, self.input_size, count).astype(np.float32)
+    weights = segments.segment_weights(windows, self.pooling)
+    return self.scaling(windows), weights
 
-  def from_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
-    """The model inputs of a 1-D or 2-D waveform at any `sample_rate` (see `to_mono_float`)."""
+  def from_waveform(self, waveform: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """`weighted_from_mono` of a 1-D or 2-D waveform at any `sample_rate` (`to_mono_float`)."""
     if sample_rate <= 0:
       raise ValueError(f"sample_rate must be > 0, got {sample_rate}.")
     mono = audio.resample(to_mono_float(waveform), int(sample_rate), self.sample_rate)
-    return self.from_mono(mono)
+    return self.weighted_from_mono(mono)
 
 
 def to_mono_float(waveform: np.ndarray) -> np.ndarray:
@@ -188,12 +197,6 @@ def stream_batches(
   yield from finished()
 
 
-def clip_scores(probabilities: np.ndarray) -> np.ndarray:
-  """A clip's scores: the mean of its segments' probabilities, as in evaluation
-  (`metrics.clip_level_scores`)."""
-  return np.mean(probabilities, axis=0, dtype=np.float64).astype(np.float32)
-
-
 # --- Files ----------------------------------------------------------------------------------
 
 
@@ -232,6 +235,7 @@ class _FileJob:
     self.timeline_starts = self.starts = np.zeros((0,), np.int64)
     self.blocks: Iterable[tuple[np.ndarray, np.ndarray]] = ()
     self._outputs: dict[str, np.ndarray] = {}
+    self.weights = np.zeros((0,), np.float32)  # Of the clip segments, filled as they are read.
 
   def open(self) -> _FileJob:
     """Opens the file and plans its windows; reads them all now unless there is a timeline
@@ -246,6 +250,7 @@ class _FileJob:
     self.duration_s = round(file.seconds, 3)
     clip = self.inputs.clip_starts(length)
     self.num_clip = len(clip)
+    self.weights = np.ones((self.num_clip,), np.float32)
     if self.hop:
       self.timeline_starts = segments.hop_starts(length, self.inputs.input_size, self.hop)
     self.starts = np.concatenate([clip, self.timeline_starts])
@@ -262,6 +267,8 @@ class _FileJob:
       with file:
         for indices, windows in segments.read_windows(
             file, self.starts, inputs.input_size, inputs.sample_rate, self.max_windows):
+          clip = indices < self.num_clip
+          self.weights[indices[clip]] = segments.segment_weights(windows[clip], inputs.pooling)
           yield indices, inputs.scaling(windows)
     except Exception as e:  # Recorded; the windows read so far are then ignored.
       self.error = e
@@ -285,7 +292,8 @@ class _FileJob:
       return FileResult(self.path, _error_text(self.error), self.error)
     probabilities = self._outputs[PROBABILITIES]
     result = FileResult(self.path, duration_s=self.duration_s, num_segments=self.num_clip,
-                        scores=clip_scores(probabilities[: self.num_clip]))
+                        scores=segments.pool_segments(probabilities[: self.num_clip],
+                                                      self.weights))
     if self.embedding:
       embedding = self._outputs[EMBEDDING].mean(axis=0).astype(np.float32)
       result = dataclasses.replace(result, embedding=embedding)
@@ -391,8 +399,15 @@ class ClipScorer:
     if len(rates) != len(waveforms):
       raise ValueError(f"{len(rates)} sample rates for {len(waveforms)} waveforms.")
     pairs = enumerate(zip(waveforms, rates, strict=True))
-    requests = ((i, self.inputs.from_waveform(w, r)) for i, (w, r) in pairs)
-    scores = [clip_scores(out[PROBABILITIES]) for _, out in self._stream(requests)]
+    weights = {}
+
+    def requests():
+      for i, (waveform, rate) in pairs:
+        inputs, weights[i] = self.inputs.from_waveform(waveform, rate)
+        yield i, inputs
+
+    scores = [segments.pool_segments(out[PROBABILITIES], weights.pop(i))
+              for i, out in self._stream(requests())]
     return np.stack(scores) if scores else np.zeros((0, self.num_classes), np.float32)
 
   def predict_waveform(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -28,6 +28,7 @@ from samplecnn_jax import audio
 COVER = "cover"  # Segment mode: enough segments to cover the whole clip (`cover_count`).
 RMS_FLOOR = 1e-4  # Segments quieter than this (about -80 dBFS) are scaled as if this loud.
 WINDOWS_PER_READ = 256  # Most windows decoded by one read of a file (bounds the memory).
+POOLINGS = ("mean", "rms")  # How a clip's segment scores combine (`config.segment_pooling`).
 
 
 # --- Where the segments of a clip start -----------------------------------------------------
@@ -64,6 +65,41 @@ def segment_clip(clip: np.ndarray, input_size: int, num_segments: int) -> np.nda
     clip = np.pad(clip, (0, input_size - len(clip)))
   starts = segment_starts(len(clip), input_size, num_segments)
   return np.stack([clip[start : start + input_size] for start in starts])
+
+
+# --- How a clip's segment scores combine ---------------------------------------------------
+
+
+def check_pooling(pooling: str) -> None:
+  """Raises one line naming the valid values when `pooling` is not one of `POOLINGS`."""
+  if pooling not in POOLINGS:
+    raise ValueError(f"config.segment_pooling={pooling!r} is not valid; choose one of: "
+                     f"{', '.join(POOLINGS)} (--config.segment_pooling=...).")
+
+
+def segment_weights(windows: np.ndarray, pooling: str) -> np.ndarray:
+  """The weight of each of a clip's `(k, input_size)` unscaled float segments in its score.
+
+  "mean" (the paper) weighs them equally. "rms" weighs each by its RMS level (floored at
+  `RMS_FLOOR`): segments cut from a short clip's zero padding, a drum hit's silent tail or
+  the pause before a word then count for little, where an equal mean lets them outvote the
+  sound itself. Computed before the input scaling (which may normalise the level away).
+  """
+  check_pooling(pooling)
+  windows = np.asarray(windows, np.float32)
+  if pooling == "mean":
+    return np.ones(windows.shape[:1], np.float32)
+  return np.maximum(np.sqrt(np.mean(np.square(windows), axis=-1)), RMS_FLOOR).astype(np.float32)
+
+
+def pool_segments(probabilities: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+  """A clip's scores: the `weights`-weighted mean of its segments' probabilities (equal weights
+  when None), as evaluation computes them (`metrics.clip_level_scores`)."""
+  probabilities = np.asarray(probabilities, np.float64)
+  if weights is None:
+    return probabilities.mean(axis=0).astype(np.float32)
+  weights = np.asarray(weights, np.float64)
+  return (weights @ probabilities / weights.sum()).astype(np.float32)
 
 
 # --- Input scaling --------------------------------------------------------------------------

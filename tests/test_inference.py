@@ -119,6 +119,30 @@ def test_scores_match_evaluation_of_the_prepared_store(run, predictor, tmp_path)
   np.testing.assert_allclose(got, arrays["scores"], atol=1e-6)
 
 
+def test_rms_pooling_matches_evaluation_and_differs_from_the_mean(run, predictor, tmp_path):
+  """config.segment_pooling=rms: predict weighs a clip's segments as evaluation does."""
+  config = run["config"].copy_and_resolve_references()
+  config.segment_pooling, config.eval_segments = "rms", 3
+  setup = train.setup(run["config"], str(run["workdir"]))
+  variables = sharding.replicate(train.model_variables(run["state"]), setup.mesh)
+  evaluator = evaluate.Evaluator(config, setup.store, setup.mesh, setup.steps.eval_step)
+  _, arrays = evaluator.evaluate(variables, "test")
+  clips = store.ClipSource(run["data_dir"], "test")
+  paths, waves = [], []
+  for i in range(len(clips)):
+    paths.append(tmp_path / f"{clips[i]['clip_id']}.wav")
+    sf.write(paths[-1], clips[i]["audio"], RATE, subtype="PCM_16")
+    waves.append(clips[i]["audio"])
+  rms = inference.Predictor(config, checkpointing.load_variables(run["workdir"], run["config"]),
+                            predictor.labels)
+  got = np.array([list(r["scores"].values()) for r in rms.predict_files(paths)])
+  np.testing.assert_allclose(got, arrays["scores"], atol=1e-6)
+  np.testing.assert_allclose(rms.predict_batch(waves, RATE), arrays["scores"], atol=1e-6)
+  config.segment_pooling = "mean"
+  mean = evaluate.Evaluator(config, setup.store, setup.mesh, setup.steps.eval_step)
+  assert np.abs(mean.evaluate(variables, "test")[1]["scores"] - got).max() > 1e-4
+
+
 def test_labels_come_from_labels_json_then_the_store_manifest_then_numbers(run, tmp_path):
   config = run["config"]
   labels = inference.load_labels(run["workdir"], config)

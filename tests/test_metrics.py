@@ -28,6 +28,13 @@ def test_clip_level_scores_averages_segments_in_any_order():
   np.testing.assert_allclose(metrics.clip_level_scores(segment_scores, clip_index, 3), expected)
 
 
+def test_clip_level_scores_weighted_mean():
+  segment_scores = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+  # Clip 0: rows 0 (weight 3) and 1 (weight 1) -> (3, 1) / 4. Clip 1: row 2 alone.
+  got = metrics.clip_level_scores(segment_scores, np.array([0, 0, 1]), 2, np.array([3, 1, 7.0]))
+  np.testing.assert_allclose(got, [[0.75, 0.25], [0.5, 0.5]])
+
+
 def test_clip_without_segments_and_bad_indices_are_errors():
   scores = np.zeros((2, 3))
   with pytest.raises(ValueError, match="1 of 3 clips have no segment"):

@@ -27,7 +27,7 @@ def test_a_stream_that_fits_one_batch_runs_a_small_forward_pass():
   items = [(i, np.full((1, 5), i, np.float32)) for i in range(3)]
   out = list(scoring.stream_batches(items, score, batch_size=64, input_size=5))
   assert shapes == [(4, 5)]
-  assert [k for k, _ in out] == [0, 1, 2] and scoring.clip_scores(out[2][1])[0] == (
+  assert [k for k, _ in out] == [0, 1, 2] and segments.pool_segments(out[2][1])[0] == (
       pytest.approx(2.5))
   shapes.clear()
   items = [(i, np.zeros((10, 5), np.float32)) for i in range(7)]  # 70 segments.

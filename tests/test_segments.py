@@ -99,3 +99,19 @@ def test_overlapping_windows_are_decoded_together_in_bounded_reads(tmp_path, mon
   assert len(reads) == -(-len(starts) // 8) and max(reads) <= INPUT_SIZE + 7 * (INPUT_SIZE // 3)
   for start, window in zip(starts, found.values(), strict=True):
     np.testing.assert_allclose(window, whole[start : start + INPUT_SIZE], atol=1e-5)
+
+
+def test_segment_weights_and_pooling():
+  loud, quiet, silent = (np.full(8, v, np.float32) for v in (0.5, 0.1, 0.0))
+  windows = np.stack([loud, quiet, silent])
+  np.testing.assert_array_equal(segments.segment_weights(windows, "mean"), [1, 1, 1])
+  np.testing.assert_allclose(segments.segment_weights(windows, "rms"),
+                             [0.5, 0.1, segments.RMS_FLOOR], rtol=1e-6)
+  probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.0, 1.0]])
+  np.testing.assert_allclose(segments.pool_segments(probabilities), [1.1 / 3, 1.9 / 3])
+  # The silent segment (padding) barely counts; the loud one outweighs the quiet one 5:1.
+  rms = segments.pool_segments(probabilities, segments.segment_weights(windows, "rms"))
+  np.testing.assert_allclose(rms, [(0.45 + 0.02) / 0.6001, (0.05 + 0.08 + 1e-4) / 0.6001],
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="segment_pooling='max'.*mean, rms"):
+    segments.segment_weights(windows, "max")
