@@ -95,7 +95,7 @@ def blocks_for(input_size: int, front_padding: str = "valid") -> Derived:
 
 def eval_segments_for(longest: int, input_size: int, sample_rate: int) -> Derived:
   """Segments that cover the longest clip whole (`segments.cover_count`), at most
-  MAX_EVAL_SEGMENTS; `reason` starts with "capped" when the cap bites."""
+  MAX_EVAL_SEGMENTS (then the longest clips are sampled, not covered)."""
   needed = segments.cover_count(longest, input_size)
   seconds = f"{longest / sample_rate:.1f} s"
   if needed > MAX_EVAL_SEGMENTS:
@@ -209,7 +209,7 @@ def resolve(config: ml_collections.ConfigDict,
                if store.manifest.splits.get(split) and store.num_clips(split)]
     longest = max((int(part.max()) for part in lengths), default=resolved.input_size)
     derived = eval_segments_for(longest, resolved.input_size, rate)
-    if derived.reason.startswith("capped"):
+    if derived.value < segments.cover_count(longest, resolved.input_size):
       logging.warning("eval_segments=%s (%s)", derived.value, derived.reason)
       _set(resolved, "eval_segments", derived.value)
     else:

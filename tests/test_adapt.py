@@ -64,7 +64,7 @@ def test_blocks_for_is_the_deepest_trunk_that_fits(input_size, blocks):
 ])
 def test_eval_segments_cover_the_longest_clip(longest, input_size, expected):
   derived = adapt.eval_segments_for(longest, input_size, RATE)
-  assert derived.value == expected and not derived.reason.startswith("capped")
+  assert derived.value == expected and "capped" not in derived.reason
 
 
 def test_eval_segments_are_capped_and_say_so():
@@ -299,12 +299,11 @@ def write_csv_store(root, rate: int = 8000) -> str:
 def test_small_data_config_trains_records_concrete_values_and_evaluates(tmp_path):
   data_dir = write_csv_store(tmp_path)
   workdir = tmp_path / "work"
-  code = main.main(["main", f"--config={REPO / 'configs' / 'small_data.py'}",
-                    f"--workdir={workdir}", f"--config.data_dir={data_dir}",
-                    "--config.budget_minutes=0.0001", "--config.num_train_steps=4",
-                    "--config.batch_size=4", "--config.eval_batch_size=4",
-                    "--config.bn_recalibration_batches=1", "--config.warmup_steps=1"])
-  assert code == 0
+  args = [f"--config={REPO / 'configs' / 'small_data.py'}", f"--workdir={workdir}",
+          f"--config.data_dir={data_dir}", "--config.budget_minutes=0.0001",
+          "--config.num_train_steps=4", "--config.batch_size=4", "--config.eval_batch_size=4",
+          "--config.bn_recalibration_batches=1", "--config.warmup_steps=1"]
+  assert main.main(["main", *args]) == 0
   recorded = json.loads((workdir / workdir_files.CONFIG_FILE).read_text())
   assert (recorded["num_classes"], recorded["label_type"], recorded["metric"]) == (
       2, "multi_class", "accuracy")
@@ -317,3 +316,6 @@ def test_small_data_config_trains_records_concrete_values_and_evaluates(tmp_path
   (workdir / "metrics_test.json").unlink()
   assert main.main(["main", f"--workdir={workdir}", "--mode=eval", "--split=test"]) == 0
   assert workdir_files.read_metrics(workdir, "test")["num_clips"] == 4
+  # The config file again: it resolves to the recorded values, so the checkpoints load.
+  assert main.main(["main", *args, "--mode=eval", "--split=valid"]) == 0
+  assert workdir_files.read_metrics(workdir, "valid")["checkpoint"] == "best"
