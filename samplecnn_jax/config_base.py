@@ -3,7 +3,8 @@
 The files in `configs/` start from `base_config()`, set their dataset's values, and pick a
 model variant with `apply_variant`; `load_config` loads such a file the way
 `--config=FILE.py[:ARG]` does, and `validate_config` answers a value the run cannot use
-with one line naming the field and its valid values. This module does not read stores,
+with one line naming the field and its valid values. A field at its `AUTO` value is derived
+from the store by `adapt.resolve` before it is checked. This module does not read stores,
 workdirs or devices: the checks that need them live where those are opened (`train.setup`,
 `evaluate.open_store`).
 """
