@@ -3,7 +3,8 @@
 The files in `configs/` start from `base_config()`, set their dataset's values, and pick a
 model variant with `apply_variant`; `load_config` loads such a file the way
 `--config=FILE.py[:ARG]` does, and `validate_config` answers a value the run cannot use
-with one line naming the field and its valid values. This module does not read stores,
+with one line naming the field and its valid values. A field at its `AUTO` value is derived
+from the store by `adapt.resolve` before it is checked. This module does not read stores,
 workdirs or devices: the checks that need them live where those are opened (`train.setup`,
 `evaluate.open_store`).
 """
@@ -38,6 +39,11 @@ AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_e
 # Number fields where 0 means "off" or "none" and a negative value means nothing.
 AT_LEAST_ZERO = ("max_eval_batches", "bn_recalibration_batches", "warmup_steps", "lr_decay",
                  "weight_decay", "grad_clip_norm", "label_smoothing", "momentum")
+# Fields whose value here means "derive it from the store" (configs/small_data.py);
+# `samplecnn_jax.adapt.resolve` fills them before a run checks or uses its config.
+AUTO = {"num_classes": 0, "label_type": "auto", "metric": "auto", "sample_rate": 0,
+        "input_size": 0, "eval_segments": 0, "model.num_blocks": 0, "model.base_width": 0,
+        "num_train_steps": 0, "steps_per_eval": 0, "checkpoint_every_steps": 0}
 # Probabilities and thresholds: in [0, 1].
 UNIT_INTERVAL = ("f_score_threshold", "augment.noise_prob", "augment.speed_range", "augment.polarity_prob",
                  "augment.time_mask_prob", "augment.time_mask_fraction")
@@ -126,6 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0  # Weight decay (adamw) / L2 (sgd); the paper uses none.
   c.grad_clip_norm = 0.0  # Clip gradients to this global norm; 0 = off.
   c.num_train_steps = 100_000  # Upper bound on training steps over all stages.
+  c.budget_minutes = 15.0  # Training budget, minutes on a 2-core CPU; used where base_width or num_train_steps is 0 (adapt).
   c.steps_per_eval = 2000  # Training steps between validation passes.
   c.max_eval_batches = 0  # Validate on a seeded, even sample of clips filling this many batches; 0 = all.
   c.log_every_steps = 100  # Training steps between log lines / TensorBoard scalars.
@@ -257,7 +264,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   Only the values themselves are checked here (no store, workdir or device is looked at),
   before anything runs or is written, so that `--config.learning_rate=-1` fails at once.
+  Runs check the config after `adapt.resolve` filled its `AUTO` fields from the store.
   """
+  for field, auto in AUTO.items():
+    if _field(config, field) == auto:
+      raise ValueError(
+          f"config.{field}={auto!r} means 'derive it from the store' (samplecnn_jax.adapt."
+          f"resolve), which was not done here: set --config.{field} to a concrete value.")
   for field, valid in CHOICES.items():
     if config[field] not in valid:
       raise ValueError(

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from samplecnn_jax import (
+  adapt,
   checkpointing,
   config_base,
   input_pipeline,
@@ -244,7 +245,8 @@ def write_metrics(workdir: str, split: str, step: int, values: dict[str, Any],
 
 
 def open_store(config: ml_collections.ConfigDict) -> store_lib.Store:
-  """The run's store (`config.data_dir`), opened once and checked against the config.
+  """The run's store (`config.data_dir`), opened once. The caller derives the config's auto
+  fields from it (`adapt.resolve`), then checks the config against it (`check_matches`).
 
   A data_dir that holds no prepared store raises one line naming the field and the command
   that prepares one.
@@ -258,9 +260,7 @@ def open_store(config: ml_collections.ConfigDict) -> store_lib.Store:
         f"samplecnn_jax.prepare DATASET --src RAW_DIR --out STORE` (the demo: `python -m "
         f"samplecnn_jax.prepare demo --out STORE`) and pass --config.data_dir=STORE."
     )
-  data = store_lib.Store.open(path)
-  data.check_matches(config)
-  return data
+  return store_lib.Store.open(path)
 
 
 def evaluate_checkpoint(
@@ -284,8 +284,10 @@ def evaluate_checkpoint(
   checkpointing.check_which(checkpoint)
   if config is None:
     config = workdir_files.read_config(workdir)
-  config_base.validate_config(config)
   data = open_store(config)
+  config = adapt.resolve(config, data)  # A config file's auto fields (config.json has none).
+  config_base.validate_config(config)
+  data.check_matches(config)
   data.split_info(split)  # Raises, naming the splits the store has.
   mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")

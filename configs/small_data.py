@@ -1,0 +1,36 @@
+"""Any small prepared store: the small-data recipe, with what depends on the data derived from it.
+
+The fields set to 0 / "auto" below are filled from the store when the run starts
+(`samplecnn_jax.adapt.resolve`, docs/small_data.md "Adaptive defaults"): classes, label type,
+metric and rate from its manifest; segment length, depth and evaluation segments from its
+clip durations; width and steps from its number of train clips and `budget_minutes`. Any
+`--config.FIELD=VALUE` wins over the derived value. WORKDIR/config.json records the values used.
+
+  python -m samplecnn_jax.prepare csv --src labels.csv --out prepared/mine
+  python -m samplecnn_jax.main --config=configs/small_data.py --workdir=workdirs/mine \
+      --config.data_dir=prepared/mine --config.budget_minutes=15
+"""
+
+from samplecnn_jax import config_base
+
+
+def get_config(arg: str | None = None):
+  config = config_base.base_config()
+  config.dataset = "csv"  # Any prepared store; the name only sets the default data_dir.
+  config.data_dir = ""  # The prepared store: pass --config.data_dir=STORE.
+  config.num_classes = 0  # 0 = the store's vocabulary size.
+  config.label_type = "auto"  # auto = the store's label type.
+  config.metric = "auto"  # auto = accuracy (multi_class) | f_score (multi_label).
+  config.sample_rate = 0  # 0 = the store's sample rate.
+  config.input_size = 0  # 0 = median train clip, clamped to 1-2 s, in samples.
+  config.eval_segments = 0  # 0 = enough segments to cover the longest valid/test clip (<= 16).
+  config.model.num_blocks = 0  # 0 = the largest n with 3**(n+1) <= input_size.
+  config.budget_minutes = 15.0  # Training budget on a 2-core CPU: decides width and steps.
+  config = config_base.finish(config, arg, default_variant="rese2_multi")  # :samplecnn, :bf16.
+  config_base.apply_small_data(config)  # Augmentation, AdamW + cosine, BN recalibration, crops.
+  config.model.base_width = 0  # 0 = the widest of 16/32/64 that fits the budget.
+  config.num_train_steps = 0  # 0 = 300 epochs of the train clips, or what the budget allows.
+  config.steps_per_eval = 0  # 0 = num_train_steps // 10.
+  config.checkpoint_every_steps = 0  # 0 = num_train_steps // 10.
+  config.augment.noise_prob = 0.0  # No background-noise mixing (only Speech Commands has any).
+  return config
