@@ -37,7 +37,7 @@ AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_e
                 "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                 "eval_segments", "num_stages", "patience", "input_size", "num_classes")
 # Number fields where 0 means "off" or "none" and a negative value means nothing.
-AT_LEAST_ZERO = ("max_eval_batches", "bn_recalibration_batches", "warmup_steps", "lr_decay",
+AT_LEAST_ZERO = ("augment.eq_db", "max_eval_batches", "bn_recalibration_batches", "warmup_steps", "lr_decay",
                  "weight_decay", "grad_clip_norm", "label_smoothing", "momentum")
 # Fields whose value here means "derive it from the store" (configs/small_data.py);
 # `samplecnn_jax.adapt.resolve` fills them before a run checks or uses its config.
@@ -56,6 +56,7 @@ def model_config(input_size: ml_collections.FieldReference | int) -> ml_collecti
   m.block = "rese2"  # Block type: basic | se | res1 | res2 | rese1 | rese2.
   m.head = "gmp"  # Head: samplecnn (SMC 2017 1x1-conv head) | gmp (global max pool + 2 FC).
   m.multi = True  # Concatenate global max pools of the last 3 blocks (the "Multi" in ReSE-2-Multi).
+  m.global_pool = "max"  # gmp head pooling over time: max (paper) | mean_max (also each level's mean).
   m.input_size = input_size  # Samples per input segment (linked to config.input_size).
   m.num_blocks = 8  # Pooled blocks after the strided front conv (the paper counts one more).
   m.base_width = 128  # Channels of the front conv and first blocks (x2 from block 3, x4 last).
@@ -108,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.polarity_prob = 0.0  # Probability of inverting a clip's polarity (x -> -x).
   c.augment.time_mask_prob = 0.0  # Probability of zeroing one random span of a clip.
   c.augment.time_mask_fraction = 0.1  # Max length of that span, as a fraction of the input.
+  c.augment.eq_db = 0.0  # Random equaliser: smooth gain curve within +-eq_db dB over 8 log-spaced bands; 0 = off.
   c.augment.speed_range = 0.0  # Speed (and pitch) change by a factor from U(1-r, 1+r) per crop; 0 = off.
   c.augment.mixup_alpha = 0.0  # Mixup within each batch, lambda ~ Beta(alpha, alpha); 0 = off.
   c.label_smoothing = 0.0  # Training-loss label smoothing (multi_class: eps/K; multi_label: toward 0.5).

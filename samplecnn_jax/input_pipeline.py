@@ -240,18 +240,22 @@ class WaveformAugment:
   polarity_prob: float = 0.0
   time_mask_prob: float = 0.0
   time_mask_fraction: float = 0.1
+  eq_db: float = 0.0
 
   @classmethod
   def from_config(cls, config) -> WaveformAugment:
     a = config.augment
     return cls(float(a.gain_db), float(a.polarity_prob), float(a.time_mask_prob),
-               float(a.time_mask_fraction))
+               float(a.time_mask_fraction), float(a.get("eq_db", 0.0)))
 
   @property
   def active(self) -> bool:
-    return self.gain_db > 0 or self.polarity_prob > 0 or self.time_mask_prob > 0
+    return (self.gain_db > 0 or self.polarity_prob > 0 or self.time_mask_prob > 0
+            or self.eq_db > 0)
 
   def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if self.eq_db > 0:
+      audio = random_equalizer(audio, self.eq_db, rng)
     if self.gain_db > 0:
       audio = audio * np.float32(10.0 ** (rng.uniform(-self.gain_db, self.gain_db) / 20.0))
     if self.polarity_prob > 0 and rng.random() < self.polarity_prob:
@@ -262,6 +266,26 @@ class WaveformAugment:
       audio = audio.copy()
       audio[start:start + width] = 0.0
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+EQ_BANDS = 8  # Log-spaced bands of `random_equalizer`, from 50 Hz-equivalent bins to Nyquist.
+
+
+def random_equalizer(audio: np.ndarray, max_db: float, rng: np.random.Generator) -> np.ndarray:
+  """`audio` through a random smooth equaliser: gains drawn from U(-max_db, +max_db) dB at
+  EQ_BANDS log-spaced frequencies, interpolated (in log frequency) over the whole spectrum.
+
+  Another microphone, room or instrument body colours a sound this way; a few hundred clips
+  show only a few such colourings, which a raw-waveform model otherwise learns as the class.
+  Applied to the spectrum of the crop (one FFT each way; the DC gain is the lowest band's).
+  """
+  spectrum = np.fft.rfft(audio.astype(np.float32))
+  bins = np.arange(len(spectrum), dtype=np.float64)
+  centres = np.geomspace(max(1.0, len(spectrum) / 160), len(spectrum) - 1, EQ_BANDS)
+  gains_db = rng.uniform(-max_db, max_db, EQ_BANDS)
+  curve = np.interp(np.log(np.maximum(bins, 1.0)), np.log(centres), gains_db)
+  filtered = np.fft.irfft(spectrum * (10.0 ** (curve / 20.0)), n=len(audio))
+  return filtered.astype(np.float32)
 
 
 def mixup(audio: np.ndarray, label: np.ndarray, alpha: float,

@@ -31,6 +31,7 @@ from samplecnn_jax import layers
 
 BLOCK_TYPES = ("basic", "se", "res1", "res2", "rese1", "rese2")
 HEAD_TYPES = ("samplecnn", "gmp")
+GLOBAL_POOLS = ("max", "mean_max")  # The gmp head's pooling over time (model.global_pool).
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INITIALIZERS = {
     "he_uniform": nn.initializers.he_uniform,
@@ -199,6 +200,7 @@ class SampleLevelCNN(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   conv_impl: str = "xla"
+  global_pool: str = "max"
 
   def layer_factories(self, train: bool) -> tuple[ModuleDef, ModuleDef]:
     """The network's conv and BatchNorm with every setting but the per-layer ones bound.
@@ -274,7 +276,13 @@ class SampleLevelCNN(nn.Module):
     # `predict --embeddings` averages over a file's segments (the concatenated global max
     # pools for the gmp head; the last block's global max pool for the SampleCNN head).
     levels = outputs[-NUM_MULTI_LEVELS:] if self.multi else outputs[-1:]
-    pooled = jnp.concatenate([jnp.max(level, axis=1) for level in levels], axis=-1)
+    # "mean_max" adds each level's mean over time to its max: the max finds the strongest
+    # moment, the mean summarises the whole segment (as MFCC means do for timbre).
+    pools = [jnp.max(level, axis=1) for level in levels]
+    if self.global_pool == "mean_max":
+      pools += [jnp.mean(level.astype(jnp.float32), axis=1).astype(level.dtype)
+                for level in levels]
+    pooled = jnp.concatenate(pools, axis=-1)
     self.sow("intermediates", EMBEDDING, pooled.astype(jnp.float32))
     if self.head == "samplecnn":
       # SMC 2017 head: 1x1 conv on the last block, then a global max over what length remains
@@ -294,9 +302,10 @@ CHOICES: dict[str, tuple[str, Collection[str]]] = {
     "conv_init": ("Valid", INITIALIZERS),
     "conv_impl": ("Valid", layers.CONV_IMPLS),
     "front_padding": ("Valid", ("valid", "same")),
+    "global_pool": ("Valid global pools", GLOBAL_POOLS),
 }
 # Fields a config saved before they existed may lack, with the behaviour it was trained with.
-OPTIONAL_FIELDS = {"conv_impl": "xla"}
+OPTIONAL_FIELDS = {"conv_impl": "xla", "global_pool": "max"}
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> SampleLevelCNN:
@@ -314,6 +323,9 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> S
         f"multi=True needs head='gmp' and num_blocks >= {NUM_MULTI_LEVELS} "
         f"(got head={cfg['head']!r}, num_blocks={cfg['num_blocks']})."
     )
+  if cfg["global_pool"] != "max" and cfg["head"] != "gmp":
+    raise ValueError(f"global_pool={cfg['global_pool']!r} needs head='gmp' (the SampleCNN head "
+                     f"pools its own 1x1 conv), got head={cfg['head']!r}.")
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
   check_input_size(model_config.input_size, cfg["num_blocks"], cfg["front_padding"])

@@ -186,6 +186,8 @@ def build_model(
     width = features
   levels = outputs[-models.NUM_MULTI_LEVELS:] if multi else outputs[-1:]
   pools = [g.op("ReduceMax", [level], "global_max", axes=[2], keepdims=0) for level in levels]
+  if m.get("global_pool", "max") == "mean_max":
+    pools += [g.op("ReduceMean", [level], "global_mean", axes=[2], keepdims=0) for level in levels]
   embedding = g.op("Concat", pools, axis=1, output=EMBEDDING) if len(pools) > 1 else g.op(
       "Identity", pools, output=EMBEDDING)
   if head == "samplecnn":

@@ -124,6 +124,8 @@ class SampleLevelCNN(nn.Module):
   def __init__(self, cfg: ml_collections.ConfigDict, num_classes: int):
     super().__init__()
     models.create_model(cfg, num_classes)  # Same validation (and errors) as the JAX model.
+    if cfg.get("global_pool", "max") != "max":
+      raise NotImplementedError("The PyTorch twin has the paper's global max pool only.")
     self.cfg = cfg
     base = cfg.base_width
     bn = lambda c: nn.BatchNorm1d(c, eps=cfg.bn_epsilon, momentum=1.0 - cfg.bn_momentum)

@@ -239,6 +239,16 @@ def test_small_data_config_keeps_the_recipe_and_the_variant_argument():
   assert load_config("small_data", "samplecnn").model.block == "basic"
 
 
+def test_the_paper_argument_keeps_the_derived_fields_and_the_papers_recipe():
+  paper, base = load_config("small_data", "paper"), config_base.base_config()
+  assert adapt.auto_fields(paper) == list(config_base.AUTO)
+  for field in ("optimizer", "schedule", "learning_rate", "batch_size", "train_segments",
+                "segment_pooling", "label_smoothing", "bn_recalibration_batches"):
+    assert paper[field] == base[field], field
+  assert paper.augment.to_dict() == {**base.augment.to_dict(), "noise_prob": 0.0}
+  assert load_config("small_data", "samplecnn,paper").model.block == "basic"
+
+
 def test_a_missing_data_dir_is_one_line_naming_the_flag(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)  # No prepared/csv here.
   code = main.main(["main", f"--config={REPO / 'configs' / 'small_data.py'}",

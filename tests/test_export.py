@@ -49,11 +49,13 @@ def _embedding(config, variables, waveforms):
   return np.asarray(state["intermediates"][models.EMBEDDING][0])
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [*VARIANTS, "rese2_multi+mean_max", "se+mean_max"])
 def test_every_variant_exports_and_equals_jax(variant):
   """Scores and embeddings of the graph equal the JAX model's, with RMS normalisation and
-  standardisation inside the graph, for a dynamic batch."""
+  standardisation inside the graph, for a dynamic batch (and the mean_max global pool)."""
+  variant, _, pool = variant.partition("+")
   config = load_config("test", variant)
+  config.model.global_pool = pool or "max"
   config.normalize_rms, config.standardize = 0.1, True
   config.audio_mean, config.audio_std = 0.01, 0.3
   if variant == "se":  # Softmax, and the front conv's "same" padding on a length not 3^k.

@@ -599,3 +599,32 @@ def test_eval_iterator_over_a_clip_sample_yields_only_those_clips(tiny_store):
   seen = np.concatenate([b["clip_index"][b["mask"]] for b in batches])
   assert sorted(set(seen.tolist())) == [0, 2]
   assert len(seen) == 2 * config.eval_segments
+
+
+def test_random_equalizer_keeps_length_and_stays_within_its_gain_range():
+  rng = np.random.default_rng(0)
+  noise = rng.normal(0, 0.1, 16000).astype(np.float32)
+  out = ip.random_equalizer(noise, 6.0, np.random.default_rng(1))
+  assert out.shape == noise.shape and out.dtype == np.float32
+  ratio = np.abs(np.fft.rfft(out)) / np.maximum(np.abs(np.fft.rfft(noise)), 1e-9)
+  db = 20 * np.log10(ratio[1:])
+  assert db.min() >= -6.0 - 1e-3 and db.max() <= 6.0 + 1e-3
+  assert db.max() - db.min() > 2.0  # A real colouring, not a constant gain.
+  np.testing.assert_array_equal(out, ip.random_equalizer(noise, 6.0, np.random.default_rng(1)))
+
+
+def test_speed_perturbation_resamples_a_tone_within_its_range(tiny_store):
+  rng = np.random.default_rng(0)
+  t = np.arange(48000) / 16000
+  tone = (0.5 * np.sin(2 * np.pi * 500 * t) * 32767).astype(np.int16)
+  peaks = []
+  for _ in range(30):
+    crop = ip._speed_crop(tone, None, 8000, 0.2, rng)
+    assert crop.shape == (8000,) and crop.dtype == np.float32
+    peaks.append(np.argmax(np.abs(np.fft.rfft(crop))) * 16000 / 8000)  # Hz, 2-Hz bins.
+  assert 0.8 * 500 - 4 <= min(peaks) and max(peaks) <= 1.2 * 500 + 4
+  assert max(peaks) - min(peaks) > 60  # The speed really varies.
+  config = tiny_config(**{"augment.speed_range": 0.1})
+  rows = _rows(config, tiny_store, 8)
+  np.testing.assert_array_equal(rows, _rows(config, tiny_store, 8))  # Seeded.
+  assert not np.array_equal(rows, _rows(tiny_config(), tiny_store, 8))

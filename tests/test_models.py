@@ -160,6 +160,32 @@ def test_unknown_names_list_valid_choices():
   config.model.multi = True
   with pytest.raises(ValueError, match="multi=True needs head='gmp'"):
     models.create_model(config.model, 50)
+  config = load_config("mtat", "samplecnn")
+  config.model.global_pool = "mean_max"
+  with pytest.raises(ValueError, match="global_pool='mean_max' needs head='gmp'"):
+    models.create_model(config.model, 50)
+  config.model.head, config.model.global_pool = "gmp", "avg"
+  with pytest.raises(ValueError, match="Valid global pools: max, mean_max"):
+    models.create_model(config.model, 50)
+
+
+def test_mean_max_pool_doubles_the_embedding_and_adds_the_means():
+  config = load_config("test", "rese2_multi")
+  model = models.create_model(config.model, config.num_classes)
+  config.model.global_pool = "mean_max"
+  both = models.create_model(config.model, config.num_classes)
+  x = jax.random.normal(jax.random.key(0), (2, config.input_size)) * 0.1
+  variables = model.init(jax.random.key(1), x)
+  assert both.init(jax.random.key(1), x)["params"]["head_dense"]["kernel"].shape[0] == (
+      2 * variables["params"]["head_dense"]["kernel"].shape[0])
+  levels = model.apply(variables, x, num_layers=config.model.num_blocks + 1)[-3:]
+  variables = both.init(jax.random.key(1), x)
+  _, state = both.apply(variables, x, mutable=["intermediates"])
+  embedding = state["intermediates"][models.EMBEDDING][0]
+  widths = sum(level.shape[-1] for level in levels)
+  np.testing.assert_allclose(embedding[:, widths:],
+                             np.concatenate([np.mean(level, axis=1) for level in levels], axis=-1),
+                             rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", ["samplecnn", "se", "res1", "rese2_multi"])
