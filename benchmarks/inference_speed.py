@@ -13,6 +13,12 @@ For each dataset config and model variant, in one process and alternating round 
     `--torch-compile` is on).
 Both pipelines get the same weights, and their clip scores are checked to agree.
 
+With `--onnx` (needs the `export` extra), a second table adds onnxruntime beside JAX for each
+config and variant, timed alternating round by round in this process: windows per second at
+batch 64 and milliseconds at batch 1 for the jitted JAX forward pass and the float32 and int8
+ONNX exports (`--ort-threads`, default 1), and the stream real-time factor
+(`benchmarks/deploy_speed.py`'s `speed`, which also prints them as JSON).
+
 Folder size: `Predictor` runs fixed-shape batches of `config.eval_batch_size` segments and
 zero-pads the last one, so a folder of a few files costs a whole batch. By default each folder
 holds the fewest files whose segments fill whole batches (`--batches` of them: 16 files for
@@ -260,6 +266,12 @@ def parse_args(argv=None):
                       help="speech_commands samplecnn, 4 files per folder, 1 round: a check that "
                       "it runs.")
   parser.add_argument("--json", default="", help="Also write the rows to this JSON file.")
+  parser.add_argument("--onnx", action="store_true",
+                      help="Also time onnxruntime float32 and int8 exports beside JAX.")
+  parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads.")
+  parser.add_argument("--latency-calls", type=int, default=5, help="Batch-1 calls per round.")
+  parser.add_argument("--stream-seconds", type=float, default=20.0,
+                      help="Noise streamed for the real-time factor (--onnx).")
   args = parser.parse_args(argv)
   if args.quick:
     args.configs, args.variants, args.rounds = "speech_commands", "samplecnn", 1
@@ -273,7 +285,15 @@ def main(argv=None) -> None:
     import soxr  # noqa: F401
     import torch
   except ImportError:
-    sys.exit("PyTorch and soxr are needed: pip install -e '.[bench]'.")
+    if not args.onnx:
+      sys.exit("PyTorch and soxr are needed: pip install -e '.[bench]' (or pass --onnx for "
+               "the onnxruntime rows alone).")
+    print("PyTorch or soxr is missing: only the onnxruntime rows (pip install -e '.[bench]' "
+          "for the rest).")
+    rows = onnx_rows(args)
+    if args.json:
+      Path(args.json).write_text(json.dumps(rows, indent=1))
+    return
   torch.set_num_threads(os.cpu_count())
   os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor_"))
   print(f"backend {jax.default_backend()}, {os.cpu_count()} CPUs, jax {jax.__version__}, "
@@ -294,8 +314,34 @@ def main(argv=None) -> None:
         rows.append(row)
   print()
   print_table(rows, folders, args)
+  if args.onnx:
+    rows += onnx_rows(args)
   if args.json:
     Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def onnx_rows(args) -> list[dict]:
+  """onnxruntime float32 and int8 beside JAX for every config and variant; prints a table."""
+  from benchmarks import deploy_speed  # The export extra's imports stay out of the default run.
+
+  rows = [deploy_speed.speed(name, variant, args) for name in args.configs.split(",")
+          for variant in args.variants.split(",")]
+  table = []
+  for r in rows:
+    table.append([r["config"], r["variant"]] + [
+        r[f"{name}_windows_per_s_b64"] for name in ("jax", "onnx_float32", "onnx_int8")] + [
+        round(r["onnx_int8_windows_per_s_b64"] / r["onnx_float32_windows_per_s_b64"], 2)] + [
+        r[f"{name}_ms_b1"] for name in ("jax", "onnx_float32", "onnx_int8")] + [
+        r["onnx_float32_stream_rtf"], r["onnx_int8_stream_rtf"], f"{r['float_vs_jax']:.1e}"])
+  print()
+  print(common.format_table(
+      ["config", "variant", "jax win/s b64", "ort f32 win/s", "ort int8 win/s", "int8/f32",
+       "jax ms b1", "ort f32 ms b1", "ort int8 ms b1", "f32 stream RTF", "int8 stream RTF",
+       "max |f32 - jax|"], table))
+  print(f"\nonnxruntime with {args.ort_threads} intra-op thread(s); medians over "
+        f"{args.rounds} alternating rounds; RTF = seconds of compute per second of stream at a "
+        "100 ms hop (lower is faster).")
+  return rows
 
 
 if __name__ == "__main__":
