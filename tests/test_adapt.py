@@ -33,19 +33,26 @@ def synthetic_store(path, lengths: dict[str, list[int]], *, vocabulary=("a", "b"
 # --- The rules on synthetic numbers ------------------------------------------------------------
 
 
+@pytest.fixture
+def two_second_cap(monkeypatch):
+  """The segment rule with a 2-s cap (the shipped cap is 1 s), so that clamping and the
+  median show apart."""
+  monkeypatch.setattr(adapt, "MAX_SEGMENT_SECONDS", 2.0)
+
+
 @pytest.mark.parametrize("seconds, expected", [
     ([1.0] * 5, 16000),  # 1-s speech: exactly one second.
     ([0.3, 0.5, 0.6], 16000),  # Short clips: raised to MIN_SEGMENT_SECONDS.
     ([1.2, 1.5, 9.0], 24000),  # The median, not the mean.
     ([4.1, 3.0, 10.0, 5.0, 2.0], 32000),  # Long clips: capped at MAX_SEGMENT_SECONDS.
 ])
-def test_segment_samples_is_the_median_train_clip_clamped(seconds, expected):
+def test_segment_samples_is_the_median_train_clip_clamped(seconds, expected, two_second_cap):
   derived = adapt.segment_samples([round(s * RATE) for s in seconds], RATE)
   assert derived.value == expected
   assert "median train clip" in derived.reason
 
 
-def test_segment_samples_names_the_cap_in_its_reason():
+def test_segment_samples_names_the_cap_in_its_reason(two_second_cap):
   assert "capped at 2.0 s" in adapt.segment_samples([4.1 * RATE] * 3, RATE).reason
   assert "raised to 1.0 s" in adapt.segment_samples([0.5 * RATE] * 3, RATE).reason
 
@@ -137,7 +144,7 @@ def long_clip_store(tmp_path):
                          sample_rate=rate)
 
 
-def test_small_data_config_resolves_every_auto_field(long_clip_store, caplog):
+def test_small_data_config_resolves_every_auto_field(long_clip_store, caplog, two_second_cap):
   config = load_config("small_data")
   before = config.to_json()
   with caplog.at_level(logging.INFO):
@@ -292,7 +299,7 @@ def test_instruments_excerpt_eval_segments_cover_its_longest_clip(instruments_st
   resolved = adapt.resolve(load_config("small_data"), instruments_store)
   assert (resolved.num_classes, resolved.label_type, resolved.metric) == (
       10, "multi_class", "accuracy")
-  assert resolved.input_size == round(adapt.MAX_SEGMENT_SECONDS * RATE)  # Median clip > 2 s.
+  assert resolved.input_size == round(adapt.MAX_SEGMENT_SECONDS * RATE)  # Median clip > 1 s.
   longest = max(int(instruments_store.clip_lengths(split).max()) for split in ("valid", "test"))
   assert resolved.eval_segments * resolved.input_size >= longest > (
       resolved.eval_segments - 1) * resolved.input_size
