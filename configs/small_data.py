@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
   config.label_type = "auto"  # auto = the store's label type.
   config.metric = "auto"  # auto = accuracy (multi_class) | f_score (multi_label).
   config.sample_rate = 0  # 0 = the store's sample rate.
-  config.input_size = 0  # 0 = median train clip clamped to [MIN, MAX]_SEGMENT_SECONDS (adapt.py: 1 s, 1 s).
+  config.input_size = 0  # 0 = median train clip, clamped to 1 s (adapt.*_SEGMENT_SECONDS).
   config.eval_segments = 0  # 0 = enough segments to cover the longest valid/test clip (<= 16).
   config.model.num_blocks = 0  # 0 = the largest n with 3**(n+1) <= input_size.
   config.budget_minutes = 15.0  # Training budget on a 2-core CPU: decides width and steps.
