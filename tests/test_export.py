@@ -116,6 +116,16 @@ def test_int8_round_trip(run, tmp_path):
   assert main(f"--workdir={run['workdir']}", f"--out={int8_path}", "--quantize=int8") == 0
   model = onnx.load(str(int8_path))
   assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
+  # The front end and the first export.FLOAT_BLOCKS blocks read float32 weights, later convs
+  # int8 ones (through DequantizeLinear).
+  dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+  convs = {n.name.split("_")[0]: n for n in model.graph.node
+           if n.op_type == "Conv" and n.name.startswith(("front_", "block"))}
+  assert len(convs) == run["config"].model.num_blocks + 1
+  for name, conv in convs.items():
+    quantised = conv.input[1] in dequantized
+    float_layer = name == "front" or int(name.removeprefix("block")) <= export.FLOAT_BLOCKS
+    assert quantised != float_layer, name
   predictors = [exported.OnnxPredictor.from_file(p) for p in (float_path, int8_path)]
   assert [p.info.quantization for p in predictors] == ["float32", "int8"]
   clips = store.Store.open(run["data_dir"]).clips("test")  # Like the calibration clips.
