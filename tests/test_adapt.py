@@ -94,15 +94,19 @@ def test_step_cost_scales_with_input_and_batch_and_grows_with_width():
 
 def test_a_large_budget_picks_the_widest_width_and_target_epochs():
   width, steps = adapt.width_and_steps(333, 1000.0, 16000, 32)
-  assert width.value == 64
+  assert width.value == max(adapt.WIDTHS)
   assert steps.value == adapt.epoch_steps(333, 32) == 3122
 
 
-def test_a_medium_budget_picks_the_widest_width_whose_epochs_fit():
-  # 15 min, 333 clips: 3122 steps fit at width 16 (~4764) but not at 32 (~2025).
-  width, steps = adapt.width_and_steps(333, 15.0, 16000, 32)
-  assert (width.value, steps.value) == (16, 3122)
-  assert adapt.budget_steps(15.0, 16, 16000, 32) >= 3122 > adapt.budget_steps(15.0, 32, 16000, 32)
+def test_a_medium_budget_picks_the_widest_width_whose_min_epochs_fit():
+  # 5 min, 180 clips: MIN_EPOCHS (563 steps) fit at width 32 (~675), so 32 trains 675 steps.
+  width, steps = adapt.width_and_steps(180, 5.0, 16000, 32)
+  assert (width.value, steps.value) == (32, adapt.budget_steps(5.0, 32, 16000, 32))
+  assert adapt.budget_steps(5.0, 32, 16000, 32) >= adapt.epoch_steps(180, 32, adapt.MIN_EPOCHS)
+  # 5 min, 333 clips: 1041 steps do not fit at 32, so width 16 for what the budget allows.
+  width, steps = adapt.width_and_steps(333, 5.0, 16000, 32)
+  assert (width.value, steps.value) == (16, adapt.budget_steps(5.0, 16, 16000, 32))
+  assert adapt.budget_steps(5.0, 32, 16000, 32) < adapt.epoch_steps(333, 32, adapt.MIN_EPOCHS)
 
 
 def test_a_small_budget_takes_the_narrowest_width_and_the_steps_it_allows():
