@@ -169,15 +169,18 @@ def calibration_windows(config: ml_collections.ConfigDict,
   return np.concatenate(windows).astype(np.float32)
 
 
-def quantize_int8(model_bytes: bytes, calibration: np.ndarray) -> bytes:
+def quantize_int8(model_bytes: bytes, calibration: np.ndarray,
+                  float_blocks: int = FLOAT_BLOCKS) -> bytes:
   """The int8 model of a float ONNX model, same metadata: onnxruntime static quantisation.
 
   Weights (per channel) and activations are int8 (QDQ format), the activation ranges
   calibrated on `calibration` (unscaled windows, `calibration_windows`). The front end (the
-  input scaling and the strided front conv) and the first `FLOAT_BLOCKS` blocks stay float32:
+  input scaling and the strided front conv) and the first `float_blocks` blocks stay float32:
   on the Speech Commands excerpt run, quantising the waveform itself to 8 bits cost 19
   points of accuracy, quantising from block 1 on 8 points, and from block 2 on 1.3
-  (docs/deploy.md); the first block reads the finest time resolution, where 8 bits lose most. Static rather than
+  (docs/deploy.md); the first block reads the finest time resolution, where 8 bits lose most.
+  It also does most of the work: `float_blocks=0` ran 2.3x the float model's throughput on
+  the speech SampleCNN, 1 ran about 1.1x (the `--int8_float_blocks` trade). Static rather than
   dynamic: on the demo run both kept the float model's F-score, and dynamic quantisation
   (ConvInteger, activations quantised per batch) ran at 0.4x the float model's speed where
   static ran at 0.6-1.0x (3-4x on the speech SampleCNN; docs/deploy.md).
@@ -193,7 +196,7 @@ def quantize_int8(model_bytes: bytes, calibration: np.ndarray) -> bytes:
 
   float_model = onnx.load_from_string(model_bytes)
   front_end = []  # The nodes before the first quantised block's, in graph order.
-  first_quantised = f"block{FLOAT_BLOCKS + 1}_"
+  first_quantised = f"block{float_blocks + 1}_"
   for node in float_model.graph.node:
     if node.name.startswith(first_quantised):
       break
@@ -267,6 +270,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_enum("quantize", "none", list(QUANTIZE), "int8: write an int8 ONNX model "
                     "(onnxruntime static quantisation, calibrated on --calibration).",
                     flag_values=fv)
+  flags.DEFINE_integer("int8_float_blocks", FLOAT_BLOCKS, "Blocks after the front conv that "
+                       "--quantize=int8 keeps in float32: 1 keeps accuracy (-1.3 points on the "
+                       "Speech Commands excerpt), 0 is faster (2.3x float) but lost 8 points.",
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_list("calibration", None, "Audio files or folders whose clips calibrate "
                     "--quantize=int8 (default: the train split of the run's store).",
                     flag_values=fv)
@@ -286,6 +293,8 @@ def _command(fv: flags.FlagValues, _: list[str]) -> int:
     raise cli.UsageError(f"--quantize={fv.quantize} applies to ONNX: use --out=NAME.onnx")
   if fv.calibration and fv.quantize == "none":
     raise cli.UsageError("--calibration calibrates int8 quantisation: add --quantize=int8")
+  if fv["int8_float_blocks"].present and fv.quantize == "none":
+    raise cli.UsageError("--int8_float_blocks applies to int8 quantisation: add --quantize=int8")
   if kind == "onnx":
     try:
       import onnx  # noqa: F401 -- checked here, so that nothing is loaded in vain.
@@ -312,7 +321,8 @@ def _command(fv: flags.FlagValues, _: list[str]) -> int:
     raise ValueError(f"the ONNX graph differs from the JAX model by {difference:.2e} > "
                      f"{TOLERANCE:g}: nothing written; please report it with the config")
   if fv.quantize == "int8":
-    model_bytes = quantize_int8(model_bytes, calibration_windows(config, fv.calibration))
+    model_bytes = quantize_int8(model_bytes, calibration_windows(config, fv.calibration),
+                                fv.int8_float_blocks)
   out.write_bytes(model_bytes)
   print(f"export: ONNX ({'int8' if fv.quantize == 'int8' else 'float32'}) -> {out}; float "
         f"graph vs JAX: max |difference| {difference:.1e} on {len(waveforms)} waveforms",
