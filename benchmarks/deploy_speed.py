@@ -49,7 +49,7 @@ def speed(config_name: str, variant: str, args) -> dict:
   rng = np.random.default_rng(1)
   noise = lambda n: (0.1 * rng.standard_normal((n, config.input_size))).astype(np.float32)
   float_bytes = export.onnx_model(config, variables, labels).SerializeToString()
-  int8_bytes = export.quantize_int8(float_bytes, noise(64))
+  int8_bytes = export.quantize_int8(float_bytes, noise(64), args.int8_float_blocks)
   difference = export.max_difference(float_bytes, config, variables,
                                      export.check_waveforms(config))
   runners = {"jax": inference.Network(config, variables),
@@ -81,10 +81,10 @@ def speed(config_name: str, variant: str, args) -> dict:
   return row
 
 
-def accuracy(workdir: str) -> dict:
+def accuracy(workdir: str, float_blocks: int = export.FLOAT_BLOCKS) -> dict:
   config, variables, labels, _ = export.load_run(workdir)
   float_bytes = export.onnx_model(config, variables, labels).SerializeToString()
-  int8_bytes = export.quantize_int8(float_bytes, export.calibration_windows(config))
+  int8_bytes = export.quantize_int8(float_bytes, export.calibration_windows(config), float_blocks)
   clips = store.Store.open(config.data_dir).clips("test")
   test = [clips[i] for i in range(len(clips))]
   waves = [c["audio"].astype(np.float32) / 32768 for c in test]
@@ -114,6 +114,8 @@ def main() -> None:
   parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads.")
   parser.add_argument("--stream-seconds", type=float, default=20.0, help="Noise streamed.")
   parser.add_argument("--workdir", help="Also score this run's test split (int8 accuracy).")
+  parser.add_argument("--int8-float-blocks", type=int, default=export.FLOAT_BLOCKS,
+                      help="Blocks int8 keeps in float32 (export --int8_float_blocks).")
   parser.add_argument("--quick", action="store_true",
                       help="One round of the speech SampleCNN, 5 s of stream.")
   args = parser.parse_args()
@@ -124,7 +126,7 @@ def main() -> None:
     for variant in variants:
       print(json.dumps(speed(config_name, variant, args)), flush=True)
   if args.workdir:
-    print(json.dumps(accuracy(args.workdir)), flush=True)
+    print(json.dumps(accuracy(args.workdir, args.int8_float_blocks)), flush=True)
 
 
 if __name__ == "__main__":
