@@ -44,4 +44,5 @@ def get_config(arg: str | None = None):
   config.augment.noise_prob = 0.0  # No background-noise mixing (only Speech Commands has any).
   if not paper:
     config.segment_pooling = "rms"  # Clip score weighted by segment RMS: padding counts little.
+    config.augment.time_shift_ms = 100.0  # Shift crops by up to +-100 ms (clips as long as a crop).
   return config
