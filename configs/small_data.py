@@ -37,7 +37,7 @@ def get_config(arg: str | None = None):
   config = config_base.finish(config, arg, default_variant="rese2_multi")  # :samplecnn, :bf16.
   if not paper:
     config_base.apply_small_data(config)  # Augmentation, AdamW + cosine, BN recalibration, crops.
-  config.model.base_width = 0  # 0 = the widest of 16/32/64 that fits the budget.
+  config.model.base_width = 0  # 0 = the widest of 16/32 whose 100 epochs fit the budget.
   config.num_train_steps = 0  # 0 = 300 epochs of the train clips, or what the budget allows.
   config.steps_per_eval = 0  # 0 = num_train_steps // 10.
   config.checkpoint_every_steps = 0  # 0 = num_train_steps // 10.
