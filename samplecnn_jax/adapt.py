@@ -174,7 +174,8 @@ def width_and_steps(num_clips: int, budget_minutes: float, input_size: int, batc
 
 def auto_fields(config: ml_collections.ConfigDict) -> list[str]:
   """The fields of `config` that hold their auto value (`config_base.AUTO`)."""
-  return [field for field, auto in config_base.AUTO.items() if _get(config, field) == auto]
+  return [field for field, auto in config_base.AUTO.items()
+          if config_base.get_field(config, field) == auto]
 
 
 def resolve(config: ml_collections.ConfigDict,
@@ -244,13 +245,6 @@ def _train_lengths(config: ml_collections.ConfigDict, store: store_lib.Store) ->
   return store.clip_lengths(split)
 
 
-def _get(config: ml_collections.ConfigDict, field: str):
-  node = config
-  for part in field.split("."):
-    node = node[part]
-  return node
-
-
 def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
   parent, _, name = field.rpartition(".")
-  (_get(config, parent) if parent else config)[name] = value
+  (config_base.get_field(config, parent) if parent else config)[name] = value

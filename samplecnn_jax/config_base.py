@@ -37,16 +37,16 @@ AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_e
                 "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                 "eval_segments", "num_stages", "patience", "input_size", "num_classes")
 # Number fields where 0 means "off" or "none" and a negative value means nothing.
-AT_LEAST_ZERO = ("augment.eq_db", "max_eval_batches", "bn_recalibration_batches", "warmup_steps", "lr_decay",
-                 "weight_decay", "grad_clip_norm", "label_smoothing", "momentum")
+AT_LEAST_ZERO = ("augment.eq_db", "max_eval_batches", "bn_recalibration_batches", "warmup_steps",
+                 "lr_decay", "weight_decay", "grad_clip_norm", "label_smoothing", "momentum")
 # Fields whose value here means "derive it from the store" (configs/small_data.py);
 # `samplecnn_jax.adapt.resolve` fills them before a run checks or uses its config.
 AUTO = {"num_classes": 0, "label_type": "auto", "metric": "auto", "sample_rate": 0,
         "input_size": 0, "eval_segments": 0, "model.num_blocks": 0, "model.base_width": 0,
         "num_train_steps": 0, "steps_per_eval": 0, "checkpoint_every_steps": 0}
 # Probabilities and thresholds: in [0, 1].
-UNIT_INTERVAL = ("f_score_threshold", "augment.noise_prob", "augment.speed_range", "augment.polarity_prob",
-                 "augment.time_mask_prob", "augment.time_mask_fraction")
+UNIT_INTERVAL = ("f_score_threshold", "augment.noise_prob", "augment.speed_range",
+                 "augment.polarity_prob", "augment.time_mask_prob", "augment.time_mask_fraction")
 
 
 def model_config(input_size: ml_collections.FieldReference | int) -> ml_collections.ConfigDict:
@@ -253,7 +253,7 @@ def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
-def _field(config: ml_collections.ConfigDict, name: str) -> Any:
+def get_field(config: ml_collections.ConfigDict, name: str) -> Any:
   """The value of a dotted field name such as `augment.noise_prob`."""
   value = config
   for part in name.split("."):
@@ -269,7 +269,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Runs check the config after `adapt.resolve` filled its `AUTO` fields from the store.
   """
   for field, auto in AUTO.items():
-    if _field(config, field) == auto:
+    if get_field(config, field) == auto:
       raise ValueError(
           f"config.{field}={auto!r} means 'derive it from the store' (samplecnn_jax.adapt."
           f"resolve), which was not done here: set --config.{field} to a concrete value.")
@@ -294,7 +294,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{field} must be >= 0 (0 = off), got {config[field]}: set "
                        f"--config.{field}=0 or a positive value.")
   for field in UNIT_INTERVAL:
-    value = _field(config, field)
+    value = get_field(config, field)
     if not (math.isfinite(value) and 0 <= value <= 1):
       raise ValueError(f"config.{field} must be in [0, 1], got {value}: set "
                        f"--config.{field} to a value between 0 and 1.")

@@ -263,6 +263,18 @@ def open_store(config: ml_collections.ConfigDict) -> store_lib.Store:
   return store_lib.Store.open(path)
 
 
+def resolved_run(config: ml_collections.ConfigDict
+                 ) -> tuple[ml_collections.ConfigDict, store_lib.Store]:
+  """(config with its auto fields derived from its store, the store), both checked: the one
+  order of `open_store`, `adapt.resolve`, `validate_config` and `check_matches` that training
+  and eval-only share."""
+  data = open_store(config)
+  config = adapt.resolve(config, data)  # A config file's auto fields (config.json has none).
+  config_base.validate_config(config)
+  data.check_matches(config)
+  return config, data
+
+
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict | None, workdir: str, split: str,
     checkpoint: str = "best",
@@ -284,10 +296,7 @@ def evaluate_checkpoint(
   checkpointing.check_which(checkpoint)
   if config is None:
     config = workdir_files.read_config(workdir)
-  data = open_store(config)
-  config = adapt.resolve(config, data)  # A config file's auto fields (config.json has none).
-  config_base.validate_config(config)
-  data.check_matches(config)
+  config, data = resolved_run(config)
   data.split_info(split)  # Raises, naming the splits the store has.
   mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")

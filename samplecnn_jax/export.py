@@ -94,7 +94,7 @@ def export_info(config: ml_collections.ConfigDict, labels: LabelInfo, source: st
       num_segments=int(config.eval_segments), threshold=float(config.f_score_threshold),
       batch_size=int(config.eval_batch_size),
       scaling=segments.InputScaling.from_config(config), source=source,
-      quantization=quantization, pooling=config.get("segment_pooling", "mean"),
+      quantization=quantization, pooling=config.segment_pooling,
   )
 
 

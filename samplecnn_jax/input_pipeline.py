@@ -246,7 +246,7 @@ class WaveformAugment:
   def from_config(cls, config) -> WaveformAugment:
     a = config.augment
     return cls(float(a.gain_db), float(a.polarity_prob), float(a.time_mask_prob),
-               float(a.time_mask_fraction), float(a.get("eq_db", 0.0)))
+               float(a.time_mask_fraction), float(a.eq_db))
 
   @property
   def active(self) -> bool:
@@ -460,7 +460,7 @@ class EvalBatches:
     self.input_size, self.num_classes = int(config.input_size), int(config.num_classes)
     self.reader = _EvalClip(config, store, split, clips)
     self.scaling = InputScaling.from_config(config)
-    self.pooling = config.get("segment_pooling", "mean")  # Old config.json: the paper's mean.
+    self.pooling = config.segment_pooling
 
   def __len__(self) -> int:
     return self.num_batches

@@ -66,8 +66,7 @@ class ClipInputs:
     """As in evaluation; `num_segments` (an int or "cover") overrides config.eval_segments."""
     count = config.eval_segments if num_segments is None else num_segments
     return cls(int(config.sample_rate), int(config.input_size), count,
-               segments.InputScaling.from_config(config),
-               config.get("segment_pooling", "mean"))  # Old config.json: the paper's mean.
+               segments.InputScaling.from_config(config), config.segment_pooling)
 
   def clip_starts(self, num_samples: int) -> np.ndarray:
     """Start samples of the segments that score a clip of `num_samples` samples."""

@@ -38,9 +38,7 @@ from clu import parameter_overview
 from flax import struct
 
 from samplecnn_jax import (
-  adapt,
   checkpointing,
-  config_base,
   evaluate,
   input_pipeline,
   models,
@@ -394,12 +392,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
   before anything is written. The config's auto fields are derived from the store first
   (`adapt.resolve`): the resolved config is the run's (`Run.config`, `WORKDIR/config.json`).
   """
-  data = evaluate.open_store(config)
-  config = adapt.resolve(config, data)
-  config_base.validate_config(config)
+  config, data = evaluate.resolved_run(config)
   input_pipeline.check_train_segments(config.train_segments)
   transfer.validate_config(config)
-  data.check_matches(config)
   check_store_splits(config, data)
   mesh = sharding.create_mesh(tuple(config.mesh_shape), tuple(config.mesh_axes))
   sharding.check_batch_size(config.batch_size, mesh)
