@@ -6,7 +6,9 @@ BatchNorm statistics (speed does not depend on training), exported (`export.onnx
 round: the jitted JAX forward pass (`inference.Network`) and onnxruntime float32 and int8
 sessions (`--ort-threads`, default 1) on batches of 64 windows and of 1 window; then the
 real-time factor of `stream.Spotter` over `--stream-seconds` of noise at a 100 ms hop
-(onnxruntime, float and int8). The float graph's largest difference from JAX is printed too.
+(onnxruntime, float and int8), reusing the early blocks between windows as `stream --model`
+does (`_rtf`; the hop rounded to their frames, `incremental.hop_for`) and window by window
+(`_rtf_whole`). The float graph's largest difference from JAX is printed too.
 
 Accuracy (`--workdir=DIR`): the run's test split (its store at `config.data_dir`) scored by
 JAX, by the float export and by the int8 export (static, calibrated on 64 train clips, as
@@ -26,7 +28,7 @@ import time
 
 import numpy as np
 
-from samplecnn_jax import export, exported, inference, metrics, store, stream, testing
+from samplecnn_jax import export, exported, incremental, inference, metrics, store, stream, testing
 from samplecnn_jax.workdir_files import LabelInfo
 
 CONFIGS = ("speech_commands",)
@@ -70,14 +72,17 @@ def speed(config_name: str, variant: str, args) -> dict:
   info = export.export_info(config, labels)
   audio = (0.1 * rng.standard_normal(int(args.stream_seconds * config.sample_rate))
            ).astype(np.float32)
-  hop = config.sample_rate // 10
   for name in ("onnx_float32", "onnx_int8"):
     scorer = exported.OnnxPredictor(runners[name], info, num_segments=1)
-    spotter = stream.Spotter(scorer, hop=hop)
-    start = time.perf_counter()
-    for i in range(0, len(audio), hop):
-      spotter.feed(audio[i : i + hop])
-    row[f"{name}_stream_rtf"] = round((time.perf_counter() - start) / args.stream_seconds, 3)
+    hop = incremental.hop_for(runners[name].model_bytes(), config.sample_rate // 10)
+    for mode, reuse in (("", True), ("_whole", False)):
+      spotter = stream.Spotter(scorer, hop=hop, incremental=reuse)
+      start = time.perf_counter()
+      for i in range(0, len(audio), hop):
+        spotter.feed(audio[i : i + hop])
+      seconds = time.perf_counter() - start
+      row[f"{name}_stream_rtf{mode}"] = round(seconds / args.stream_seconds, 3)
+    row[f"{name}_stream"] = f"hop {hop}; {stream.Spotter(scorer, hop=hop).note}"
   return row
 
 

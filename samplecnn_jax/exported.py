@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -133,9 +134,14 @@ class OnnxNetwork:
     if num_threads:
       options.intra_op_num_threads = num_threads
     model = model if isinstance(model, bytes) else os.fspath(model)
+    self.model, self.num_threads = model, num_threads
     self.session = ort.InferenceSession(model, options,
                                         providers=["CPUExecutionProvider"])
     self.outputs = [output.name for output in self.session.get_outputs()]
+
+  def model_bytes(self) -> bytes:
+    """The ONNX model this session runs."""
+    return self.model if isinstance(self.model, bytes) else Path(self.model).read_bytes()
 
   @property
   def metadata(self) -> dict[str, str]:

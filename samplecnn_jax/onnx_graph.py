@@ -37,6 +37,15 @@ BATCH = "batch"  # The symbolic batch dimension.
 FRONT_END = "front_end"  # The front conv's output: the nodes up to it are the front end.
 
 
+def block_output(index: int) -> str:
+  """The name of block `index`'s output tensor (1-based); `se` blocks leave theirs unnamed.
+
+  `incremental` cuts the graph there: the blocks before it are reused between a stream's
+  overlapping windows.
+  """
+  return f"block{index}_out"
+
+
 def same_pads(length: int, kernel: int, stride: int) -> tuple[int, int]:
   """The (low, high) padding of XLA's "SAME" for one spatial axis."""
   out = -(-length // stride)
@@ -112,8 +121,9 @@ class _Builder:
     gate = g.op("Unsqueeze", [gate, g.const("axis2", [2], np.int64)], "se_gate")
     return g.op("Mul", [x, gate], "se_scaled")
 
-  def block(self, x: str, name: str, kind: str, in_width: int, width: int) -> str:
-    """One pooled block of `models.SampleBlock` (NCW)."""
+  def block(self, x: str, index: int, kind: str, in_width: int, width: int) -> str:
+    """Pooled block `index` (1-based) of `models.SampleBlock` (NCW)."""
+    name = f"block{index}"
     g, params, stats = self.g, self.params[name], self.stats[name]
     pairs = iter(range(8))
 
@@ -124,8 +134,8 @@ class _Builder:
                           hint=f"{name}_conv")
 
     if kind in ("basic", "se"):
-      y = g.op("Relu", [g.op("MaxPool", [conv_bn(x)], f"{name}_pool", kernel_shape=[3],
-                               strides=[3])])
+      pooled = g.op("MaxPool", [conv_bn(x)], f"{name}_pool", kernel_shape=[3], strides=[3])
+      y = g.op("Relu", [pooled], output=block_output(index) if kind == "basic" else None)
       return self.squeeze_excitation(y, params["SqueezeExcitation_0"]) if kind == "se" else y
     shortcut = conv_bn(x, k=1) if in_width != width else x
     y = x
@@ -138,7 +148,7 @@ class _Builder:
       y = self.squeeze_excitation(y, params["SqueezeExcitation_0"])
     y = g.op("MaxPool", [g.op("Add", [y, shortcut], f"{name}_residual")], f"{name}_pool",
              kernel_shape=[3], strides=[3])
-    return g.op("Relu", [y], f"{name}_out")
+    return g.op("Relu", [y], output=block_output(index))
 
 
 def _scaling(g: _Graph, x: str, scaling: segments.InputScaling) -> str:
@@ -181,7 +191,7 @@ def build_model(
                                pads, stride=3, hint="front_conv")], output=FRONT_END)
   outputs, width = [], int(m.base_width)
   for i, features in enumerate(models.block_widths(int(m.num_blocks), int(m.base_width))):
-    x = b.block(x, f"block{i + 1}", block, width, features)
+    x = b.block(x, i + 1, block, width, features)
     outputs.append(x)
     width = features
   levels = outputs[-models.NUM_MULTI_LEVELS:] if multi else outputs[-1:]

@@ -34,6 +34,7 @@ import numpy as np
 from absl import flags
 
 from samplecnn_jax import cli, exported, scoring
+from samplecnn_jax.incremental import IncrementalWindows, for_onnx, hop_for
 
 PROG = "python -m samplecnn_jax.stream"
 RAW_RATE = 16000  # Hz of the s16le PCM read from stdin.
@@ -74,8 +75,13 @@ class Spotter:
       threshold: float | None = None,
       refractory_s: float = DEFAULT_REFRACTORY_S,
       background: Collection[str] = DEFAULT_BACKGROUND,
+      incremental: bool = True,
   ):
-    """`hop` samples between windows; `threshold` defaults to the run's."""
+    """`hop` samples between windows; `threshold` defaults to the run's.
+
+    `incremental`: an ONNX model reuses its early blocks' outputs between windows when it can
+    (`incremental.for_onnx`; the scores are the same); `note` says whether it does.
+    """
     if hop < 1 or smooth < 1 or refractory_s < 0:
       raise ValueError(f"hop and smooth must be >= 1 and refractory_s >= 0, got hop={hop}, "
                        f"smooth={smooth}, refractory_s={refractory_s}.")
@@ -94,6 +100,13 @@ class Spotter:
     self.buffer = np.zeros((0,), np.float32)
     self.buffer_start = 0  # Stream sample index of buffer[0].
     self.next_start = 0  # Stream sample index where the next window starts.
+    self.incremental: IncrementalWindows | None = None
+    self.note = "scoring every window whole"
+    if incremental and isinstance(scorer.network, exported.OnnxNetwork):
+      network = scorer.network
+      self.incremental, self.note = for_onnx(
+          network.model_bytes(), scorer.input_size, self.hop, network.num_threads,
+          check=lambda batch: network(batch)[scoring.PROBABILITIES])
 
   @property
   def rate(self) -> int:
@@ -112,18 +125,22 @@ class Spotter:
         self.next_start += self.hop
       windows = np.stack([self.buffer[s - self.buffer_start : s - self.buffer_start + size]
                           for s in starts])
-      for start, scores in zip(starts, self._scores(windows), strict=True):
+      for start, scores in zip(starts, self._scores(windows, starts), strict=True):
         detections.extend(self._update((start + size) / self.rate, scores))
     drop = min(self.next_start - self.buffer_start, len(self.buffer))
     self.buffer, self.buffer_start = self.buffer[drop:], self.buffer_start + drop
     return detections
 
-  def _scores(self, windows: np.ndarray) -> np.ndarray:
-    """Class scores `(n, names)` of `n` windows."""
+  def _scores(self, windows: np.ndarray, starts: Sequence[int]) -> np.ndarray:
+    """Class scores `(n, names)` of `n` windows starting at `starts`."""
     inputs = self.scorer.inputs.scaling(windows.copy())
-    [(_, outputs)] = scoring.stream_batches(
-        [(0, inputs)], self.scorer.network, MAX_WINDOWS_PER_PASS, self.scorer.input_size)
-    probabilities = outputs[scoring.PROBABILITIES]
+    if self.incremental is not None:
+      probabilities = np.stack([self.incremental(window, start)
+                                for window, start in zip(inputs, starts, strict=True)])
+    else:
+      [(_, outputs)] = scoring.stream_batches(
+          [(0, inputs)], self.scorer.network, MAX_WINDOWS_PER_PASS, self.scorer.input_size)
+      probabilities = outputs[scoring.PROBABILITIES]
     return probabilities if self.merge is None else probabilities @ self.merge
 
   def _update(self, time_s: float, scores: np.ndarray) -> Iterator[Detection]:
@@ -210,6 +227,9 @@ def _define_flags(fv: flags.FlagValues) -> None:
                      "it fired.", lower_bound=0.0, flag_values=fv)
   flags.DEFINE_list("background", list(DEFAULT_BACKGROUND), "Classes that never fire.",
                     flag_values=fv)
+  flags.DEFINE_boolean("incremental", True, "With --model: reuse the early blocks' outputs "
+                       "between overlapping windows (same scores, about 3x faster; the hop is "
+                       "rounded to a whole number of their frames, at most 3%).", flag_values=fv)
 
 
 def load_scorer(workdir: str | None, model: str | None, checkpoint: str = "best"
@@ -227,6 +247,15 @@ def load_scorer(workdir: str | None, model: str | None, checkpoint: str = "best"
                                 num_segments=1)
 
 
+def spotting_hop(scorer: scoring.ClipScorer, hop_ms: float, incremental: bool = True) -> int:
+  """The hop in samples for `hop_ms`: rounded to whole frames of the blocks an ONNX model can
+  reuse (`incremental.hop_for`, at most 3%) when `incremental`, else as asked."""
+  hop = max(1, round(hop_ms * scorer.sample_rate / 1000))
+  if incremental and isinstance(scorer.network, exported.OnnxNetwork):
+    hop = hop_for(scorer.network.model_bytes(), hop)
+  return hop
+
+
 def _command(fv: flags.FlagValues, _: list[str]) -> int:
   if fv.hop_ms <= 0:
     raise cli.UsageError(f"--hop_ms={fv.hop_ms}: the hop must be > 0 ms")
@@ -234,16 +263,23 @@ def _command(fv: flags.FlagValues, _: list[str]) -> int:
   if fv.input is None and scorer.sample_rate != RAW_RATE:
     raise cli.UsageError(f"the model runs at {scorer.sample_rate} Hz and stdin is read as "
                          f"{RAW_RATE} Hz: pass the audio as --input=FILE (resampled)")
-  hop = max(1, round(fv.hop_ms * scorer.sample_rate / 1000))
+  hop = spotting_hop(scorer, fv.hop_ms, fv.incremental)
   spotter = Spotter(scorer, hop=hop, smooth=fv.smooth, threshold=fv.threshold,
-                    refractory_s=fv.refractory_s, background=fv.background)
+                    refractory_s=fv.refractory_s, background=fv.background,
+                    incremental=fv.incremental)
   if fv.input is not None:
     blocks = file_blocks(fv.input, scorer.sample_rate)
   else:
     blocks = pcm_blocks(sys.stdin.buffer)
+  samples = fired = 0
   for block in blocks:
+    samples += len(block)
     for detection in spotter.feed(block):
       print(detection.to_json(), flush=True)
+      fired += 1
+  print(f"stream: {samples / scorer.sample_rate:.1f} s of audio, {fired} detections; hop "
+        f"{hop} samples ({1000 * hop / scorer.sample_rate:.1f} ms); {spotter.note}",
+        file=sys.stderr)
   return cli.EXIT_DONE
 
 

@@ -14,7 +14,7 @@ import soundfile as sf
 from conftest import one_error_line
 from trained_run import make_run
 
-from samplecnn_jax import export, scoring, segments, stream
+from samplecnn_jax import export, scoring, segments, stream, testing
 from samplecnn_jax.workdir_files import LabelInfo
 
 RATE = 16000
@@ -174,3 +174,29 @@ def test_usage_errors_exit_2(onnx_file, tmp_path, capsys):
                           "not a readable audio file")):
     assert stream.main([PROG, *argv]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_a_samplecnn_export_reuses_blocks_and_detects_as_whole_windows(tmp_path, monkeypatch,
+                                                                       capsys):
+  config = testing.load_config("test", "samplecnn")
+  labels = LabelInfo(tuple(f"word{i}" for i in range(config.num_classes - 1)) + ("_silence_",),
+                     "multi_class")
+  model = tmp_path / "samplecnn.onnx"
+  model.write_bytes(export.onnx_model(config, testing.random_variables(config), labels
+                                      ).SerializeToString())
+  pcm = (_noise(3.0) * 32767).astype("<i2").tobytes()
+  found, notes = {}, {}
+  for flag in ("--incremental", "--noincremental"):
+    monkeypatch.setattr(sys, "stdin", _Stdin(pcm))
+    argv = [PROG, f"--model={model}", flag, "--hop_ms=20.25", "--threshold=0", "--smooth=1",
+            "--refractory_s=0.1"]
+    assert stream.main(argv) == 0
+    out, err = capsys.readouterr()
+    found[flag], notes[flag] = [json.loads(line) for line in out.splitlines()], err
+  assert "hop 324 samples" in notes["--incremental"] and "reusing block 1 " in notes[
+      "--incremental"]
+  assert "scoring every window whole" in notes["--noincremental"]
+  assert len(found["--incremental"]) == len(found["--noincremental"]) > 10
+  for ours, theirs in zip(found["--incremental"], found["--noincremental"], strict=True):
+    assert (ours["time_s"], ours["label"]) == (theirs["time_s"], theirs["label"])
+    assert abs(ours["score"] - theirs["score"]) <= 2e-4
