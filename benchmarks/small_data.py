@@ -42,6 +42,7 @@ ABLATIONS = {  # Row name: overrides of the recommended command.
     "- rms pooling": ["--config.segment_pooling=mean"],
     "- speed perturbation": ["--config.augment.speed_range=0"],
     "- mixup": ["--config.augment.mixup_alpha=0"],
+    "- label smoothing": ["--config.label_smoothing=0"],
     "- bn recalibration": ["--config.bn_recalibration_batches=0"],
     "width 32": ["--config.model.base_width=32"],
 }
