@@ -46,6 +46,7 @@ def _median_seconds(fn, calls: int) -> float:
 
 def speed(config_name: str, variant: str, args) -> dict:
   config = testing.load_config(config_name, variant)
+  config.normalize_rms = args.normalize_rms
   variables = testing.random_variables(config, mean_spread=0.1)
   labels = LabelInfo.numbered(config.num_classes, config.label_type)
   rng = np.random.default_rng(1)
@@ -86,7 +87,7 @@ def speed(config_name: str, variant: str, args) -> dict:
   return row
 
 
-def accuracy(workdir: str, float_blocks: int = export.FLOAT_BLOCKS) -> dict:
+def accuracy(workdir: str, float_blocks: int | None = None) -> dict:
   config, variables, labels, _ = export.load_run(workdir)
   float_bytes = export.onnx_model(config, variables, labels).SerializeToString()
   int8_bytes = export.quantize_int8(float_bytes, export.calibration_windows(config), float_blocks)
@@ -119,8 +120,11 @@ def main() -> None:
   parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads.")
   parser.add_argument("--stream-seconds", type=float, default=20.0, help="Noise streamed.")
   parser.add_argument("--workdir", help="Also score this run's test split (int8 accuracy).")
-  parser.add_argument("--int8-float-blocks", type=int, default=export.FLOAT_BLOCKS,
-                      help="Blocks int8 keeps in float32 (export --int8_float_blocks).")
+  parser.add_argument("--int8-float-blocks", type=int, default=None,
+                      help="Blocks int8 keeps in float32 (export --int8_float_blocks; default "
+                      "as export: 0 with --normalize-rms, else 1).")
+  parser.add_argument("--normalize-rms", type=float, default=0.0,
+                      help="Build the speed models with this input RMS normalisation.")
   parser.add_argument("--quick", action="store_true",
                       help="One round of the speech SampleCNN, 5 s of stream.")
   args = parser.parse_args()

@@ -270,8 +270,9 @@ def parse_args(argv=None):
                       help="Also time onnxruntime float32 and int8 exports beside JAX.")
   parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads.")
   parser.add_argument("--latency-calls", type=int, default=5, help="Batch-1 calls per round.")
-  parser.add_argument("--int8-float-blocks", type=int, default=1,
-                      help="Blocks int8 keeps in float32 (export --int8_float_blocks).")
+  parser.add_argument("--int8-float-blocks", type=int, default=None,
+                      help="Blocks int8 keeps in float32 (export --int8_float_blocks; default "
+                      "as export).")
   parser.add_argument("--stream-seconds", type=float, default=20.0,
                       help="Noise streamed for the real-time factor (--onnx).")
   args = parser.parse_args(argv)

@@ -60,7 +60,10 @@ TOLERANCE = 1e-4  # Largest |ONNX - JAX| score difference an export may have.
 FORMATS = {".onnx": "onnx", ".jax": "stablehlo"}
 QUANTIZE = ("none", "int8")
 CALIBRATION_CLIPS = 64  # Clips whose segments calibrate the int8 activation ranges.
-FLOAT_BLOCKS = 1  # Blocks after the front conv that int8 export keeps in float32.
+# Blocks after the front conv that int8 export keeps in float32, by default: none when the run
+# scales each input to a fixed RMS (`normalize_rms`), else block 1 (see `float_blocks_for`).
+FLOAT_BLOCKS = 1
+FLOAT_BLOCKS_RMS_NORMALISED = 0
 
 
 # --- A run --------------------------------------------------------------------------------
@@ -169,18 +172,30 @@ def calibration_windows(config: ml_collections.ConfigDict,
   return np.concatenate(windows).astype(np.float32)
 
 
+def float_blocks_for(scaling: segments.InputScaling) -> int:
+  """How many blocks int8 export keeps in float32 for a run with this input scaling.
+
+  Block 1 reads the front conv's output at a third of the sample rate, and 8 bits with one
+  calibrated range cover it only when the clips come in at one level. Without RMS
+  normalisation they do not: on the Speech Commands excerpt run, quantising from block 1 on
+  cost 8 points (the front conv's median output was 0.048 against one 8-bit step of 0.124)
+  and keeping block 1 float 1.3. A run trained with `normalize_rms` sees every window at one
+  RMS: quantising from block 1 on cost 1.3 points there, at 2.2x the float model's speed
+  where block 1 in float gives 1.4x (docs/deploy.md).
+  """
+  return FLOAT_BLOCKS_RMS_NORMALISED if scaling.rms > 0 else FLOAT_BLOCKS
+
+
 def quantize_int8(model_bytes: bytes, calibration: np.ndarray,
-                  float_blocks: int = FLOAT_BLOCKS) -> bytes:
+                  float_blocks: int | None = None) -> bytes:
   """The int8 model of a float ONNX model, same metadata: onnxruntime static quantisation.
 
   Weights (per channel) and activations are int8 (QDQ format), the activation ranges
   calibrated on `calibration` (unscaled windows, `calibration_windows`). The front end (the
-  input scaling and the strided front conv) and the first `float_blocks` blocks stay float32:
-  on the Speech Commands excerpt run, quantising the waveform itself to 8 bits cost 19
-  points of accuracy, quantising from block 1 on 8 points, and from block 2 on 1.3
-  (docs/deploy.md); the first block reads the finest time resolution, where 8 bits lose most.
-  It also does most of the work: `float_blocks=0` ran 2.3x the float model's throughput on
-  the speech SampleCNN, 1 ran about 1.1x (the `--int8_float_blocks` trade). Static rather than
+  input scaling and the strided front conv) and the first `float_blocks` blocks stay float32
+  (None: `float_blocks_for` the input scaling in the model's metadata): on the Speech
+  Commands excerpt run, quantising the waveform itself to 8 bits cost 19 points of accuracy;
+  where to start quantising after it is `float_blocks_for`'s choice. Static rather than
   dynamic: on the demo run both kept the float model's F-score, and dynamic quantisation
   (ConvInteger, activations quantised per batch) ran at 0.4x the float model's speed where
   static ran at 0.6-1.0x (3-4x on the speech SampleCNN; docs/deploy.md).
@@ -195,6 +210,9 @@ def quantize_int8(model_bytes: bytes, calibration: np.ndarray,
   from onnxruntime.quantization.shape_inference import quant_pre_process
 
   float_model = onnx.load_from_string(model_bytes)
+  props = {p.key: p.value for p in float_model.metadata_props}
+  if float_blocks is None:
+    float_blocks = float_blocks_for(exported.ExportInfo.from_metadata(props).scaling)
   front_end = []  # The nodes before the first quantised block's, in graph order.
   first_quantised = f"block{float_blocks + 1}_"
   for node in float_model.graph.node:
@@ -218,7 +236,6 @@ def quantize_int8(model_bytes: bytes, calibration: np.ndarray,
                     per_channel=True, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, nodes_to_exclude=front_end)
     model = onnx.load(str(out))
-  props = {p.key: p.value for p in float_model.metadata_props}
   props["quantization"] = "int8"
   del model.metadata_props[:]
   onnx.helper.set_model_props(model, props)
@@ -270,9 +287,10 @@ def _define_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_enum("quantize", "none", list(QUANTIZE), "int8: write an int8 ONNX model "
                     "(onnxruntime static quantisation, calibrated on --calibration).",
                     flag_values=fv)
-  flags.DEFINE_integer("int8_float_blocks", FLOAT_BLOCKS, "Blocks after the front conv that "
-                       "--quantize=int8 keeps in float32: 1 keeps accuracy (-1.3 points on the "
-                       "Speech Commands excerpt), 0 is faster (2.3x float) but lost 8 points.",
+  flags.DEFINE_integer("int8_float_blocks", None, "Blocks after the front conv that "
+                       "--quantize=int8 keeps in float32 (default: 0 for a run trained with "
+                       "normalize_rms, else 1: 0 is faster, 2.2x float, but without RMS "
+                       "normalisation lost 8 points on the Speech Commands excerpt).",
                        lower_bound=0, flag_values=fv)
   flags.DEFINE_list("calibration", None, "Audio files or folders whose clips calibrate "
                     "--quantize=int8 (default: the train split of the run's store).",

@@ -144,6 +144,25 @@ def test_int8_round_trip(run, tmp_path):
   assert np.abs(int8_scores - float_scores).max() < 0.15
 
 
+
+def test_int8_of_a_run_trained_at_one_rms_quantises_from_block_1(run, tmp_path):
+  """A run with normalize_rms sees every window at one level: int8 keeps only the front end
+  (the input scaling and the front conv) in float32 by default."""
+  workdir = tmp_path / "rms"
+  shutil.copytree(run["workdir"] / "best", workdir / "best")
+  config = run["config"].copy_and_resolve_references()
+  config.normalize_rms = 0.1
+  workdir_files.write_config(workdir, config)
+  shutil.copy(run["workdir"] / "labels.json", workdir / "labels.json")
+  out = tmp_path / "q.onnx"
+  assert main(f"--workdir={workdir}", f"--out={out}", "--quantize=int8") == 0
+  model = onnx.load(str(out))
+  assert _float_convs(model) == {"front"}
+  assert any(n.op_type == "ReduceMean" for n in model.graph.node)  # The RMS is inside.
+  assert main(f"--workdir={workdir}", f"--out={out}", "--quantize=int8",
+              "--int8_float_blocks=1") == 0
+  assert _float_convs(onnx.load(str(out))) == {"front", "block1"}
+
 def test_int8_calibrates_on_files_when_the_store_is_not_here(run, tmp_path, capsys):
   moved = tmp_path / "moved"
   shutil.copytree(run["workdir"], moved)
