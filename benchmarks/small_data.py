@@ -43,6 +43,7 @@ ABLATIONS = {  # Row name: overrides of the recommended command.
     "- speed perturbation": ["--config.augment.speed_range=0"],
     "- mixup": ["--config.augment.mixup_alpha=0"],
     "- label smoothing": ["--config.label_smoothing=0"],
+    "union mixup labels": ["--config.augment.mixup_labels=union"],
     "- bn recalibration": ["--config.bn_recalibration_batches=0"],
     "width 32": ["--config.model.base_width=32"],
 }

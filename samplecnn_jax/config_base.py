@@ -22,6 +22,8 @@ import ml_collections
 from samplecnn_jax import metrics, models, segments
 from samplecnn_jax.datasets import common as datasets_common
 
+# A mixed clip's labels: lambda-weighted (mix) or every event of both clips (union, multi-label).
+MIXUP_LABELS = ("mix", "union")
 # The valid values of the config's choice fields (model fields are checked by `models`).
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -31,6 +33,7 @@ CHOICES = {
     "best_metric": (*metrics.METRICS, "loss"),
     "tracking": ("none", "mlflow", "wandb"),
     "segment_pooling": segments.POOLINGS,
+    "augment.mixup_labels": MIXUP_LABELS,
 }
 # Integer fields that count something and must be at least 1.
 AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval",
@@ -112,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.eq_db = 0.0  # Random equaliser: smooth gain curve within +-eq_db dB over 8 log-spaced bands; 0 = off.
   c.augment.speed_range = 0.0  # Speed (and pitch) change by a factor from U(1-r, 1+r) per crop; 0 = off.
   c.augment.mixup_alpha = 0.0  # Mixup within each batch, lambda ~ Beta(alpha, alpha); 0 = off.
+  c.augment.mixup_labels = "mix"  # Mixed labels: mix (lambda-weighted) | union (multi_label only).
   c.label_smoothing = 0.0  # Training-loss label smoothing (multi_class: eps/K; multi_label: toward 0.5).
 
   # --- Model ------------------------------------------------------------------------------
@@ -274,11 +278,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f"config.{field}={auto!r} means 'derive it from the store' (samplecnn_jax.adapt."
           f"resolve), which was not done here: set --config.{field} to a concrete value.")
   for field, valid in CHOICES.items():
-    if config[field] not in valid:
+    if get_field(config, field) not in valid:
       raise ValueError(
-          f"config.{field}={config[field]!r} is not valid; choose one of: {', '.join(valid)} "
-          f"(--config.{field}=...)."
+          f"config.{field}={get_field(config, field)!r} is not valid; choose one of: "
+          f"{', '.join(valid)} (--config.{field}=...)."
       )
+  if config.augment.mixup_labels == "union" and config.label_type != "multi_label":
+    raise ValueError(
+        "config.augment.mixup_labels=union gives a mixed clip both clips' labels, which only "
+        "a multi_label run can learn: use --config.augment.mixup_labels=mix for "
+        f"{config.label_type} runs.")
   if not config.learning_rate > 0:
     raise ValueError(
         f"config.learning_rate must be > 0, got {config.learning_rate}: set "

@@ -289,17 +289,21 @@ def random_equalizer(audio: np.ndarray, max_db: float, rng: np.random.Generator)
 
 
 def mixup(audio: np.ndarray, label: np.ndarray, alpha: float,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+          rng: np.random.Generator, union: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Batch-level mixup: row i becomes lam_i * row i + (1 - lam_i) * row perm(i).
 
   lam_i ~ Beta(alpha, alpha), folded to >= 0.5 so each row keeps its own clip dominant.
   Labels mix the same way: one-hot rows still sum to 1 (multi_class), multi-hot rows become
-  soft targets for the sigmoid cross-entropy (multi_label).
+  soft targets for the sigmoid cross-entropy (multi_label). With `union` (multi_label) a row
+  is labelled with every event of both clips instead: an event mixed in at any level is
+  there to hear, and a soft target below the 0.5 decision threshold teaches the model to
+  miss it (the demo's F-score: 0.915 mixing the labels, 0.954 without mixup; seed 0).
   """
   lam = rng.beta(alpha, alpha, size=len(audio)).astype(np.float32)
   lam = np.maximum(lam, 1.0 - lam)[:, None]
   perm = rng.permutation(len(audio))
-  return lam * audio + (1 - lam) * audio[perm], lam * label + (1 - lam) * label[perm]
+  mixed = np.maximum(label, label[perm]) if union else lam * label + (1 - lam) * label[perm]
+  return lam * audio + (1 - lam) * audio[perm], mixed
 
 
 class _TrainBatch:
@@ -309,6 +313,7 @@ class _TrainBatch:
     self.num_classes = int(config.num_classes)
     self.scaling = InputScaling.from_config(config)
     self.mixup_alpha = float(config.augment.mixup_alpha)
+    self.mixup_union = config.augment.mixup_labels == "union"
 
   def __call__(self, examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     audio = np.empty((len(examples), len(examples[0]["audio"])), np.float32)
@@ -318,7 +323,7 @@ class _TrainBatch:
       label[row, example["label_indices"]] = 1.0
     if self.mixup_alpha > 0:
       rng = np.random.default_rng([int(e["mix_seed"]) for e in examples])
-      audio, label = mixup(audio, label, self.mixup_alpha, rng)
+      audio, label = mixup(audio, label, self.mixup_alpha, rng, self.mixup_union)
     return {"audio": self.scaling(audio), "label": label}
 
 

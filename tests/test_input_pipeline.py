@@ -581,6 +581,31 @@ def test_mixup_keeps_label_sums_and_mixes_audio_with_the_same_weights(tiny_store
   np.testing.assert_allclose(labels.sum(axis=1) > 0, True)
 
 
+def test_union_mixup_labels_a_row_with_every_event_of_both_clips(tiny_store):
+  rng = np.random.default_rng(0)
+  audio = rng.normal(size=(8, 16)).astype(np.float32)
+  labels = (rng.random((8, 5)) > 0.6).astype(np.float32)
+  mixed_audio, union = ip.mixup(audio, labels, 0.4, np.random.default_rng(1), union=True)
+  weighted_audio, weighted = ip.mixup(audio, labels, 0.4, np.random.default_rng(1))
+  np.testing.assert_array_equal(mixed_audio, weighted_audio)  # The audio mixes the same way.
+  assert set(np.unique(union)) <= {0.0, 1.0} and np.all(union >= labels)
+  np.testing.assert_array_equal(union, weighted > 0)  # Every event heard at any weight.
+  config = tiny_config(**{"augment.mixup_alpha": 0.4, "augment.mixup_labels": "union"})
+  rows = _rows(config, tiny_store, 24, key="label")
+  assert set(np.unique(rows)) == {0.0, 1.0}
+  assert rows.sum() > _rows(tiny_config(), tiny_store, 24, key="label").sum()  # Events added.
+
+
+def test_union_mixup_is_refused_for_single_label_runs():
+  config = tiny_config(**{"augment.mixup_alpha": 0.2, "augment.mixup_labels": "union"})
+  config.label_type = "multi_class"
+  with pytest.raises(ValueError, match="only a multi_label run"):
+    config_base.validate_config(config)
+  config.augment.mixup_labels = "max"
+  with pytest.raises(ValueError, match="choose one of: mix, union"):
+    config_base.validate_config(config)
+
+
 def test_eval_sample_takes_one_seeded_clip_from_each_block_of_the_split():
   config = tiny_config(eval_batch_size=8, eval_segments=2)  # 2 batches = 8 clips.
   sample = ip.eval_sample(120, 2, config)
