@@ -44,6 +44,7 @@ ABLATIONS = {  # Row name: overrides of the recommended command.
     "- mixup": ["--config.augment.mixup_alpha=0"],
     "- label smoothing": ["--config.label_smoothing=0"],
     "union mixup labels": ["--config.augment.mixup_labels=union"],
+    "+ rms normalisation": ["--config.normalize_rms=0.1"],
     "- bn recalibration": ["--config.bn_recalibration_batches=0"],
     "width 32": ["--config.model.base_width=32"],
 }
