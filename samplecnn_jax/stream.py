@@ -12,6 +12,9 @@ windows: without it one word fires several times). Background classes (`_silence
 Commands) is spotted on its scoring classes: the probabilities of the training classes that
 map to one scoring class are summed (so the 20 auxiliary words are `_unknown_`). Memory is
 bounded (one window plus one read, and `smooth` score rows) whatever the stream's length.
+An ONNX SampleCNN reuses its early blocks' outputs from one window to the next
+(`incremental`: the same scores for a third of the work); the command then rounds the hop
+to a whole number of their frames and says so on stderr at EOF.
 
 The command reads 16 kHz mono s16le PCM from stdin (or `--input=FILE`, any format soundfile
 reads, resampled to the model's rate), writes one JSON line per detection (`time_s`: the
