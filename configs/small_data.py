@@ -1,10 +1,11 @@
 """Any small prepared store: the small-data recipe, with what depends on the data derived from it.
 
-The fields set to 0 / "auto" below are filled from the store when the run starts
+The fields set to 0 / "auto" / -1 below are filled from the store when the run starts
 (`samplecnn_jax.adapt.resolve`, docs/small_data.md "Adaptive defaults"): classes, label type,
 metric and rate from its manifest; segment length, depth and evaluation segments from its
-clip durations; width and steps from its number of train clips and `budget_minutes`. Any
-`--config.FIELD=VALUE` wins over the derived value. WORKDIR/config.json records the values used.
+clip durations; width and steps from its number of train clips and `budget_minutes`; mixup
+from its label type. Any `--config.FIELD=VALUE` wins over the derived value.
+WORKDIR/config.json records the values used.
 
   python -m samplecnn_jax.prepare csv --src labels.csv --out prepared/mine
   python -m samplecnn_jax.main --config=configs/small_data.py --workdir=workdirs/mine \
@@ -43,6 +44,7 @@ def get_config(arg: str | None = None):
   config.checkpoint_every_steps = 0  # 0 = num_train_steps // 10.
   config.augment.noise_prob = 0.0  # No background-noise mixing (only Speech Commands has any).
   if not paper:
+    config.augment.mixup_alpha = -1.0  # -1 = 0.2 for single-label stores, 0 for multi-label.
     config.segment_pooling = "rms"  # Clip score weighted by segment RMS: padding counts little.
     config.augment.time_shift_ms = 100.0  # Shift crops by up to +-100 ms (clips as long as a crop).
   return config

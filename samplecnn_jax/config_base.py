@@ -46,7 +46,8 @@ AT_LEAST_ZERO = ("augment.eq_db", "max_eval_batches", "bn_recalibration_batches"
 # `samplecnn_jax.adapt.resolve` fills them before a run checks or uses its config.
 AUTO = {"num_classes": 0, "label_type": "auto", "metric": "auto", "sample_rate": 0,
         "input_size": 0, "eval_segments": 0, "model.num_blocks": 0, "model.base_width": 0,
-        "num_train_steps": 0, "steps_per_eval": 0, "checkpoint_every_steps": 0}
+        "num_train_steps": 0, "steps_per_eval": 0, "checkpoint_every_steps": 0,
+        "augment.mixup_alpha": -1.0}
 # Probabilities and thresholds: in [0, 1].
 UNIT_INTERVAL = ("f_score_threshold", "augment.noise_prob", "augment.speed_range",
                  "augment.polarity_prob", "augment.time_mask_prob", "augment.time_mask_fraction")

@@ -80,6 +80,12 @@ def test_eval_segments_are_capped_and_say_so():
   assert derived.reason.startswith("capped") and "300" in derived.reason
 
 
+def test_mixup_is_for_single_label_stores_only():
+  assert adapt.mixup_alpha_for("multi_class").value == adapt.MIXUP_ALPHA > 0
+  derived = adapt.mixup_alpha_for("multi_label")
+  assert derived.value == 0.0 and "multi-label" in derived.reason
+
+
 def test_metric_follows_the_label_type():
   assert adapt.metric_for("multi_class").value == "accuracy"
   assert adapt.metric_for("multi_label").value == "f_score"
@@ -162,6 +168,7 @@ def test_small_data_config_resolves_every_auto_field(long_clip_store, caplog, tw
   width, steps = adapt.width_and_steps(120, 15.0, 16000, resolved.batch_size)
   assert (resolved.model.base_width, resolved.num_train_steps) == (width.value, steps.value)
   assert resolved.steps_per_eval == resolved.checkpoint_every_steps == steps.value // 10
+  assert resolved.augment.mixup_alpha == 0.0  # A multi-label store.
   config_base.validate_config(resolved)
   lines = [r.getMessage() for r in caplog.records if r.name == "root"]
   assert "input_size=16000 (median train clip 4.0 s, capped at 2.0 s)" in lines
@@ -245,14 +252,15 @@ def test_small_data_config_keeps_the_recipe_and_the_variant_argument():
   config = load_config("small_data")
   assert (config.optimizer, config.schedule, config.train_segments) == (
       recipe.optimizer, recipe.schedule, recipe.train_segments)
-  assert config.augment.mixup_alpha == recipe.augment.mixup_alpha > 0
+  assert config.augment.mixup_alpha == -1.0  # Auto: the recipe's value for single-label.
+  assert adapt.MIXUP_ALPHA == recipe.augment.mixup_alpha > 0
   assert config.augment.noise_prob == 0 and config.dataset == "csv" and config.data_dir == ""
   assert load_config("small_data", "samplecnn").model.block == "basic"
 
 
 def test_the_paper_argument_keeps_the_derived_fields_and_the_papers_recipe():
   paper, base = load_config("small_data", "paper"), config_base.base_config()
-  assert adapt.auto_fields(paper) == list(config_base.AUTO)
+  assert adapt.auto_fields(paper) == [f for f in config_base.AUTO if f != "augment.mixup_alpha"]
   for field in ("optimizer", "schedule", "learning_rate", "batch_size", "train_segments",
                 "segment_pooling", "label_smoothing", "bn_recalibration_batches"):
     assert paper[field] == base[field], field
