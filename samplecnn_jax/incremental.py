@@ -149,11 +149,14 @@ def _local_cut(model, hop: int) -> tuple[int, str]:
   return 0, f"the hop ({hop} samples) is not a multiple of {frame(1)}: see aligned_hop"
 
 
-def hop_for(model_bytes: bytes, hop: int) -> int:
-  """`aligned_hop(hop)` when the ONNX model has a cut at that hop, else `hop` unchanged."""
+def hop_for(model_bytes: bytes, hop: int, input_size: int) -> int:
+  """`aligned_hop(hop)` when the ONNX model has a cut at that hop and windows of `input_size`
+  samples overlap, else `hop` unchanged."""
   import onnx
 
   aligned = aligned_hop(hop)
+  if aligned >= input_size:  # Nothing is shared between windows.
+    return hop
   return aligned if _local_cut(onnx.load_from_string(model_bytes), aligned)[0] else hop
 
 

@@ -255,7 +255,7 @@ def spotting_hop(scorer: scoring.ClipScorer, hop_ms: float, incremental: bool = 
   reuse (`incremental.hop_for`, at most 3%) when `incremental`, else as asked."""
   hop = max(1, round(hop_ms * scorer.sample_rate / 1000))
   if incremental and isinstance(scorer.network, exported.OnnxNetwork):
-    hop = hop_for(scorer.network.model_bytes(), hop)
+    hop = hop_for(scorer.network.model_bytes(), hop, scorer.input_size)
   return hop
 
 

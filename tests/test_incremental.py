@@ -89,7 +89,7 @@ def test_models_whose_early_blocks_read_the_whole_window_are_scored_whole(varian
   config, model = _export(variant, **fields)
   windows, note = incremental.for_onnx(model, config.input_size, HOP)
   assert windows is None and reason in note and "whole" in note
-  assert incremental.hop_for(model, 1600) == 1600  # No cut: the hop is left as asked.
+  assert incremental.hop_for(model, 1600, 16000) == 1600  # No cut: the hop is left as asked.
 
 
 def test_residual_blocks_without_gates_are_reused_exactly():
@@ -102,7 +102,8 @@ def test_a_hop_off_the_frames_is_scored_whole_and_hop_for_aligns_it(samplecnn):
   config, model = samplecnn
   windows, note = incremental.for_onnx(model, config.input_size, 1600)
   assert windows is None and "not a multiple of 9" in note
-  assert incremental.hop_for(model, 1600) == 1620
+  assert incremental.hop_for(model, 1600, 16000) == 1620
+  assert incremental.hop_for(model, 1600, config.input_size) == 1600  # Windows don't overlap.
   with pytest.raises(ValueError, match="whole number of frames"):
     incremental.IncrementalWindows(None, config.input_size, 100, 9)
 
