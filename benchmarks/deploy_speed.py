@@ -75,7 +75,7 @@ def speed(config_name: str, variant: str, args) -> dict:
            ).astype(np.float32)
   for name in ("onnx_float32", "onnx_int8"):
     scorer = exported.OnnxPredictor(runners[name], info, num_segments=1)
-    hop = incremental.hop_for(runners[name].model_bytes(), config.sample_rate // 10,
+    hop = incremental.hop_for(runners[name], config.sample_rate // 10,
                               config.input_size)
     for mode, reuse in (("", True), ("_whole", False)):
       spotter = stream.Spotter(scorer, hop=hop, incremental=reuse)

@@ -143,6 +143,23 @@ class OnnxNetwork:
     """The ONNX model this session runs."""
     return self.model if isinstance(self.model, bytes) else Path(self.model).read_bytes()
 
+  def cut_for(self, hop: int) -> tuple[int, str]:
+    """The block a stream at `hop` can reuse (`incremental.onnx_cut`); (0, why) if none."""
+    import onnx
+
+    from samplecnn_jax import incremental
+
+    return incremental.onnx_cut(onnx.load_from_string(self.model_bytes()), hop)
+
+  def split(self, block: int):
+    """This model cut at block `block`'s output (`incremental.OnnxSplit`)."""
+    import onnx
+
+    from samplecnn_jax import incremental, onnx_graph
+
+    return incremental.OnnxSplit(onnx.load_from_string(self.model_bytes()),
+                                 onnx_graph.block_output(block), self.num_threads)
+
   @property
   def metadata(self) -> dict[str, str]:
     return dict(self.session.get_modelmeta().custom_metadata_map)

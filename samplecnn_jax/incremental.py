@@ -9,8 +9,8 @@ the work: block 1 runs at a third of the sample rate, block 2 at a ninth. `Incre
 keeps the output of one block (the cut) for the last window; for the next window it computes
 that output only for the new samples and for the window's two ends, and runs the blocks after
 the cut and the head on the whole window as before. The scores are the full window's (the
-same operations on the same samples; `for_onnx` checks this once on noise, to 1e-4, before it
-trusts a cut). On the speech SampleCNN (input 16,000, width 128) one window costs a third of
+same operations on the same samples; `for_network` checks this once on noise, to 1e-4, before
+it trusts a cut). On the speech SampleCNN (input 16,000, width 128) one window costs a third of
 the full model (docs/deploy.md).
 
 The hop must be a whole number of the cut's frames (3^(k+1) samples for block k):
@@ -23,15 +23,14 @@ window. The JAX models (`stream --workdir`) are always scored window by window.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from samplecnn_jax import onnx_graph
-
 HOP_PER_FRAME = 16  # The cut's frame is at most 1/16 of the hop: aligning moves it <= 3%.
 EDGE_FRAMES = 2  # Frames at a piece's end that its zero padding may change (1 measured).
-TOLERANCE = 1e-4  # Most |incremental - full| score `for_onnx` accepts on its check.
+TOLERANCE = 1e-4  # Most |incremental - full| score `for_network` accepts on its check.
 # Operators that read a few neighbouring samples at most (the elementwise ones with constants).
 LOCAL_OPS = frozenset({"Unsqueeze", "Conv", "Relu", "MaxPool", "Add", "Sub", "Mul", "Identity",
                        "QuantizeLinear", "DequantizeLinear"})
@@ -56,13 +55,24 @@ def aligned_hop(hop: int) -> int:
   return hop if block == 0 else max(1, round(hop / frame(block))) * frame(block)
 
 
+class Split(Protocol):
+  """A model cut at block k: `front` maps samples to block k's output `(channels, frames)`,
+  `back` a whole window's block-k output to its class scores `(classes,)`."""
+
+  def front(self, samples: np.ndarray) -> np.ndarray: ...
+
+  def back(self, features: np.ndarray) -> np.ndarray: ...
+
+
 class OnnxSplit:
   """An ONNX model cut at a block's output: `front` (waveform piece -> that output), `back`."""
 
   def __init__(self, model, cut: str, num_threads: int | None = None):
-    import onnx
+    import onnx  # The optional `export` extra: imported only for ONNX models.
     import onnxruntime as ort
     from onnx.utils import Extractor
+
+    from samplecnn_jax import onnx_graph
 
     extractor = Extractor(onnx.shape_inference.infer_shapes(model))
     front = extractor.extract_model([onnx_graph.INPUT], [cut])
@@ -77,11 +87,12 @@ class OnnxSplit:
       options.intra_op_num_threads = num_threads
     session = lambda part: ort.InferenceSession(part.SerializeToString(), options,
                                                 providers=["CPUExecutionProvider"])
-    self.cut, self._front, self._back = cut, session(front), session(back)
+    self.cut, self.input, self._front, self._back = cut, onnx_graph.INPUT, session(front), session(
+        back)
 
   def front(self, samples: np.ndarray) -> np.ndarray:
     """The cut's output `(channels, frames)` of mono float32 `samples`."""
-    return self._front.run(None, {onnx_graph.INPUT: samples[None]})[0][0]
+    return self._front.run(None, {self.input: samples[None]})[0][0]
 
   def back(self, features: np.ndarray) -> np.ndarray:
     """Class scores `(classes,)` of a whole window's cut output `(channels, frames)`."""
@@ -95,7 +106,7 @@ class IncrementalWindows:
   after the previous one is scored whole.
   """
 
-  def __init__(self, split: OnnxSplit, input_size: int, hop: int, frame_samples: int):
+  def __init__(self, split: Split, input_size: int, hop: int, frame_samples: int):
     if hop % frame_samples:
       raise ValueError(f"the hop ({hop} samples) must be a whole number of frames "
                        f"({frame_samples} samples): see aligned_hop")
@@ -125,9 +136,22 @@ class IncrementalWindows:
     return np.concatenate([head, previous[:, edge + shift : length - edge], tail], axis=1)
 
 
-def _local_cut(model, hop: int) -> tuple[int, str]:
-  """The deepest block at most `cut_for_hop(hop)` whose output is named and preceded by local
-  operators only, whose frame divides `hop`; (0, why not) when there is none."""
+def deepest_cut(hop: int, blocks: Sequence[int]) -> tuple[int, str]:
+  """The deepest of `blocks` (those a model can be cut at) at most `cut_for_hop(hop)` whose
+  frame divides `hop`; (0, why not) when there is none."""
+  for block in sorted(blocks, reverse=True):
+    if block <= cut_for_hop(hop) and hop % frame(block) == 0:
+      return block, ""
+  if cut_for_hop(hop) == 0:
+    return 0, f"the hop ({hop} samples) is too short to reuse any block"
+  return 0, f"the hop ({hop} samples) is not a multiple of {frame(1)}: see aligned_hop"
+
+
+def onnx_cut(model, hop: int) -> tuple[int, str]:
+  """`deepest_cut` among the blocks of an ONNX model whose output is named and computed by
+  local operators only; (0, why not) when there is none."""
+  from samplecnn_jax import onnx_graph
+
   local = set()  # The tensors computed before the first operator that is not local.
   first_global = None
   for node in model.graph.node:
@@ -141,40 +165,32 @@ def _local_cut(model, hop: int) -> tuple[int, str]:
     return 0, ("no named block output comes before the first operator that reads the whole "
                f"window{where}: input RMS normalisation, a Squeeze-Excitation gate, or a model "
                "exported before block outputs were named")
-  for block in reversed(blocks):
-    if block <= cut_for_hop(hop) and hop % frame(block) == 0:
-      return block, onnx_graph.block_output(block)
-  if cut_for_hop(hop) == 0:
-    return 0, f"the hop ({hop} samples) is too short to reuse any block"
-  return 0, f"the hop ({hop} samples) is not a multiple of {frame(1)}: see aligned_hop"
+  return deepest_cut(hop, blocks)
 
 
-def hop_for(model_bytes: bytes, hop: int, input_size: int) -> int:
-  """`aligned_hop(hop)` when the ONNX model has a cut at that hop and windows of `input_size`
-  samples overlap, else `hop` unchanged."""
-  import onnx
-
+def hop_for(network, hop: int, input_size: int) -> int:
+  """`aligned_hop(hop)` when `network` (`Network.cut_for`) can be cut at that hop and windows
+  of `input_size` samples overlap, else `hop` unchanged."""
   aligned = aligned_hop(hop)
   if aligned >= input_size:  # Nothing is shared between windows.
     return hop
-  return aligned if _local_cut(onnx.load_from_string(model_bytes), aligned)[0] else hop
+  return aligned if network.cut_for(aligned)[0] else hop
 
 
-def for_onnx(model_bytes: bytes, input_size: int, hop: int, num_threads: int | None = None,
-             check: Callable[[np.ndarray], np.ndarray] | None = None
-             ) -> tuple[IncrementalWindows | None, str]:
-  """An `IncrementalWindows` for an ONNX model at `hop`, or None; and a line saying which.
+def for_network(network, input_size: int, hop: int,
+                check: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> tuple[IncrementalWindows | None, str]:
+  """An `IncrementalWindows` for `network` at `hop`, or None; and a line saying which.
 
+  `network` says where it can be cut (`cut_for(hop) -> (block, why not)`) and builds the
+  two halves (`split(block) -> Split`): `exported.OnnxNetwork` and `inference.Network` do.
   `check` maps windows `(n, input_size)` to the full model's scores; when given, the
   incremental scores of three consecutive noise windows must match it to `TOLERANCE`.
   """
-  import onnx
-
-  model = onnx.load_from_string(model_bytes)
-  block, cut = _local_cut(model, hop)
+  block, reason = network.cut_for(hop)
   if block == 0:
-    return None, f"scoring every window whole: {cut}"
-  windows = IncrementalWindows(OnnxSplit(model, cut, num_threads), input_size, hop, frame(block))
+    return None, f"scoring every window whole: {reason}"
+  windows = IncrementalWindows(network.split(block), input_size, hop, frame(block))
   if check is not None:
     noise = (0.1 * np.random.default_rng(0).standard_normal(input_size + 2 * hop)
              ).astype(np.float32)

@@ -35,6 +35,7 @@ import numpy as np
 
 from samplecnn_jax import (
   checkpointing,
+  incremental,
   input_pipeline,
   models,
   scoring,
@@ -90,6 +91,7 @@ class Network:
               scoring.EMBEDDING: state["intermediates"][models.EMBEDDING][0]}
 
     self._forward = jax.jit(forward)
+    self.config, self.model = config, model
     # One device: checkpoints load replicated over all of them, which would run every
     # batch on each.
     self.variables = jax.device_put(
@@ -99,6 +101,50 @@ class Network:
 
   def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
     return jax.device_get(self._forward(self.variables, batch))
+
+  def cut_for(self, hop: int) -> tuple[int, str]:
+    """The block a stream at `hop` can reuse (`incremental`); (0, why) if none.
+
+    Blocks with Squeeze-Excitation gates and input RMS normalisation read the whole window,
+    and 'same' front padding shifts the frames of a piece: none of those can be cut.
+    """
+    m = self.config.model
+    if m.block not in REUSABLE_BLOCKS:
+      return 0, f"{m.block} blocks have Squeeze-Excitation gates, which read the whole window"
+    if float(self.config.normalize_rms) > 0:
+      return 0, "input RMS normalisation reads the whole window"
+    if m.front_padding != "valid":
+      return 0, "'same' front padding shifts a piece's frames"
+    levels = models.NUM_MULTI_LEVELS if m.multi else 1
+    return incremental.deepest_cut(hop, range(1, int(m.num_blocks) - levels + 2))
+
+  def split(self, block: int) -> JaxSplit:
+    """This model cut at block `block`'s output."""
+    return JaxSplit(self, block)
+
+
+REUSABLE_BLOCKS = ("basic", "res1", "res2")  # Blocks without a gate over the whole window.
+
+
+class JaxSplit:
+  """A JAX model cut at block k (`incremental.Split`): the front conv and blocks 1-k on a
+  piece of a stream, then the blocks after k and the head on a whole window's block-k output.
+  """
+
+  def __init__(self, network: Network, block: int):
+    model, label_type = network.model, network.config.label_type
+    self.variables = network.variables
+    self._front = jax.jit(lambda v, x: model.apply(v, x, num_layers=block + 1)[-1])
+    self._back = jax.jit(lambda v, f: models.probabilities(
+        model.apply(v, None, cut=(block, f)), label_type))
+
+  def front(self, samples: np.ndarray) -> np.ndarray:
+    """Block k's output `(channels, frames)` of mono float32 `samples`."""
+    return np.asarray(jax.device_get(self._front(self.variables, samples[None])))[0].T
+
+  def back(self, features: np.ndarray) -> np.ndarray:
+    """Class scores `(classes,)` of a whole window's block-k output `(channels, frames)`."""
+    return np.asarray(jax.device_get(self._back(self.variables, features.T[None])))[0]
 
 
 # --- The predictor --------------------------------------------------------------------------

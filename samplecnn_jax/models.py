@@ -223,24 +223,34 @@ class SampleLevelCNN(nn.Module):
     )
     return conv, norm
 
-  def trunk(self, waveform: jax.Array, train: bool, num_layers: int | None = None) -> list[jax.Array]:
+  def trunk(self, waveform: jax.Array | None, train: bool, num_layers: int | None = None,
+            cut: tuple[int, jax.Array] | None = None) -> list[jax.Array]:
     """Outputs of the front conv and of each pooled block, `(batch, length, channels)` each.
 
     `num_layers` stops after that many layers (front conv = layer 1), for callers such as
-    filter visualisation that probe shallow layers with short inputs.
+    filter visualisation that probe shallow layers with short inputs. `cut=(k, output)` starts
+    from block k's output instead of a waveform (k = 0: the front conv's), and the list then
+    starts with it: `stream` reuses that output between overlapping windows (`incremental`).
     """
     conv, norm = self.layer_factories(train)
-    x = waveform.astype(self.dtype)[..., None]
-    x = conv(
-        self.base_width, (3,), strides=(3,), padding=self.front_padding.upper(), name="front_conv"
-    )(x)
-    x = norm(name="front_bn")(x)
-    self.sow("intermediates", f"front_{PRE_RELU}", x)
-    x = nn.relu(x)
+    if cut is None:
+      first = 0
+      x = waveform.astype(self.dtype)[..., None]
+      x = conv(
+          self.base_width, (3,), strides=(3,), padding=self.front_padding.upper(),
+          name="front_conv"
+      )(x)
+      x = norm(name="front_bn")(x)
+      self.sow("intermediates", f"front_{PRE_RELU}", x)
+      x = nn.relu(x)
+    else:
+      first, x = cut
     block_cls = nn.remat(SampleBlock, static_argnums=(2,)) if self.remat else SampleBlock
     outputs = [x]
     widths = block_widths(self.num_blocks, self.base_width)
     for i, width in enumerate(widths[: None if num_layers is None else num_layers - 1]):
+      if i < first:
+        continue
       x = block_cls(
           self.block, width, self.se_ratio, self.block_dropout, conv, norm, name=f"block{i + 1}"
       )(x, train)
@@ -249,13 +259,23 @@ class SampleLevelCNN(nn.Module):
 
   @nn.compact
   def __call__(
-      self, waveform: jax.Array, train: bool = False, num_layers: int | None = None
+      self, waveform: jax.Array | None, train: bool = False, num_layers: int | None = None,
+      cut: tuple[int, jax.Array] | None = None,
   ) -> jax.Array | list[jax.Array]:
     """Maps waveforms `(batch, samples)` to float32 logits `(batch, num_classes)`.
 
     With `num_layers` set, returns instead the list of the first `num_layers` layer outputs
-    (front conv = layer 1, block i = layer i + 1) and builds no head.
+    (front conv = layer 1, block i = layer i + 1) and builds no head. With `cut=(k, output)`
+    (and no waveform), computes the logits from block k's output: the blocks after it and the
+    head (`trunk`).
     """
+    if cut is not None:
+      levels = NUM_MULTI_LEVELS if self.multi else 1
+      if not 0 <= cut[0] <= self.num_blocks - levels + 1:
+        raise ValueError(f"cut at block {cut[0]}: the head reads the last {levels} block(s) of "
+                         f"{self.num_blocks}; cut at block <= {self.num_blocks - levels + 1}.")
+      outputs = self.trunk(None, train, cut=cut)  # Block k's output, then the later blocks'.
+      return self._head(outputs if cut[0] > 0 else outputs[1:], train)
     if waveform.ndim != 2:
       raise ValueError(f"Expected waveforms of shape (batch, samples), got {waveform.shape}.")
     if num_layers is not None:
@@ -264,7 +284,10 @@ class SampleLevelCNN(nn.Module):
       check_input_size(waveform.shape[1], num_layers - 1, self.front_padding)
       return self.trunk(waveform, train, num_layers)
     check_input_size(waveform.shape[1], self.num_blocks, self.front_padding)
-    outputs = self.trunk(waveform, train)[1:]
+    return self._head(self.trunk(waveform, train)[1:], train)
+
+  def _head(self, outputs: list[jax.Array], train: bool) -> jax.Array:
+    """Logits from the last blocks' outputs (`outputs[-1]` is the last block's)."""
     conv, norm = self.layer_factories(train)
     dense = lambda n, name: nn.Dense(
         n, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype, name=name

@@ -37,7 +37,7 @@ import numpy as np
 from absl import flags
 
 from samplecnn_jax import cli, exported, scoring
-from samplecnn_jax.incremental import IncrementalWindows, for_onnx, hop_for
+from samplecnn_jax.incremental import IncrementalWindows, for_network, hop_for
 
 PROG = "python -m samplecnn_jax.stream"
 RAW_RATE = 16000  # Hz of the s16le PCM read from stdin.
@@ -82,8 +82,8 @@ class Spotter:
   ):
     """`hop` samples between windows; `threshold` defaults to the run's.
 
-    `incremental`: an ONNX model reuses its early blocks' outputs between windows when it can
-    (`incremental.for_onnx`; the scores are the same); `note` says whether it does.
+    `incremental`: the model reuses its early blocks' outputs between windows when it can
+    (`incremental.for_network`; the scores are the same); `note` says whether it does.
     """
     if hop < 1 or smooth < 1 or refractory_s < 0:
       raise ValueError(f"hop and smooth must be >= 1 and refractory_s >= 0, got hop={hop}, "
@@ -105,11 +105,11 @@ class Spotter:
     self.next_start = 0  # Stream sample index where the next window starts.
     self.incremental: IncrementalWindows | None = None
     self.note = "scoring every window whole"
-    if incremental and isinstance(scorer.network, exported.OnnxNetwork):
-      network = scorer.network
-      self.incremental, self.note = for_onnx(
-          network.model_bytes(), scorer.input_size, self.hop, network.num_threads,
-          check=lambda batch: network(batch)[scoring.PROBABILITIES])
+    if incremental and hasattr(scorer.network, "cut_for"):
+      network, scaling = scorer.network, scorer.inputs.scaling
+      self.incremental, self.note = for_network(
+          network, scorer.input_size, self.hop,
+          check=lambda batch: network(scaling(batch))[scoring.PROBABILITIES])
 
   @property
   def rate(self) -> int:
@@ -254,8 +254,8 @@ def spotting_hop(scorer: scoring.ClipScorer, hop_ms: float, incremental: bool = 
   """The hop in samples for `hop_ms`: rounded to whole frames of the blocks an ONNX model can
   reuse (`incremental.hop_for`, at most 3%) when `incremental`, else as asked."""
   hop = max(1, round(hop_ms * scorer.sample_rate / 1000))
-  if incremental and isinstance(scorer.network, exported.OnnxNetwork):
-    hop = hop_for(scorer.network.model_bytes(), hop, scorer.input_size)
+  if incremental and hasattr(scorer.network, "cut_for"):
+    hop = hop_for(scorer.network, hop, scorer.input_size)
   return hop
 
 

@@ -54,7 +54,7 @@ def test_reused_windows_score_as_whole_windows(samplecnn, hop, block, input_size
   # pools drop, must be dropped from the reused pieces the same way.
   config, model = samplecnn if input_size == 729 else _export(input_size=input_size)
   assert config.model.input_size == input_size
-  windows, note = incremental.for_onnx(model, config.input_size, hop, check=_full(model))
+  windows, note = incremental.for_network(exported.OnnxNetwork(model), config.input_size, hop, check=_full(model))
   assert windows is not None and note.startswith("reusing block") and f"{block} between" in note
   audio = _noise(config.input_size + 12 * hop)
   starts = [i * hop for i in range(8)] + [11 * hop, 12 * hop]  # A jump: scored whole.
@@ -71,7 +71,7 @@ def test_the_check_refuses_a_cut_whose_scores_differ(samplecnn, monkeypatch):
   front = incremental.OnnxSplit.front
   monkeypatch.setattr(incremental.OnnxSplit, "front", lambda self, samples: front(
       self, samples) * (1.0 if len(samples) == config.input_size else 1.01))
-  windows, note = incremental.for_onnx(model, config.input_size, HOP, check=_full(model))
+  windows, note = incremental.for_network(exported.OnnxNetwork(model), config.input_size, HOP, check=_full(model))
   assert windows is None and "changed the scores" in note
 
 
@@ -79,7 +79,7 @@ def test_int8_exports_reuse_blocks_too(samplecnn):
   config, model = samplecnn
   int8 = export.quantize_int8(model, np.stack([_noise(config.input_size, s) for s in range(8)]),
                               float_blocks=0)
-  windows, _ = incremental.for_onnx(int8, config.input_size, HOP, check=_full(int8))
+  windows, _ = incremental.for_network(exported.OnnxNetwork(int8), config.input_size, HOP, check=_full(int8))
   assert windows is not None
 
 
@@ -90,23 +90,23 @@ def test_int8_exports_reuse_blocks_too(samplecnn):
 def test_models_whose_early_blocks_read_the_whole_window_are_scored_whole(variant, fields,
                                                                           reason):
   config, model = _export(variant, **fields)
-  windows, note = incremental.for_onnx(model, config.input_size, HOP)
+  windows, note = incremental.for_network(exported.OnnxNetwork(model), config.input_size, HOP)
   assert windows is None and reason in note and "whole" in note
-  assert incremental.hop_for(model, 1600, 16000) == 1600  # No cut: the hop is left as asked.
+  assert incremental.hop_for(exported.OnnxNetwork(model), 1600, 16000) == 1600  # No cut: the hop is left as asked.
 
 
 def test_residual_blocks_without_gates_are_reused_exactly():
   config, model = _export("res2")
-  windows, _ = incremental.for_onnx(model, config.input_size, HOP, check=_full(model))
+  windows, _ = incremental.for_network(exported.OnnxNetwork(model), config.input_size, HOP, check=_full(model))
   assert windows is not None
 
 
 def test_a_hop_off_the_frames_is_scored_whole_and_hop_for_aligns_it(samplecnn):
   config, model = samplecnn
-  windows, note = incremental.for_onnx(model, config.input_size, 1600)
+  windows, note = incremental.for_network(exported.OnnxNetwork(model), config.input_size, 1600)
   assert windows is None and "not a multiple of 9" in note
-  assert incremental.hop_for(model, 1600, 16000) == 1620
-  assert incremental.hop_for(model, 1600, config.input_size) == 1600  # Windows don't overlap.
+  assert incremental.hop_for(exported.OnnxNetwork(model), 1600, 16000) == 1620
+  assert incremental.hop_for(exported.OnnxNetwork(model), 1600, config.input_size) == 1600  # Windows don't overlap.
   with pytest.raises(ValueError, match="whole number of frames"):
     incremental.IncrementalWindows(None, config.input_size, 100, 9)
 
@@ -117,3 +117,27 @@ def test_block_outputs_are_named_in_the_graph(samplecnn):
   _, model = samplecnn
   names = {out for node in onnx.load_from_string(model).graph.node for out in node.output}
   assert {onnx_graph.block_output(i) for i in range(1, 6)} <= names
+
+
+def test_jax_networks_reuse_blocks_exactly_and_refuse_what_reads_the_whole_window():
+  from samplecnn_jax import inference
+
+  def network(variant: str, **fields):
+    config = testing.load_config("test", variant)
+    for name, value in fields.items():
+      config[name] = value
+    return config, inference.Network(config, testing.random_variables(config))
+
+  config, jax_network = network("samplecnn")
+  full = lambda batch: jax_network(batch)["probabilities"]
+  windows, note = incremental.for_network(jax_network, config.input_size, 486, check=full)
+  assert windows is not None and "blocks 1-2" in note
+  audio = _noise(config.input_size + 5 * 486)
+  batch = np.stack([audio[i * 486 : i * 486 + config.input_size] for i in range(5)])
+  mine = np.stack([windows(window, i * 486) for i, window in enumerate(batch)])
+  np.testing.assert_allclose(mine, full(batch), atol=1e-5)
+  assert network("res2_multi")[1].cut_for(486) == (2, "")  # Multi reads blocks 3-5: fine.
+  assert jax_network.cut_for(3888)[0] == 4  # 3888 = 16 frames of block 4 (243 samples).
+  assert network("res2_multi")[1].cut_for(3888)[0] == 3  # Not 4: the head reads block 3.
+  assert "Squeeze-Excitation" in network("rese2_multi")[1].cut_for(486)[1]
+  assert "RMS normalisation" in network("samplecnn", normalize_rms=0.1)[1].cut_for(486)[1]

@@ -200,3 +200,24 @@ def test_a_samplecnn_export_reuses_blocks_and_detects_as_whole_windows(tmp_path,
   for ours, theirs in zip(found["--incremental"], found["--noincremental"], strict=True):
     assert (ours["time_s"], ours["label"]) == (theirs["time_s"], theirs["label"])
     assert abs(ours["score"] - theirs["score"]) <= 2e-4
+
+
+def test_workdir_and_model_of_a_samplecnn_reuse_blocks_and_detect_the_same(
+    tmp_path_factory, monkeypatch, capsys):
+  run = make_run(tmp_path_factory.mktemp("samplecnn"), variant="samplecnn")
+  model = run["root"] / "model.onnx"
+  assert export.main(["export", f"--workdir={run['workdir']}", f"--out={model}"]) == 0
+  pcm = (_noise(2.0) * 32767).astype("<i2").tobytes()
+  found, notes = {}, {}
+  for flag in (f"--workdir={run['workdir']}", f"--model={model}"):
+    monkeypatch.setattr(sys, "stdin", _Stdin(pcm))
+    assert stream.main([PROG, flag, "--hop_ms=20", "--threshold=0", "--smooth=1",
+                        "--refractory_s=0.1"]) == 0
+    out, notes[flag[:7]] = capsys.readouterr()
+    found[flag[:7]] = [json.loads(line) for line in out.splitlines()]
+  for note in notes.values():  # 20 ms -> 324 samples, 36 frames of 9 at block 1.
+    assert "hop 324 samples" in note and "reusing block 1 " in note
+  assert len(found["--workd"]) == len(found["--model"]) > 10
+  for ours, theirs in zip(found["--model"], found["--workd"], strict=True):
+    assert (ours["time_s"], ours["label"]) == (theirs["time_s"], theirs["label"])
+    assert abs(ours["score"] - theirs["score"]) <= 2e-4

@@ -28,12 +28,13 @@ def tone(seconds: float, rate: int, freq: float, seed: int, channels: int = 1) -
   return np.stack([mono * (0.5 + 0.5 * c) for c in range(channels)], axis=1).astype(np.float32)
 
 
-def make_run(root: Path) -> dict:
-  """A workdir as training leaves it: config.json, a best checkpoint, labels.json."""
+def make_run(root: Path, variant: str | None = None) -> dict:
+  """A workdir as training leaves it: config.json, a best checkpoint, labels.json
+  (`configs/test.py`, its default variant unless `variant` names another)."""
   data_dir = root / "store"
   manifest = prepare.prepare("demo", None, data_dir, workers=1, num_train=1, num_valid=1,
                              num_test=NUM_TEST_CLIPS, progress=False)
-  config = load_config("test")
+  config = load_config("test", variant)
   config.data_dir = str(data_dir)
   model = models.create_model(config.model, config.num_classes)
   state = train.create_train_state(config, model, jax.random.key_data(jax.random.key(7)))
