@@ -6,9 +6,9 @@ BatchNorm statistics (speed does not depend on training), exported (`export.onnx
 round: the jitted JAX forward pass (`inference.Network`) and onnxruntime float32 and int8
 sessions (`--ort-threads`, default 1) on batches of 64 windows and of 1 window; then the
 real-time factor of `stream.Spotter` over `--stream-seconds` of noise at a 100 ms hop
-(onnxruntime, float and int8), reusing the early blocks between windows as `stream --model`
-does (`_rtf`; the hop rounded to their frames, `incremental.hop_for`) and window by window
-(`_rtf_whole`). The float graph's largest difference from JAX is printed too.
+(onnxruntime float and int8, and JAX on its default threads), reusing the early blocks
+between windows as `stream` does (`_rtf`; the hop rounded to their frames,
+`incremental.hop_for`) and window by window (`_rtf_whole`). The float graph's largest difference from JAX is printed too.
 
 Accuracy (`--workdir=DIR`): the run's test split (its store at `config.data_dir`) scored by
 JAX, by the float export and by the int8 export (static, calibrated on 64 train clips, as
@@ -73,10 +73,11 @@ def speed(config_name: str, variant: str, args) -> dict:
   info = export.export_info(config, labels)
   audio = (0.1 * rng.standard_normal(int(args.stream_seconds * config.sample_rate))
            ).astype(np.float32)
-  for name in ("onnx_float32", "onnx_int8"):
-    scorer = exported.OnnxPredictor(runners[name], info, num_segments=1)
-    hop = incremental.hop_for(runners[name], config.sample_rate // 10,
-                              config.input_size)
+  scorers = {name: exported.OnnxPredictor(runners[name], info, num_segments=1)
+             for name in ("onnx_float32", "onnx_int8")}
+  scorers["jax"] = inference.Predictor(config, variables, labels, num_segments=1)
+  for name, scorer in scorers.items():
+    hop = incremental.hop_for(scorer.network, config.sample_rate // 10, config.input_size)
     for mode, reuse in (("", True), ("_whole", False)):
       spotter = stream.Spotter(scorer, hop=hop, incremental=reuse)
       start = time.perf_counter()
