@@ -1,4 +1,4 @@
-"""Score a stream's overlapping windows without recomputing what they share (ONNX models).
+"""Score a stream's overlapping windows without recomputing what they share.
 
 `stream` slides a window of `input_size` samples by a hop of about 100 ms, so consecutive
 windows share 90% of their samples. The front conv and the first blocks of a SampleCNN see
@@ -9,16 +9,19 @@ the work: block 1 runs at a third of the sample rate, block 2 at a ninth. `Incre
 keeps the output of one block (the cut) for the last window; for the next window it computes
 that output only for the new samples and for the window's two ends, and runs the blocks after
 the cut and the head on the whole window as before. The scores are the full window's (the
-same operations on the same samples; `for_network` checks this once on noise, to 1e-4, before
-it trusts a cut). On the speech SampleCNN (input 16,000, width 128) one window costs a third of
-the full model (docs/deploy.md).
+same operations on the same samples; `for_network` checks this once on noise, to 1e-4,
+before it trusts a cut). On the speech SampleCNN (input 16,000, width 128) one window costs
+a third of the full model or less (docs/deploy.md).
 
 The hop must be a whole number of the cut's frames (3^(k+1) samples for block k):
-`aligned_hop` rounds it (`hop_for`: only for a model that has a cut). The cut is the deepest block whose frame is at most 1/16 of the hop
-(a 100 ms hop at 16 kHz: block 3, frames of 81 samples, a 1,620-sample hop), so the rounding
-moves the hop by 3% at most. A model whose early part is not local (input RMS normalisation,
-Squeeze-Excitation gates, which read the whole window) has no cut: it is scored window by
-window. The JAX models (`stream --workdir`) are always scored window by window.
+`aligned_hop` rounds it (`hop_for`: only for a model that has a cut). The cut is the deepest
+block whose frame is at most 1/16 of the hop (a 100 ms hop at 16 kHz: block 3, frames of 81
+samples, a 1,620-sample hop), so the rounding moves the hop by 3% at most. A model whose
+early part is not local (input RMS normalisation, Squeeze-Excitation gates, which read the
+whole window) has no cut: it is scored window by window. Both runtimes can be cut: an ONNX
+model at a block's named output (`OnnxSplit`, `onnx_cut`), a JAX model through
+`models.SampleLevelCNN`'s `cut` (`inference.JaxSplit`); each network says where
+(`cut_for`) and builds the halves (`split`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ windows: without it one word fires several times). Background classes (`_silence
 Commands) is spotted on its scoring classes: the probabilities of the training classes that
 map to one scoring class are summed (so the 20 auxiliary words are `_unknown_`). Memory is
 bounded (one window plus one read, and `smooth` score rows) whatever the stream's length.
-An ONNX SampleCNN reuses its early blocks' outputs from one window to the next
+A SampleCNN (ONNX or JAX) reuses its early blocks' outputs from one window to the next
 (`incremental`: the same scores for a third of the work); the command then rounds the hop
 to a whole number of their frames and says so on stderr at EOF.
 
@@ -230,7 +230,7 @@ def _define_flags(fv: flags.FlagValues) -> None:
                      "it fired.", lower_bound=0.0, flag_values=fv)
   flags.DEFINE_list("background", list(DEFAULT_BACKGROUND), "Classes that never fire.",
                     flag_values=fv)
-  flags.DEFINE_boolean("incremental", True, "With --model: reuse the early blocks' outputs "
+  flags.DEFINE_boolean("incremental", True, "Reuse the early blocks' outputs "
                        "between overlapping windows (same scores, about 3x faster; the hop is "
                        "rounded to a whole number of their frames, at most 3%).", flag_values=fv)
 
