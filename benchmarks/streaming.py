@@ -3,10 +3,10 @@
 Builds a stream from the Speech Commands v0.02 excerpt's test clips (the 10 command words
 are the events; `_unknown_` and `_silence_` clips are distractors that must not fire), in a
 seeded random order, each preceded by 1-3 s cut from the v0.01 `_background_noise_`
-recordings, and runs `stream.Spotter` over it in 100 ms reads (an ONNX model reuses its early
-blocks between windows, as `stream --model` does; `--no-incremental` scores windows whole). A detection is a hit when it
-names the word of an event whose span (widened by `--tolerance_s`, 0.5 s) holds its time;
-each event is hit at most once; other detections are false alarms. Printed (JSON): event
+recordings, and runs `stream.Spotter` over it in 100 ms reads (reusing the early blocks
+between windows, as `stream` does; `--no-incremental` scores windows whole). A detection is
+a hit when it names the word of an event whose span (widened by `--tolerance_s`, 0.5 s)
+holds its time; each event is hit at most once; other detections are false alarms. Printed (JSON): event
 precision / recall / F1, the median latency from a word's end to its detection, false alarms
 per hour on `--background_s` of background noise alone, the real-time factor (compute time /
 stream time, this process's threads), and, for comparison, the model's clip accuracy on the
@@ -105,7 +105,7 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0, help="Order of the clips and the gaps.")
   parser.add_argument("--hop_ms", type=float, default=stream.DEFAULT_HOP_MS)
   parser.add_argument("--incremental", action=argparse.BooleanOptionalAction, default=True,
-                      help="Reuse the early blocks between windows (ONNX), as `stream` does.")
+                      help="Reuse the early blocks between windows, as `stream` does.")
   parser.add_argument("--smooth", type=int, default=stream.DEFAULT_SMOOTH)
   parser.add_argument("--threshold", type=float, default=None)
   parser.add_argument("--refractory_s", type=float, default=stream.DEFAULT_REFRACTORY_S)
@@ -123,9 +123,10 @@ def main() -> None:
     return stream.Spotter(scorer, hop=hop, smooth=args.smooth, threshold=args.threshold,
                           refractory_s=args.refractory_s, incremental=args.incremental)
 
-  found, seconds = run_spotter(spotter(), audio)
+  first = spotter()
+  found, seconds = run_spotter(first, audio)
   result = {"scorer": args.model or args.workdir, "stream_s": round(len(audio) / 16000, 1),
-            "hop": hop, "how": spotter().note,
+            "hop": hop, "how": first.note,
             **score_events(found, events, args.tolerance_s),
             "real_time_factor": round(seconds / (len(audio) / 16000), 4)}
   background = noise[: int(args.background_s * 16000)]

@@ -19,10 +19,10 @@ extra, imported when a model is loaded. It builds no graphs (`onnx_graph.py`, `e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
@@ -139,26 +139,25 @@ class OnnxNetwork:
                                         providers=["CPUExecutionProvider"])
     self.outputs = [output.name for output in self.session.get_outputs()]
 
-  def model_bytes(self) -> bytes:
-    """The ONNX model this session runs."""
-    return self.model if isinstance(self.model, bytes) else Path(self.model).read_bytes()
+  @functools.cached_property
+  def graph(self):
+    """The `onnx.ModelProto` this session runs, read and parsed once (for `incremental`)."""
+    import onnx
+
+    return onnx.load(self.model) if isinstance(self.model, str) else onnx.load_from_string(
+        self.model)
 
   def cut_for(self, hop: int) -> tuple[int, str]:
     """The block a stream at `hop` can reuse (`incremental.onnx_cut`); (0, why) if none."""
-    import onnx
-
     from samplecnn_jax import incremental
 
-    return incremental.onnx_cut(onnx.load_from_string(self.model_bytes()), hop)
+    return incremental.onnx_cut(self.graph, hop)
 
   def split(self, block: int):
     """This model cut at block `block`'s output (`incremental.OnnxSplit`)."""
-    import onnx
-
     from samplecnn_jax import incremental, onnx_graph
 
-    return incremental.OnnxSplit(onnx.load_from_string(self.model_bytes()),
-                                 onnx_graph.block_output(block), self.num_threads)
+    return incremental.OnnxSplit(self.graph, onnx_graph.block_output(block), self.num_threads)
 
   @property
   def metadata(self) -> dict[str, str]:
