@@ -47,10 +47,12 @@ ABLATIONS = {  # Row name: overrides of the recommended command.
     "- rms pooling": ["--config.segment_pooling=mean"],
     "- speed perturbation": ["--config.augment.speed_range=0"],
     "- mixup": ["--config.augment.mixup_alpha=0"],
+    "- time shift": ["--config.augment.time_shift_ms=0"],
     "- label smoothing": ["--config.label_smoothing=0"],
     "union mixup labels": ["--config.augment.mixup_labels=union"],
     "+ rms normalisation": ["--config.normalize_rms=0.1"],
     "- bn recalibration": ["--config.bn_recalibration_batches=0"],
+    "width 16": ["--config.model.base_width=16"],
     "width 32": ["--config.model.base_width=32"],
 }
 
