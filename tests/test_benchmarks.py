@@ -212,3 +212,18 @@ def test_missing_inputs_are_not_measured(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert _targets_met(tmp_path) == ["not measured", "not measured"]
+
+
+@pytest.mark.slow  # Prepares two real excerpts and trains three tiny runs.
+def test_transfer_smoke_runs_every_stage(shared_data, tmp_path):
+  """The transfer benchmark end to end at its --smoke size: pretrains, fine-tunes, prints rows."""
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/transfer.py", "--smoke", f"--cache_dir={tmp_path}",
+       f"--data_root={shared_data}", "--conditions=scratch,head"],
+      cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")]
+  assert [row[0] for row in rows] == ["| condition", "| from scratch",
+                                      "| init_from, trainable=head"]
+  assert all(0.0 <= float(row[1]) <= 100.0 for row in rows[1:])  # Test accuracy per seed, %.
+  assert (tmp_path / "pretrain_v01_w4_s6" / "metrics_test.json").is_file()
