@@ -44,23 +44,33 @@ def score(predictions: workdir_files.Predictions, scores: np.ndarray) -> float:
       f_score_threshold=predictions.f_score_threshold)[predictions.metric]
 
 
-def rescore(run: Path, split: str, checkpoint: str = "best",
+def rescore(copy: Path, split: str, checkpoint: str = "best",
             **overrides: str) -> workdir_files.Predictions:
-  """`run`'s clip predictions on `split`, scored (eval-only) from a copy of its workdir."""
+  """The clip predictions on `split` of a run's workdir copy, scored eval-only (which writes
+  into the workdir: hence the copy, `rescored_variants`)."""
+  config = workdir_files.read_config(copy)
+  for field, value in overrides.items():
+    config[field] = value
+  evaluate.evaluate_checkpoint(config, str(copy), split, checkpoint)
+  return workdir_files.Predictions.load(workdir_files.predictions_path(copy, split))
+
+
+def rescored_variants(run: Path) -> dict[str, workdir_files.Predictions]:
+  """`run` re-scored three ways, from one copy of its workdir (the kept run is not changed):
+  test with mean pooling, test from the latest checkpoint, and valid (for the fusion)."""
   with tempfile.TemporaryDirectory() as tmp:
     copy = Path(tmp) / run.name
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("tensorboard"))
-    config = workdir_files.read_config(copy)
-    for field, value in overrides.items():
-      config[field] = value
-    evaluate.evaluate_checkpoint(config, str(copy), split, checkpoint)
-    return workdir_files.Predictions.load(workdir_files.predictions_path(copy, split))
+    return {"mean": rescore(copy, "test", segment_pooling="mean"),
+            "latest": rescore(copy, "test", "latest"),
+            "valid": rescore(copy, "valid")}
 
 
-def fuse(network: np.ndarray, classical: np.ndarray, weight: float) -> np.ndarray:
+def fuse(network: np.ndarray, classical: np.ndarray, weight: float,
+         single_label: bool) -> np.ndarray:
   """Weighted geometric mean of two clip-probability arrays, renormalised for softmax rows."""
   fused = np.exp(weight * np.log(network + 1e-9) + (1.0 - weight) * np.log(classical + 1e-9))
-  if np.allclose(network.sum(axis=1), 1.0, atol=1e-3):  # Single-label: probabilities sum to 1.
+  if single_label:
     fused /= fused.sum(axis=1, keepdims=True)
   return fused
 
@@ -76,16 +86,18 @@ def fused_with_classical(valid: workdir_files.Predictions, test: workdir_files.P
                          baseline: Path) -> tuple[float, str, float]:
   """(test metric, classical model, weight) of the fusion chosen on `valid`."""
   best = None
+  single_label = valid.labels.ndim == 1  # Class indices: softmax rows (multi-hot: sigmoid).
   for path in sorted(baseline.glob("predictions_valid_*.npz")):
     model = path.stem[len("predictions_valid_"):]
     classical_valid = aligned_scores(valid, workdir_files.Predictions.load(path))
     test_path = workdir_files.predictions_path(baseline, "test", model)
     classical_test = aligned_scores(test, workdir_files.Predictions.load(test_path))
     for weight in WEIGHTS:
-      value = score(valid, fuse(valid.scores, classical_valid, weight))
+      value = score(valid, fuse(valid.scores, classical_valid, weight, single_label))
       key = (value, -abs(weight - 0.5))  # Ties: the weight nearest an even mix.
       if best is None or key > best[0]:
-        best = (key, score(test, fuse(test.scores, classical_test, weight)), model, weight)
+        best = (key, score(test, fuse(test.scores, classical_test, weight, single_label)), model,
+                weight)
   if best is None:
     raise SystemExit(f"no baseline predictions under {baseline}: run benchmarks/small_data.py "
                      f"with the baseline row first")
@@ -116,12 +128,12 @@ def main() -> None:
     tests = [workdir_files.Predictions.load(workdir_files.predictions_path(r, "test"))
              for r in runs]
     network = [score(t, t.scores) for t in tests]
-    mean = [score(p, p.scores) for p in (rescore(r, "test", segment_pooling="mean")
-                                          for r in runs)]
-    latest = [score(p, p.scores) for p in (rescore(r, "test", "latest") for r in runs)]
+    variants = [rescored_variants(r) for r in runs]
+    mean = [score(v["mean"], v["mean"].scores) for v in variants]
+    latest = [score(v["latest"], v["latest"].scores) for v in variants]
     ensemble = score(tests[0], np.mean([aligned_scores(tests[0], t) for t in tests], axis=0))
-    fused = [fused_with_classical(rescore(r, "valid"), t, Path(args.work_dir) / "baseline" / name)
-             for r, t in zip(runs, tests, strict=True)]
+    fused = [fused_with_classical(v["valid"], t, Path(args.work_dir) / "baseline" / name)
+             for v, t in zip(variants, tests, strict=True)]
     chosen = ", ".join(f"{model} / {weight:.1f}" for _, model, weight in fused)
     print(f"| {name} | {percent(network)} | {percent(mean)} | {percent(latest)} | "
           f"{100 * ensemble:.1f}% | {percent([v for v, _, _ in fused])} | {chosen} |", flush=True)

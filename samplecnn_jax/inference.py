@@ -115,8 +115,8 @@ class Network:
       return 0, "input RMS normalisation reads the whole window"
     if m.front_padding != "valid":
       return 0, "'same' front padding shifts a piece's frames"
-    levels = models.NUM_MULTI_LEVELS if m.multi else 1
-    return incremental.deepest_cut(hop, range(1, int(m.num_blocks) - levels + 2))
+    deepest = models.deepest_cut_block(int(m.num_blocks), bool(m.multi))
+    return incremental.deepest_cut(hop, range(1, deepest + 1))
 
   def split(self, block: int) -> JaxSplit:
     """This model cut at block `block`'s output."""

@@ -40,6 +40,7 @@ INITIALIZERS = {
 }
 ModuleDef = Callable[..., nn.Module]  # A module class with some fields bound (a partial).
 NUM_MULTI_LEVELS = 3  # The Multi head concatenates the global max pools of the last 3 blocks.
+
 # Name under which every layer sows its output before the final ReLU (pooled like the output,
 # shortcut included, SE gate of `se` blocks excluded) into the "intermediates" collection.
 PRE_RELU = "pre_relu"
@@ -100,6 +101,12 @@ def feature_lengths(input_size: int, num_blocks: int, front_padding: str = "vali
     length //= 3
     lengths.append(length)
   return lengths
+
+
+def deepest_cut_block(num_blocks: int, multi: bool) -> int:
+  """The deepest block whose output `SampleLevelCNN(cut=...)` can start from: the head reads
+  the last block's output (the last NUM_MULTI_LEVELS blocks' with a Multi head)."""
+  return num_blocks - (NUM_MULTI_LEVELS if multi else 1) + 1
 
 
 def check_input_size(input_size: int, num_blocks: int, front_padding: str = "valid") -> None:
@@ -270,10 +277,11 @@ class SampleLevelCNN(nn.Module):
     head (`trunk`).
     """
     if cut is not None:
-      levels = NUM_MULTI_LEVELS if self.multi else 1
-      if not 0 <= cut[0] <= self.num_blocks - levels + 1:
-        raise ValueError(f"cut at block {cut[0]}: the head reads the last {levels} block(s) of "
-                         f"{self.num_blocks}; cut at block <= {self.num_blocks - levels + 1}.")
+      deepest = deepest_cut_block(self.num_blocks, self.multi)
+      if not 0 <= cut[0] <= deepest:
+        raise ValueError(f"cut at block {cut[0]}: the head reads the last "
+                         f"{self.num_blocks - deepest + 1} block(s) of {self.num_blocks}; cut "
+                         f"at block <= {deepest}.")
       outputs = self.trunk(None, train, cut=cut)  # Block k's output, then the later blocks'.
       return self._head(outputs if cut[0] > 0 else outputs[1:], train)
     if waveform.ndim != 2:
