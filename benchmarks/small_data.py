@@ -54,6 +54,7 @@ ABLATIONS = {  # Row name: overrides of the recommended command.
     "- bn recalibration": ["--config.bn_recalibration_batches=0"],
     "width 16": ["--config.model.base_width=16"],
     "width 32": ["--config.model.base_width=32"],
+    "+ rms crops": ["--config.augment.crop_weighting=rms"],
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from samplecnn_jax import metrics, models, segments
+from samplecnn_jax import input_pipeline, metrics, models, segments
 from samplecnn_jax.datasets import common as datasets_common
 
 # A mixed clip's labels: lambda-weighted (mix) or every event of both clips (union, multi-label).
@@ -34,6 +34,7 @@ CHOICES = {
     "tracking": ("none", "mlflow", "wandb"),
     "segment_pooling": segments.POOLINGS,
     "augment.mixup_labels": MIXUP_LABELS,
+    "augment.crop_weighting": input_pipeline.CROP_WEIGHTINGS,
 }
 # Integer fields that count something and must be at least 1.
 AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval",
@@ -114,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.time_mask_prob = 0.0  # Probability of zeroing one random span of a clip.
   c.augment.time_mask_fraction = 0.1  # Max length of that span, as a fraction of the input.
   c.augment.eq_db = 0.0  # Random equaliser: smooth gain curve within +-eq_db dB over 8 log-spaced bands; 0 = off.
+  c.augment.crop_weighting = "uniform"  # Random crop start: uniform (paper) | rms (louder crops likelier).
   c.augment.speed_range = 0.0  # Speed (and pitch) change by a factor from U(1-r, 1+r) per crop; 0 = off.
   c.augment.mixup_alpha = 0.0  # Mixup within each batch, lambda ~ Beta(alpha, alpha); 0 = off.
   c.augment.mixup_labels = "mix"  # Mixed labels: mix (lambda-weighted) | union (multi_label only).

@@ -74,20 +74,54 @@ class ProcessSlice:
 # --- Segments -------------------------------------------------------------------------------
 
 
-def _crop(audio: np.ndarray, start: int | None, input_size: int, rng) -> np.ndarray:
-  """A copied `input_size` window at `start` (random when None); short clips padded at random."""
+CROP_WEIGHTINGS = ("uniform", "rms")  # How a random training crop's start is drawn.
+_CROP_GRID = 16  # Blocks per input_size that `rms_crop_start` draws crop starts from.
+
+
+def rms_crop_start(audio: np.ndarray, input_size: int, rng) -> int:
+  """A crop start drawn with probability proportional to the crop's RMS.
+
+  A clip's label is about what sounds in it: a uniform 1-s crop of a 5-s recording whose
+  event lasts 1 s is mostly silence or decay labelled as the event. Weighting by RMS keeps
+  quiet parts possible (a sustain, a soft onset) but makes silent ones rare, the training
+  counterpart of `segment_pooling=rms`. The clip is summed in blocks of input_size /
+  _CROP_GRID samples (a crop's energy is that of the blocks it spans, so one pass over the
+  clip), the block is drawn, then the start is jittered within it; a silent clip falls back
+  to uniform.
+  """
+  last = len(audio) - input_size
+  hop = max(1, input_size // _CROP_GRID)
+  span = input_size // hop  # Blocks in one crop.
+  blocks = len(audio) // hop
+  flat = audio[: blocks * hop].astype(np.float32)
+  energy = np.einsum("ij,ij->i", flat.reshape(blocks, hop), flat.reshape(blocks, hop))
+  sums = np.concatenate([[0.0], np.cumsum(energy, dtype=np.float64)])
+  rms = np.sqrt(np.maximum(sums[span:] - sums[:-span], 0.0))  # Per start block, up to scale.
+  total = rms.sum()
+  if not total > 0:
+    return int(rng.integers(0, last + 1))
+  start = min(int(rng.choice(len(rms), p=rms / total)) * hop, last)
+  return start + int(rng.integers(0, min(hop, last - start + 1)))
+
+
+def _crop(audio: np.ndarray, start: int | None, input_size: int, rng,
+          weighting: str = "uniform") -> np.ndarray:
+  """A copied `input_size` window at `start` (random when None, drawn by `weighting`); short
+  clips padded at random."""
   if len(audio) < input_size:
     out = np.zeros((input_size,), audio.dtype)
     offset = int(rng.integers(0, input_size - len(audio) + 1))
     out[offset : offset + len(audio)] = audio
     return out
-  if start is None:
+  if start is None and weighting == "rms":
+    start = rms_crop_start(audio, input_size, rng)
+  elif start is None:
     start = int(rng.integers(0, len(audio) - input_size + 1))
   return audio[start : start + input_size].copy()
 
 
 def _speed_crop(audio: np.ndarray, start: int | None, input_size: int, speed_range: float,
-                rng) -> np.ndarray:
+                rng, weighting: str = "uniform") -> np.ndarray:
   """A random crop played `factor` ~ U(1 - r, 1 + r) times as fast: `factor * input_size`
   samples resampled to `input_size` by linear interpolation (float32).
 
@@ -99,7 +133,7 @@ def _speed_crop(audio: np.ndarray, start: int | None, input_size: int, speed_ran
   length = max(2, int(round(input_size * factor)))
   if start is not None:  # A fixed segment ('all' mode): read from its start, within the clip.
     start = min(start, max(len(audio) - length, 0))
-  window = to_float32(_crop(audio, start, length, rng))
+  window = to_float32(_crop(audio, start, length, rng, weighting))
   positions = np.linspace(0.0, length - 1, input_size)
   return np.interp(positions, np.arange(length), window).astype(np.float32)
 
@@ -192,6 +226,7 @@ class _TrainExample:
     self.waveform = WaveformAugment.from_config(config)
     self.mixup = float(config.augment.mixup_alpha) > 0
     self.speed_range = float(config.augment.speed_range)
+    self.crop_weighting = config.augment.crop_weighting
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     clip, start = index, None
@@ -199,9 +234,10 @@ class _TrainExample:
       clip, start = int(self.clips[index]), int(self.starts[index])
     record = self.records[clip]
     if self.speed_range > 0:
-      audio = _speed_crop(record["audio"], start, self.input_size, self.speed_range, rng)
+      audio = _speed_crop(record["audio"], start, self.input_size, self.speed_range, rng,
+                          self.crop_weighting)
     else:
-      audio = _crop(record["audio"], start, self.input_size, rng)
+      audio = _crop(record["audio"], start, self.input_size, rng, self.crop_weighting)
     if self.shift > 0 or self.noise is not None:
       audio = self._augment(to_float32(audio), rng)
     if self.waveform.active:

@@ -129,6 +129,7 @@ def test_every_config_passes_validation(name):
     ("augment.noise_prob", -0.1, "--config.augment.noise_prob"),
     ("optimizer", "rmsprop", "choose one of: sgd, adam, adamw"),
     ("metric", "loss", "choose one of: roc_auc, pr_auc, accuracy, f_score"),
+    ("augment.crop_weighting", "loud", "choose one of: uniform, rms"),
 ])
 def test_invalid_values_are_one_line_naming_the_field(field, value, fix):
   config = load_config("test")

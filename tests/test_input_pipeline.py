@@ -653,3 +653,27 @@ def test_speed_perturbation_resamples_a_tone_within_its_range(tiny_store):
   rows = _rows(config, tiny_store, 8)
   np.testing.assert_array_equal(rows, _rows(config, tiny_store, 8))  # Seeded.
   assert not np.array_equal(rows, _rows(tiny_config(), tiny_store, 8))
+
+
+def test_rms_crops_land_on_the_sound_and_stay_inside_the_clip():
+  rng = np.random.default_rng(0)
+  clip = np.zeros(80000, np.int16)
+  clip[40000:56000] = (rng.normal(size=16000) * 3000).astype(np.int16)  # 1 s of sound in 5.
+  starts = np.array([ip.rms_crop_start(clip, 16000, rng) for _ in range(500)])
+  assert np.all((starts > 24000) & (starts < 56000))  # Every crop overlaps the sound...
+  uniform = rng.integers(0, 64001, 500)
+  assert np.mean((uniform > 24000) & (uniform < 56000)) < 0.6  # ... which uniform ones do not.
+  noise = (rng.normal(size=16500) * 3000).astype(np.int16)  # Start range [0, 500].
+  starts = [ip.rms_crop_start(noise, 16000, rng) for _ in range(2000)]
+  assert min(starts) == 0 and max(starts) == 500 and len(set(starts)) > 300
+  silent = [ip.rms_crop_start(np.zeros(20000, np.int16), 16000, rng) for _ in range(200)]
+  assert 0 <= min(silent) and max(silent) <= 4000 and len(set(silent)) > 50  # Uniform.
+
+
+def test_rms_crop_weighting_is_seeded_and_changes_the_crops(tiny_store):
+  config = tiny_config(**{"augment.crop_weighting": "rms"})
+  rows = _rows(config, tiny_store, 8)
+  np.testing.assert_array_equal(rows, _rows(config, tiny_store, 8))
+  assert not np.array_equal(rows, _rows(tiny_config(), tiny_store, 8))
+  speed = tiny_config(**{"augment.crop_weighting": "rms", "augment.speed_range": 0.1})
+  np.testing.assert_array_equal(_rows(speed, tiny_store, 8), _rows(speed, tiny_store, 8))
