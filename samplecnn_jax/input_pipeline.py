@@ -113,7 +113,7 @@ def _crop(audio: np.ndarray, start: int | None, input_size: int, rng,
     offset = int(rng.integers(0, input_size - len(audio) + 1))
     out[offset : offset + len(audio)] = audio
     return out
-  if start is None and weighting == "rms":
+  if start is None and weighting == "rms" and len(audio) > input_size:
     start = rms_crop_start(audio, input_size, rng)
   elif start is None:
     start = int(rng.integers(0, len(audio) - input_size + 1))
