@@ -150,9 +150,10 @@ def width_and_steps(num_clips: int, budget_minutes: float, input_size: int, batc
   The widest of `WIDTHS` whose steps (the user's, else MIN_EPOCHS epochs) fit the budget,
   else the narrowest; then TARGET_EPOCHS epochs, or fewer if the budget ends first, and at
   least MIN_STEPS. A nonzero `width` or `steps` is the user's and is returned as it is.
-  Width before epochs: on the instruments excerpt (180 clips) width 16 underfits (train loss
-  1.4), and width 32 for 675 steps beat width 16 for 1,588 in the same 5 minutes on one seed;
-  over 3 seeds the two tie (median 60.0%, docs/small_data.md "Ablations with 3 seeds").
+  Epochs before width: over 3 seeds at 5 minutes, width 32 at 65 epochs lost 5.3 points to
+  width 16 at 153 on the speech excerpt and tied on the demo (18 epochs against 42), and at
+  120 epochs on the instruments excerpt width 32 tied with width 16 at 282
+  (docs/small_data.md "Ablations with 3 seeds").
   """
   if not budget_minutes > 0:
     raise ValueError(f"config.budget_minutes must be > 0, got {budget_minutes}: set "
