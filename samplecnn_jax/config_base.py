@@ -19,11 +19,13 @@ from typing import Any
 
 import ml_collections
 
-from samplecnn_jax import input_pipeline, metrics, models, segments
+from samplecnn_jax import metrics, models, segments
 from samplecnn_jax.datasets import common as datasets_common
 
 # A mixed clip's labels: lambda-weighted (mix) or every event of both clips (union, multi-label).
 MIXUP_LABELS = ("mix", "union")
+# How a random training crop's start is drawn (`input_pipeline.rms_crop_start` for rms).
+CROP_WEIGHTINGS = ("uniform", "rms")
 # The valid values of the config's choice fields (model fields are checked by `models`).
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -34,7 +36,7 @@ CHOICES = {
     "tracking": ("none", "mlflow", "wandb"),
     "segment_pooling": segments.POOLINGS,
     "augment.mixup_labels": MIXUP_LABELS,
-    "augment.crop_weighting": input_pipeline.CROP_WEIGHTINGS,
+    "augment.crop_weighting": CROP_WEIGHTINGS,
 }
 # Integer fields that count something and must be at least 1.
 AT_LEAST_ONE = ("batch_size", "eval_batch_size", "num_train_steps", "steps_per_eval",

@@ -74,7 +74,6 @@ class ProcessSlice:
 # --- Segments -------------------------------------------------------------------------------
 
 
-CROP_WEIGHTINGS = ("uniform", "rms")  # How a random training crop's start is drawn.
 _CROP_GRID = 16  # Blocks per input_size that `rms_crop_start` draws crop starts from.
 
 
@@ -93,8 +92,8 @@ def rms_crop_start(audio: np.ndarray, input_size: int, rng) -> int:
   hop = max(1, input_size // _CROP_GRID)
   span = input_size // hop  # Blocks in one crop.
   blocks = len(audio) // hop
-  flat = audio[: blocks * hop].astype(np.float32)
-  energy = np.einsum("ij,ij->i", flat.reshape(blocks, hop), flat.reshape(blocks, hop))
+  frames = audio[: blocks * hop].astype(np.float32).reshape(blocks, hop)
+  energy = np.einsum("ij,ij->i", frames, frames)
   sums = np.concatenate([[0.0], np.cumsum(energy, dtype=np.float64)])
   rms = np.sqrt(np.maximum(sums[span:] - sums[:-span], 0.0))  # Per start block, up to scale.
   total = rms.sum()
